@@ -1,0 +1,370 @@
+"""Typed run configuration: one frozen dataclass per concern.
+
+Replaces the original's `diffuseq/config.json` + `scripts/run_train.py` flags +
+`training_args.json` + `args.__dict__.update` (spec §2.2, §2.3, §10.1 item 16).
+
+* Each field carries its help text and, where the original used another name on the
+  command line, the original flag (``--bsz`` for ``batch_size``, ``--diff_steps`` for
+  ``diffusion_steps``). Flags are generated from the fields (:func:`add_dataclass_flags`).
+* Defaults are those of the original `run_train.py` wrapper, which is what users launch.
+* A run saves its config as ``config.yaml`` (sectioned, our format) and as
+  ``training_args.json`` with the original's key set (spec §2.3), so that tools written for
+  the original keep working. :func:`RunConfig.from_training_args` reads either back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from diffuseq.errors import ConfigError
+
+SCHEDULE_CHOICES = ("linear", "cosine", "sqrt", "trunc_cos", "trunc_lin", "pw_lin", "warmup-decay")
+SAMPLER_CHOICES = ("uniform", "lossaware", "fixstep")
+
+
+def opt(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None):
+    """A dataclass field with CLI metadata (help text, original flag name, choices)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+def str2bool(value: str | bool) -> bool:
+    """The original's boolean parser: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The transformer denoiser (spec §4)."""
+
+    hidden_dim: int = opt(128, "word-embedding size h (model input/output size)")
+    hidden_t_dim: int = opt(128, "size of the sinusoidal timestep embedding")
+    dropout: float = opt(0.1, "dropout of the embedding LayerNorm output and BERT hidden layers")
+    config_name: str = opt(
+        "bert-base-uncased",
+        "BERT architecture: bert-base-uncased (built in, offline), a local folder with "
+        "config.json, or a hub name already in the local cache",
+    )
+    use_plm_init: str = opt("no", "initialise from pretrained BERT weights", choices=("no", "bert"))
+    num_layers: int = opt(0, "override the encoder's number of layers (0 = from config_name)")
+    num_heads: int = opt(0, "override the number of attention heads (0 = from config_name)")
+    bert_hidden_size: int = opt(0, "override the encoder width H (0 = from config_name)")
+    intermediate_size: int = opt(0, "override the feed-forward size (0 = from config_name)")
+    attention: str = opt("sdpa", "attention kernel of the encoder", choices=("sdpa", "eager"))
+    learned_mean_embed: bool = opt(False, "DiffuSeq-v2 soft absorbing state: learn a mean embedding")
+    vocab_size: int = opt(0, "vocabulary size (filled in from the tokenizer)")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process, the loss and the timestep sampler (spec §5)."""
+
+    diffusion_steps: int = opt(4000, "number of diffusion steps T", flag="diff_steps")
+    noise_schedule: str = opt("cosine", "beta schedule", choices=SCHEDULE_CHOICES)
+    schedule_sampler: str = opt("uniform", "timestep sampler for training", choices=SAMPLER_CHOICES)
+    timestep_respacing: str = opt("", "respacing of the training process ('' = none)")
+    rescale_timesteps: bool = opt(True, "feed the network t*1000/T instead of t")
+    denoise: bool = opt(False, "DiffuSeq-v2 discrete noise: replace positions by the mean embedding")
+    denoise_rate: float = opt(0.2, "DiffuSeq-v2 discrete-noise rate (code default 0.2; v2 recipe 0.5)")
+    reg_rate: float = opt(
+        0.01,
+        "weight of the ||mean_embed|| regulariser (the original always used 0.01, ignoring its flag)",
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset and tokenizer (spec §3)."""
+
+    dataset: str = opt("", "dataset name (used in the run folder name)")
+    data_dir: str = opt("", "folder with train.jsonl, valid.jsonl, test.jsonl")
+    seq_len: int = opt(128, "total length of [CLS] x [SEP] [SEP] [CLS] y [SEP] [PAD]...")
+    vocab: str = opt(
+        "bert",
+        "tokenizer: 'bert' (from --config_name), 'hf:NAME_OR_FOLDER', a vocab file in the "
+        "original word-level format, or 'wordpiece' (trained on the training data)",
+    )
+    wordpiece_vocab_size: int = opt(8000, "vocabulary size for --vocab wordpiece")
+    num_workers: int = opt(0, "DataLoader worker processes")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, checkpointing and logging (spec §6)."""
+
+    lr: float = opt(1e-4, "peak learning rate (linear decay to 0, no warm-up)")
+    batch_size: int = opt(64, "examples per step and per process", flag="bsz")
+    microbatch: int = opt(64, "micro-batch size for gradient accumulation (<=0: = --bsz)")
+    learning_steps: int = opt(40000, "total optimizer steps (including resumed ones)")
+    save_interval: int = opt(10000, "save checkpoints every N steps")
+    log_interval: int = opt(20, "log averaged metrics every N steps")
+    eval_interval: int = opt(1000, "compute the loss of one validation batch every N steps")
+    ema_rate: str = opt("0.9999", "comma-separated EMA rates")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    gradient_clipping: float = opt(-1.0, "clip the gradient norm to this value (<=0: off)")
+    use_fp16: bool = opt(False, "mixed precision fp16 with a GradScaler (torch.amp)")
+    bf16: bool = opt(False, "mixed precision bf16 autocast (no scaler)")
+    seed: int = opt(101, "random seed")
+    resume_checkpoint: str = opt(
+        "none", "resume from a training state, an original ema_*.pt file, or 'auto' (newest in the run folder)"
+    )
+    checkpoint_path: str = opt("", "run folder (default: diffusion_models/<name built from the flags>)")
+    notes: str = opt("-", "free text appended to the run folder name with a timestamp")
+    log_wandb: bool = opt(False, "also log to Weights & Biases (never required)", flag="wandb")
+    ema_tied_quirk: bool = opt(
+        False,
+        "reproduce the original's EMA file, whose lm_head.weight holds the raw (non-EMA) tied weight",
+    )
+    same_seed_all_ranks: bool = opt(
+        False, "reproduce the original: every rank uses the same seed (identical noise on all GPUs)"
+    )
+    fixed_data_order: bool = opt(
+        False, "reproduce the original: never call set_epoch (same shuffle every epoch)"
+    )
+
+    @property
+    def ema_rates(self) -> tuple[float, ...]:
+        return tuple(float(r) for r in self.ema_rate.split(",") if r.strip())
+
+    @property
+    def effective_microbatch(self) -> int:
+        return self.microbatch if self.microbatch > 0 else self.batch_size
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything needed to rebuild a run: saved with it and embedded in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> RunConfig:
+        """Reject bad values and incompatible combinations once, at start-up."""
+        m, d, da, tr = self.model, self.diffusion, self.data, self.train
+        checks = [
+            (d.noise_schedule in SCHEDULE_CHOICES,
+             f"--noise_schedule {d.noise_schedule!r} is unknown; choose one of {', '.join(SCHEDULE_CHOICES)}"),
+            (d.schedule_sampler in SAMPLER_CHOICES,
+             f"--schedule_sampler {d.schedule_sampler!r} is unknown; choose one of {', '.join(SAMPLER_CHOICES)}"),
+            (d.diffusion_steps >= 2, f"--diff_steps must be at least 2, got {d.diffusion_steps}"),
+            (m.hidden_dim > 0 and m.hidden_t_dim > 0, "--hidden_dim and --hidden_t_dim must be positive"),
+            (0.0 <= m.dropout < 1.0, f"--dropout must be in [0, 1), got {m.dropout}"),
+            (da.seq_len >= 5, f"--seq_len {da.seq_len} is too small: the layout "
+             "[CLS] x [SEP] [SEP] [CLS] y [SEP] needs at least 5 positions"),
+            (tr.batch_size > 0, f"--bsz must be positive, got {tr.batch_size}"),
+            (tr.batch_size % tr.effective_microbatch == 0,
+             f"--bsz {tr.batch_size} is not divisible by --microbatch {tr.microbatch}"),
+            (tr.learning_steps > 0, f"--learning_steps must be positive, got {tr.learning_steps}"),
+            (tr.save_interval > 0, f"--save_interval must be positive, got {tr.save_interval}"),
+            (tr.log_interval > 0 and tr.eval_interval > 0, "--log_interval and --eval_interval must be positive"),
+            (tr.lr > 0, f"--lr must be positive, got {tr.lr}"),
+            (not (tr.use_fp16 and tr.bf16), "--use_fp16 and --bf16 are mutually exclusive"),
+            (not d.denoise or m.learned_mean_embed,
+             "--denoise True needs --learned_mean_embed True (the noise replaces positions by the "
+             "learned mean embedding; the original crashes here)"),
+            (0.0 <= d.denoise_rate <= 1.0, f"--denoise_rate must be in [0, 1], got {d.denoise_rate}"),
+            (m.use_plm_init == "no" or m.hidden_dim == 768,
+             "--use_plm_init bert needs --hidden_dim 768 (the pretrained embedding is 768-wide)"),
+        ]
+        try:
+            rates = tr.ema_rates
+            checks.append((len(rates) > 0 and all(0.0 < r < 1.0 for r in rates),
+                           f"--ema_rate {tr.ema_rate!r}: give rates in (0, 1), comma-separated"))
+        except ValueError:
+            checks.append((False, f"--ema_rate {tr.ema_rate!r} is not a comma-separated list of numbers"))
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def replace(self, section: str, **changes: Any) -> RunConfig:
+        """A copy with fields of one section changed."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+    # ------------------------------------------------------------------ dict / yaml
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from a sectioned dict (``{"model": {...}, ...}``) or a flat one (field or flag names)."""
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTIONS and isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        return cls(**{name: _section_from_flat(kind, flat) for name, kind in SECTIONS.items()})._check_unknown(
+            flat, source
+        )
+
+    def _check_unknown(self, flat: dict[str, Any], source: str) -> RunConfig:
+        known = set(_FLAG_TO_FIELD) | set(_FLAG_TO_FIELD.values())
+        unknown = sorted(k for k in flat if k not in known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        return self
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(read_yaml(path), source=str(path))
+
+    # ------------------------------------------------------------------ original format
+    def to_training_args(self) -> dict[str, Any]:
+        """The original's ``training_args.json`` content (v1 key set plus the v2 keys)."""
+        m, d, da, tr = self.model, self.diffusion, self.data, self.train
+        return {
+            "lr": tr.lr, "batch_size": tr.batch_size, "microbatch": tr.microbatch,
+            "learning_steps": tr.learning_steps, "log_interval": tr.log_interval,
+            "save_interval": tr.save_interval, "eval_interval": tr.eval_interval,
+            "ema_rate": tr.ema_rate, "resume_checkpoint": tr.resume_checkpoint,
+            "schedule_sampler": d.schedule_sampler, "diffusion_steps": d.diffusion_steps,
+            "noise_schedule": d.noise_schedule, "timestep_respacing": d.timestep_respacing,
+            "vocab": da.vocab, "use_plm_init": m.use_plm_init, "vocab_size": m.vocab_size,
+            "config_name": m.config_name, "notes": tr.notes, "data_dir": da.data_dir,
+            "dataset": da.dataset, "checkpoint_path": tr.checkpoint_path, "seq_len": da.seq_len,
+            "hidden_t_dim": m.hidden_t_dim, "hidden_dim": m.hidden_dim, "dropout": m.dropout,
+            "use_fp16": tr.use_fp16, "fp16_scale_growth": 0.001, "seed": tr.seed,
+            "gradient_clipping": tr.gradient_clipping, "weight_decay": tr.weight_decay,
+            "learn_sigma": False, "use_kl": False, "predict_xstart": True,
+            "rescale_timesteps": d.rescale_timesteps, "rescale_learned_sigmas": False,
+            "sigma_small": False, "emb_scale_factor": 1.0,
+            "learned_mean_embed": m.learned_mean_embed, "denoise": d.denoise,
+            "denoise_rate": d.denoise_rate, "rejection_rate": 0.0, "reg_rate": d.reg_rate,
+            "device": "", "data_split_num": 0,
+        }
+
+    @classmethod
+    def from_training_args(cls, args: dict[str, Any], *, source: str = "training_args.json") -> RunConfig:
+        """Rebuild from an original (or our) ``training_args.json``; unknown keys are ignored."""
+        unsupported = [(k, v) for k, v in (("learn_sigma", True), ("predict_xstart", False)) if args.get(k) == v]
+        if unsupported:
+            raise ConfigError(f"{source}: {unsupported[0][0]}={unsupported[0][1]} is not supported "
+                              "(it is broken in the original too)")
+        flat = {k: v for k, v in args.items() if k in _FIELD_NAMES}
+        return cls(**{name: _section_from_flat(kind, flat) for name, kind in SECTIONS.items()})
+
+
+_FIELD_NAMES: set[str] = {f.name for kind in SECTIONS.values() for f in fields(kind)}
+_FLAG_TO_FIELD: dict[str, str] = {
+    (f.metadata.get("flag") or f.name): f.name for kind in SECTIONS.values() for f in fields(kind)
+}
+
+
+def _section_from_flat(kind: type, flat: dict[str, Any]):
+    hints = get_type_hints(kind)
+    values = {}
+    for f in fields(kind):
+        for key in (f.name, f.metadata.get("flag")):
+            if key and key in flat:
+                values[f.name] = _coerce(flat[key], hints[f.name], f.name)
+    return kind(**values)
+
+
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    try:
+        if kind is bool:
+            return str2bool(value)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return kind(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+        raise ConfigError(f"{name}: cannot read {value!r} as {kind.__name__} ({err})") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    return data
+
+
+# ---------------------------------------------------------------------- argparse
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, kind: type, *, title: str | None = None) -> None:
+    """Add one flag per field of ``kind``; defaults are left as ``None`` so that only
+    flags given on the command line override a ``--config`` file."""
+    group = parser.add_argument_group(title or kind.__name__)
+    hints = get_type_hints(kind)
+    for f in fields(kind):
+        flag = f.metadata.get("flag") or f.name
+        names = [f"--{flag}"] + ([f"--{f.name}"] if flag != f.name else [])
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if hints[f.name] is bool:
+            kwargs.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
+        else:
+            kwargs.update(type=hints[f.name])
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(*names, **kwargs)
+
+
+def given_flags(namespace: argparse.Namespace, kind: type) -> dict[str, Any]:
+    """The fields of ``kind`` that were given on the command line."""
+    return {f.name: getattr(namespace, f.name) for f in fields(kind) if getattr(namespace, f.name, None) is not None}
+
+
+def run_config_from_args(namespace: argparse.Namespace, *, base: RunConfig | None = None) -> RunConfig:
+    """Defaults < ``--config`` YAML < command-line flags."""
+    config = base or RunConfig()
+    for name, kind in SECTIONS.items():
+        changes = given_flags(namespace, kind)
+        if changes:
+            config = config.replace(name, **changes)
+    return config
+
+
+def run_folder_name(config: RunConfig, *, timestamp: str | None = None) -> str:
+    """The original's run folder name (spec §2.2 step 3), timestamp computed once by the caller.
+
+    ``diffuseq_{dataset}_h{hidden}_lr{lr}_t{T}_{schedule}_{sampler}_seed{seed}_{notes}{timestamp}``,
+    with ``lr`` formatted by ``str(float)`` (``0.0001``, ``1e-05``).
+    """
+    m, d, da, tr = config.model, config.diffusion, config.data, config.train
+    name = (f"diffuseq_{da.dataset}_h{m.hidden_dim}_lr{float(tr.lr)}_t{d.diffusion_steps}_"
+            f"{d.noise_schedule}_{d.schedule_sampler}_seed{tr.seed}")
+    if tr.notes:
+        stamp = timestamp if timestamp is not None else time.strftime("%Y%m%d-%H:%M:%S")
+        name += f"_{tr.notes}{stamp}"
+    return name
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=2))
