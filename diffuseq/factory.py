@@ -1,0 +1,60 @@
+"""Factories: build the model, the diffusion process and the timestep sampler from a config.
+
+The one place that turns :class:`diffuseq.config.RunConfig` sections into objects, used by
+training, decoding and the Python API alike (the original's `create_model_and_diffusion`,
+spec §4.1, §5.3).
+"""
+
+from __future__ import annotations
+
+from diffuseq.config import DiffusionConfig, ModelConfig
+from diffuseq.diffusion import GaussianDiffusion
+from diffuseq.model import TransformerNetModel, build_bert_config
+from diffuseq.respace import respaced_betas, space_timesteps
+from diffuseq.schedules import get_named_beta_schedule
+from diffuseq.timestep_sampler import ScheduleSampler, create_named_schedule_sampler
+
+
+def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> TransformerNetModel:
+    """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's)."""
+    bert_config = build_bert_config(
+        config.config_name,
+        dropout=config.dropout,
+        num_layers=config.num_layers or None,
+        num_heads=config.num_heads or None,
+        hidden_size=config.bert_hidden_size or None,
+        intermediate_size=config.intermediate_size or None,
+        attn_implementation=config.attention,
+    )
+    return TransformerNetModel(
+        vocab_size=vocab_size or config.vocab_size,
+        hidden_dim=config.hidden_dim,
+        hidden_t_dim=config.hidden_t_dim,
+        dropout=config.dropout,
+        bert_config=bert_config,
+        learned_mean_embed=config.learned_mean_embed,
+        init_pretrained=config.use_plm_init,
+        config_name=config.config_name,
+    )
+
+
+def build_diffusion(config: DiffusionConfig, *, respacing: str | None = None) -> GaussianDiffusion:
+    """The Gaussian diffusion for ``config`` (``respacing`` overrides ``timestep_respacing``)."""
+    betas = get_named_beta_schedule(config.noise_schedule, config.diffusion_steps)
+    spacing = config.timestep_respacing if respacing is None else respacing
+    timestep_map = None
+    if spacing:
+        betas, timestep_map = respaced_betas(betas, space_timesteps(config.diffusion_steps, spacing))
+    return GaussianDiffusion(
+        betas=betas,
+        rescale_timesteps=config.rescale_timesteps,
+        timestep_map=timestep_map,
+        original_num_steps=config.diffusion_steps,
+        denoise=config.denoise,
+        denoise_rate=config.denoise_rate,
+        reg_rate=config.reg_rate,
+    )
+
+
+def build_schedule_sampler(config: DiffusionConfig, diffusion: GaussianDiffusion) -> ScheduleSampler:
+    return create_named_schedule_sampler(config.schedule_sampler, diffusion)

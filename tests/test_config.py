@@ -1,0 +1,110 @@
+"""Typed config: flag generation, YAML/JSON round trips, validation, run-folder naming."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from diffuseq.config import (
+    SECTIONS,
+    RunConfig,
+    add_dataclass_flags,
+    run_config_from_args,
+    run_folder_name,
+)
+from diffuseq.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    for kind in SECTIONS.values():
+        add_dataclass_flags(parser, kind)
+    return parser
+
+
+def test_original_flag_names_and_defaults():
+    ns = _parser().parse_args([])
+    config = run_config_from_args(ns)
+    # run_train.py wrapper defaults (spec §2.2)
+    assert config.diffusion.diffusion_steps == 4000
+    assert config.diffusion.noise_schedule == "cosine"
+    assert config.diffusion.schedule_sampler == "uniform"
+    assert config.train.batch_size == 64 and config.train.microbatch == 64
+    assert config.train.seed == 101 and config.train.learning_steps == 40000
+    assert config.model.config_name == "bert-base-uncased" and config.data.vocab == "bert"
+    assert config.diffusion.denoise_rate == 0.2
+
+
+def test_flags_override_and_bool_parsing():
+    ns = _parser().parse_args(
+        ["--bsz", "8", "--microbatch", "4", "--diff_steps", "50", "--learned_mean_embed", "True",
+         "--denoise", "--use_fp16", "false", "--lr", "1e-05"]
+    )
+    base = RunConfig().replace("train", seed=7)
+    config = run_config_from_args(ns, base=base)
+    assert config.train.batch_size == 8 and config.train.microbatch == 4
+    assert config.diffusion.diffusion_steps == 50
+    assert config.model.learned_mean_embed is True and config.diffusion.denoise is True
+    assert config.train.use_fp16 is False
+    assert config.train.seed == 7  # untouched base value survives
+    assert run_folder_name(config.replace("data", dataset="qqp"), timestamp="T").startswith(
+        "diffuseq_qqp_h128_lr1e-05_t50_cosine_uniform_seed7_-T"
+    )
+
+
+def test_every_flag_has_help():
+    for action in _parser()._actions:
+        if action.dest != "help":
+            assert action.help and len(action.help) > 15, action.dest
+
+
+def test_yaml_round_trip(tmp_path):
+    config = RunConfig().replace("model", hidden_dim=64, learned_mean_embed=True).replace(
+        "train", ema_rate="0.999,0.9999"
+    )
+    config.save_yaml(tmp_path / "config.yaml")
+    again = RunConfig.load_yaml(tmp_path / "config.yaml")
+    assert again == config
+    assert again.train.ema_rates == (0.999, 0.9999)
+
+
+def test_flat_yaml_with_flag_names(tmp_path):
+    (tmp_path / "c.yaml").write_text("bsz: 32\ndiff_steps: 100\nnoise_schedule: sqrt\n")
+    config = RunConfig.load_yaml(tmp_path / "c.yaml")
+    assert (config.train.batch_size, config.diffusion.diffusion_steps) == (32, 100)
+    (tmp_path / "bad.yaml").write_text("bsz: 32\nbatchsize: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml: unknown key"):
+        RunConfig.load_yaml(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    "section, changes, message",
+    [
+        ("train", {"batch_size": 10, "microbatch": 4}, "not divisible by --microbatch"),
+        ("diffusion", {"noise_schedule": "quadratic"}, "choose one of linear"),
+        ("diffusion", {"schedule_sampler": "importance"}, "choose one of uniform"),
+        ("data", {"seq_len": 4}, "--seq_len 4 is too small"),
+        ("diffusion", {"denoise": True}, "--learned_mean_embed True"),
+        ("train", {"ema_rate": "0.9,abc"}, "--ema_rate"),
+    ],
+)
+def test_validate_rejects(section, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig().replace(section, **changes).validate()
+
+
+def test_training_args_round_trip_with_original_keys(golden_dir):
+    runs = sorted((golden_dir / "g9_run" / "diffusion_models").glob("*/training_args.json"))
+    assert runs, "G9 run folder missing"
+    original = json.loads(runs[0].read_text())
+    config = RunConfig.from_training_args(original)
+    ours = config.to_training_args()
+    # v1 key set, plus only the v2 keys
+    v2_keys = {"learned_mean_embed", "denoise", "denoise_rate", "rejection_rate", "reg_rate", "device",
+               "data_split_num"}
+    assert set(original) <= set(ours) and set(ours) - set(original) <= v2_keys
+    for key, value in original.items():
+        assert ours[key] == value, key
+    assert RunConfig.from_training_args(ours) == config
