@@ -17,21 +17,21 @@ from transformers import AutoConfig, BertConfig
 from diffuseq.errors import ConfigError, OfflineAssetError
 
 # Architecture fields of the published BERT checkpoints (their hub config.json files).
-_BERT_BASE = dict(
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    hidden_act="gelu",
-    hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.1,
-    max_position_embeddings=512,
-    type_vocab_size=2,
-    initializer_range=0.02,
-    layer_norm_eps=1e-12,
-    pad_token_id=0,
-    position_embedding_type="absolute",
-)
+_BERT_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+}
 _BERT_LARGE = {
     **_BERT_BASE,
     "hidden_size": 1024,
@@ -50,6 +50,20 @@ _BUILTIN.update({f"google-bert/{name}": fields for name, fields in list(_BUILTIN
 BUILTIN_CONFIG_NAMES: tuple[str, ...] = tuple(_BUILTIN)
 
 
+def _from_file(config_file: Path) -> BertConfig:
+    try:
+        config = AutoConfig.from_pretrained(str(config_file.parent), local_files_only=True)
+    except ValueError:
+        # A config.json without `model_type`: read its fields as a BERT config.
+        try:
+            config = BertConfig.from_json_file(str(config_file))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the BERT config {config_file}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read the BERT config {config_file}: {exc}") from exc
+    return config
+
+
 def _from_folder(folder: Path) -> BertConfig:
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -57,11 +71,7 @@ def _from_folder(folder: Path) -> BertConfig:
             f"--config_name {str(folder)!r} is a folder without a config.json; pass a folder "
             "that holds a BERT config.json, or a built-in name such as bert-base-uncased"
         )
-    try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the BERT config {config_file}: {exc}") from exc
-    return config
+    return _from_file(config_file)
 
 
 def _from_cache(name: str) -> BertConfig:
@@ -82,6 +92,8 @@ def _resolve(config_name: str) -> BertConfig:
     path = Path(config_name).expanduser()
     if path.is_dir():
         return _from_folder(path)
+    if path.is_file() and path.name == "config.json":
+        return _from_file(path)
     if config_name in _BUILTIN:
         return BertConfig(**_BUILTIN[config_name])
     if path.is_absolute() or config_name.startswith(("./", "../", "~")) or path.suffix == ".json":
@@ -93,7 +105,7 @@ def _resolve(config_name: str) -> BertConfig:
 
 
 def build_bert_config(
-    config_name: str = "bert-base-uncased",
+    config_name: str | os.PathLike = "bert-base-uncased",
     *,
     dropout: float,
     num_layers: int | None = None,
@@ -108,7 +120,8 @@ def build_bert_config(
     Args:
         config_name: a built-in name (``bert-base-uncased``, ``bert-base-cased``,
             ``bert-large-uncased``, ``bert-large-cased``, optionally prefixed ``google-bert/``),
-            a local folder with a ``config.json``, or a hub name present in the local HF cache.
+            a local folder with a ``config.json`` (or that file itself), or a hub name present
+            in the local HF cache.
         dropout: written into ``hidden_dropout_prob`` (as the original does); the attention
             dropout keeps the config's value.
         num_layers, num_heads, hidden_size, intermediate_size, max_position_embeddings:

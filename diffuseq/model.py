@@ -201,6 +201,9 @@ class TransformerNetModel(nn.Module):
         matrix takes ``lm_head.weight`` (the original loads it last; in EMA files it holds the
         raw, non-EMA weight).
 
+        Returns:
+            torch's ``NamedTuple(missing_keys, unexpected_keys)`` (non-empty only if not strict).
+
         Raises:
             CheckpointError: missing/unexpected keys (if ``strict``) or shape mismatches; the
                 message lists them and the architecture values that differ.
@@ -259,7 +262,9 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
         arch["hidden_t_dim"] = sd["time_embed.0.weight"].shape[1]  # [4 d_t, d_t]
     if "time_embed.2.weight" in sd:
         arch["bert_hidden_size"] = sd["time_embed.2.weight"].shape[0]  # [H, 4 d_t]
-    layers = {int(m.group(1)) for k in sd if (m := re.match(r"input_transformers\.layer\.(\d+)\.", k))}
+    layers = {
+        int(m.group(1)) for k in sd if (m := re.match(r"input_transformers\.layer\.(\d+)\.", k))
+    }
     if layers:
         arch["num_layers"] = max(layers) + 1
     ffn = "input_transformers.layer.0.intermediate.dense.weight"

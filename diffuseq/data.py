@@ -1,0 +1,447 @@
+"""Sequence-to-sequence data: jsonl pairs → ``input_ids`` / ``input_mask`` batches.
+
+Reimplements DiffuSeq's ``text_datasets.py`` (spec §3.1, §3.3–§3.5): reading
+``{data_dir}/{train,valid,test}.jsonl``, tokenising, the "merge and mask" layout
+
+    ids  = [CLS] x… [SEP] [SEP] [CLS] y… [SEP] [PAD]…     (word-level: [START] … [END])
+    mask =   0   0…   0     0     1   1…   1     1…
+
+and the ``DistributedSampler`` loader.
+
+Differences from the original (deliberate):
+
+* Bad input is reported as :class:`~diffuseq.errors.DataError` naming file, line and field
+  (the original crashes with ``KeyError``/``JSONDecodeError``, also on blank lines).
+* Examples are stored unpadded in one flat ``int32`` array (plus offsets and source lengths)
+  and padded in ``__getitem__``; the original keeps padded Python lists, tokenises with four
+  processes on every run, and builds a random "model_emb" array per example that nothing uses
+  (spec §3.5, §10.1 item 8). Items are ``{"input_ids", "input_mask"}`` dicts, not
+  ``(emb, cond)`` tuples.
+* The training iterator calls ``sampler.set_epoch(epoch)`` (the original never does, so every
+  epoch repeats one order, spec §10.1 item 6) and the sampler is seeded with the run's seed
+  (the original always uses 0). It can fast-forward to an exact position for resume.
+* It does not discard a first batch (the original's ``train.py`` drops one, §10.1 item 7).
+* ``shuffle=False`` gives file order for every split (the original shuffles ``valid`` even
+  when ``deterministic=True``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from diffuseq.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from diffuseq.tokenizer import TextTokenizer
+
+SPLITS = ("train", "valid", "test")
+FIELDS = ("src", "trg")
+# [CLS] [SEP] [SEP] [CLS] [SEP]: the layout with empty source and target.
+MIN_SEQ_LEN = 5
+
+_LINE_FORMAT = 'every line must be one JSON object such as {"src": "source text", "trg": "target"}'
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading jsonl files
+# ----------------------------------------------------------------------------------------------
+
+
+def split_file(data_dir: str | os.PathLike, split: str) -> Path:
+    """``{data_dir}/{split}.jsonl``, checked to exist.
+
+    Raises:
+        ConfigError: ``split`` is not one of ``train``, ``valid``, ``test``.
+        DataError: the folder or the split file is missing (the message lists what is there).
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
+    folder = Path(data_dir)
+    path = folder / f"{split}.jsonl"
+    if not folder.is_dir():
+        raise DataError(str(folder), None, None, "--data_dir folder not found.")
+    if not path.is_file():
+        present = sorted(p.name for p in folder.glob("*.jsonl")) or ["no .jsonl files"]
+        raise DataError(
+            str(path),
+            None,
+            None,
+            f"the '{split}' split file {path.name} is missing from --data_dir {folder} "
+            f"(found: {', '.join(present)}). A data folder holds train.jsonl, valid.jsonl and "
+            "test.jsonl.",
+        )
+    return path
+
+
+def iter_pairs(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """Yield ``(src, trg)`` from a jsonl file, each ``.strip()``ped, validating every line.
+
+    Other fields of a line are ignored.
+
+    Raises:
+        DataError: missing file, empty file, blank line, invalid JSON, a line that is not an
+            object, a missing ``src``/``trg``, or a non-string field (1-based line numbers).
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise DataError(
+            name,
+            None,
+            None,
+            f"file not found: the '{path.stem}' split is read from {path.name} in folder "
+            f"{path.parent}.",
+        )
+    count = 0
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            yield _parse_line(raw, name, line_no)
+            count += 1
+    if count == 0:
+        raise DataError(name, None, None, f"empty file: no examples ({_LINE_FORMAT}).")
+
+
+def _parse_line(raw: bytes, path: str, line_no: int) -> tuple[str, str]:
+    try:
+        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(path, line_no, None, f"not UTF-8 text ({err.reason}).") from err
+    if not line.strip():
+        raise DataError(path, line_no, None, f"blank line; {_LINE_FORMAT}.")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            path, line_no, None, f"invalid JSON ({err.msg} at column {err.colno}); {_LINE_FORMAT}."
+        ) from err
+    if not isinstance(obj, dict):
+        raise DataError(path, line_no, None, f"got a JSON {type(obj).__name__}; {_LINE_FORMAT}.")
+    fields = []
+    for field in FIELDS:
+        if field not in obj:
+            raise DataError(path, line_no, field, f"missing; {_LINE_FORMAT}.")
+        value = obj[field]
+        if not isinstance(value, str):
+            raise DataError(
+                path, line_no, field, f"must be a string, got {type(value).__name__} {value!r}."
+            )
+        fields.append(value.strip())
+    return fields[0], fields[1]
+
+
+def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """All ``(src, trg)`` pairs of a jsonl file (see :func:`iter_pairs` for validation)."""
+    return list(iter_pairs(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# One example: merge and mask (spec §3.3)
+# ----------------------------------------------------------------------------------------------
+
+
+def check_seq_len(seq_len: int) -> None:
+    """Raise :class:`ConfigError` if ``seq_len`` cannot hold the special-token layout."""
+    if seq_len < MIN_SEQ_LEN:
+        raise ConfigError(
+            f"--seq_len {seq_len} is too small: the layout [CLS] x… [SEP] [SEP] [CLS] y… [SEP] "
+            f"needs {MIN_SEQ_LEN} positions even with empty texts. Pass --seq_len "
+            f"{MIN_SEQ_LEN} or more (the paper uses 128)."
+        )
+
+
+def truncated_lengths(src_len: int, trg_len: int, *, budget: int) -> tuple[int, int]:
+    """Closed form of the original's truncation loop.
+
+    The loop: while ``src_len + trg_len > budget``, drop one token from the longer side, or from
+    both sides if they are equal. So the longer side first shrinks towards the shorter one, then
+    both shrink together (which can end one below ``budget``).
+
+    Args:
+        src_len, trg_len: lengths of ``[CLS] x…`` and ``[CLS] y…`` (end tokens removed).
+        budget: ``seq_len - 3`` (room left for two end tokens and the separator), ≥ 0.
+
+    Returns:
+        The kept lengths ``(a, b)``.
+    """
+    a, b = src_len, trg_len
+    if a + b <= budget:
+        return a, b
+    if a > b:
+        a = max(b, budget - b)
+    elif b > a:
+        b = max(a, budget - a)
+    if a + b <= budget:
+        return a, b
+    half = budget // 2  # here a == b
+    return half, half
+
+
+def merge_example(
+    src_ids: Sequence[int], trg_ids: Sequence[int], *, seq_len: int, sep_token_id: int
+) -> tuple[list[int], int]:
+    """Unpadded merged ids and ``len_x`` (the number of source-side positions).
+
+    Args:
+        src_ids, trg_ids: ``encode`` outputs with specials (``[CLS] … [SEP]``), non-empty.
+
+    Returns:
+        ``(ids, len_x)`` with ``ids = src' + [end, sep] + trg' + [end]`` (length ≤ ``seq_len``),
+        where ``end = src_ids[-1]``, ``src'``/``trg'`` are the truncated inputs without their
+        last id, and ``len_x = len(src') + 2``.
+    """
+    if not src_ids or not trg_ids:
+        raise ValueError("the tokenizer returned no ids; it must add [CLS]/[SEP]-style specials")
+    end = src_ids[-1]
+    a, b = truncated_lengths(len(src_ids) - 1, len(trg_ids) - 1, budget=seq_len - 3)
+    ids = [*src_ids[:a], end, sep_token_id, *trg_ids[:b], end]
+    return ids, a + 2
+
+
+def merge_and_mask(
+    src_ids: Sequence[int],
+    trg_ids: Sequence[int],
+    *,
+    seq_len: int,
+    sep_token_id: int,
+    pad_token_id: int,
+) -> tuple[list[int], list[int]]:
+    """Spec §3.3 for one pair: truncate, merge, mask and pad.
+
+    Returns:
+        ``(input_ids, input_mask)``, both of length ``seq_len``: ids right-padded with
+        ``pad_token_id``; mask ``0`` on the ``len_x`` source positions ``[CLS] x… [SEP] [SEP]``
+        and ``1`` on the target ``[CLS] y… [SEP]`` and on every padding position.
+    """
+    check_seq_len(seq_len)
+    ids, len_x = merge_example(src_ids, trg_ids, seq_len=seq_len, sep_token_id=sep_token_id)
+    input_ids = ids + [pad_token_id] * (seq_len - len(ids))
+    input_mask = [0] * len_x + [1] * (seq_len - len_x)
+    return input_ids, input_mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------------------------
+
+
+class Seq2SeqDataset(Dataset):
+    """Merged examples stored compactly; padded to ``seq_len`` on access.
+
+    Storage: ``token_ids`` int32 ``[total_tokens]`` (all unpadded merged examples back to back),
+    ``offsets`` int64 ``[N + 1]`` (example ``i`` is ``token_ids[offsets[i]:offsets[i + 1]]``) and
+    ``len_x`` int32 ``[N]``. Built by :func:`build_dataset`.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_ids: np.ndarray,
+        offsets: np.ndarray,
+        len_x: np.ndarray,
+        seq_len: int,
+        pad_token_id: int,
+    ) -> None:
+        assert offsets.ndim == 1 and len(offsets) == len(len_x) + 1
+        assert offsets[-1] == len(token_ids)
+        self.token_ids = np.ascontiguousarray(token_ids, dtype=np.int32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.len_x = np.ascontiguousarray(len_x, dtype=np.int32)
+        self.seq_len = seq_len
+        self.pad_token_id = pad_token_id
+
+    def __len__(self) -> int:
+        return len(self.len_x)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """``{"input_ids": int64 [L], "input_mask": int64 [L]}`` with ``L = seq_len``."""
+        start, stop = self.offsets[index], self.offsets[index + 1]
+        ids = np.full(self.seq_len, self.pad_token_id, dtype=np.int64)
+        ids[: stop - start] = self.token_ids[start:stop]
+        mask = np.ones(self.seq_len, dtype=np.int64)
+        mask[: self.len_x[index]] = 0
+        return {"input_ids": torch.from_numpy(ids), "input_mask": torch.from_numpy(mask)}
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the stored arrays."""
+        return self.token_ids.nbytes + self.offsets.nbytes + self.len_x.nbytes
+
+
+def build_dataset(
+    path: str | os.PathLike,
+    tokenizer: TextTokenizer,
+    *,
+    seq_len: int,
+    batch_tokenize: int = 10000,
+) -> Seq2SeqDataset:
+    """Read, tokenise and merge a jsonl file chunk by chunk into a :class:`Seq2SeqDataset`.
+
+    Only one chunk of ``batch_tokenize`` pairs is held as Python objects at a time.
+    """
+    check_seq_len(seq_len)
+    if batch_tokenize < 1:
+        raise ConfigError(f"batch_tokenize must be ≥ 1, got {batch_tokenize}.")
+    sep = tokenizer.sep_token_id
+    id_chunks: list[np.ndarray] = []
+    length_chunks: list[np.ndarray] = []
+    len_x_chunks: list[np.ndarray] = []
+    pairs = iter_pairs(path)
+    while chunk := list(itertools.islice(pairs, batch_tokenize)):
+        sources = tokenizer.encode([src for src, _ in chunk])
+        targets = tokenizer.encode([trg for _, trg in chunk])
+        merged = [
+            merge_example(x, y, seq_len=seq_len, sep_token_id=sep) for x, y in zip(sources, targets)
+        ]
+        lengths = np.fromiter((len(ids) for ids, _ in merged), dtype=np.int64, count=len(merged))
+        flat = itertools.chain.from_iterable(ids for ids, _ in merged)
+        id_chunks.append(np.fromiter(flat, dtype=np.int32, count=int(lengths.sum())))
+        length_chunks.append(lengths)
+        len_x_chunks.append(np.fromiter((n for _, n in merged), dtype=np.int32, count=len(merged)))
+    lengths = np.concatenate(length_chunks)
+    return Seq2SeqDataset(
+        token_ids=np.concatenate(id_chunks),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        len_x=np.concatenate(len_x_chunks),
+        seq_len=seq_len,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders
+# ----------------------------------------------------------------------------------------------
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way through (exact resume).
+
+    Same order as ``DistributedSampler``: a permutation seeded with ``seed + epoch`` (same on
+    every rank) when shuffling, else file order; padded by repeating its head to a multiple of
+    ``num_replicas`` unless ``drop_last``; rank ``r`` takes positions ``r::num_replicas``.
+    """
+
+    start_index: int = 0
+
+    def set_epoch(self, epoch: int, *, start_index: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start_index`` samples of this rank."""
+        super().set_epoch(epoch)
+        self.start_index = start_index
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start_index, None)
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start_index)
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A ``DataLoader`` over this rank's shard (``batch_size`` is per process, spec §3.4).
+
+    Args:
+        shuffle: ``True`` for training; ``False`` gives file order (decoding, evaluation).
+        seed: sampler seed (the run's ``--seed``; the original always used 0).
+        drop_last: passed to the sampler: drop the tail instead of padding it to a multiple of
+            ``world_size``. The last batch of a pass may be smaller either way.
+
+    Yields (when iterated):
+        ``{"input_ids": int64 [B, L], "input_mask": int64 [B, L]}``.
+    """
+    sampler = ResumableSampler(
+        dataset,
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class InfiniteBatches:
+    """Endless training batches, epoch after epoch, with a resumable position.
+
+    Each epoch calls ``loader.sampler.set_epoch(epoch)`` so the order changes per epoch,
+    deterministically. ``state_dict()`` records ``{"epoch", "batch_in_epoch"}`` (batches already
+    yielded in the current epoch); building a new one from it continues with exactly the batch
+    an uninterrupted iteration would have yielded next. With a :class:`ResumableSampler` the
+    skipped batches are never loaded.
+    """
+
+    def __init__(self, loader: DataLoader, *, start_epoch: int = 0, skip_batches: int = 0) -> None:
+        self.loader = loader
+        self.epoch = start_epoch
+        self.batch_in_epoch = skip_batches
+        self._iterator: Iterator[Any] | None = None
+
+    def __iter__(self) -> InfiniteBatches:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            if self._iterator is None:
+                self._iterator = self._start_epoch()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                if self.batch_in_epoch == 0:
+                    raise RuntimeError("the data loader yields no batches") from None
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._iterator = None
+                continue
+            self.batch_in_epoch += 1
+            return batch
+
+    def _start_epoch(self) -> Iterator[Any]:
+        sampler = self.loader.sampler
+        if isinstance(sampler, ResumableSampler):
+            start = self.batch_in_epoch * self.loader.batch_size
+            sampler.set_epoch(self.epoch, start_index=start)
+            return iter(self.loader)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        iterator = iter(self.loader)
+        for _ in range(self.batch_in_epoch):  # any other sampler: load and discard
+            next(iterator, None)
+        return iterator
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "batch_in_epoch": k}``: the position after the last yielded batch."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state_dict` (restarts the underlying iterator)."""
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self._iterator = None
+
+
+def infinite_batches(
+    loader: DataLoader, *, start_epoch: int = 0, skip_batches: int = 0
+) -> InfiniteBatches:
+    """Endless iterator over ``loader`` for training (see :class:`InfiniteBatches`)."""
+    return InfiniteBatches(loader, start_epoch=start_epoch, skip_batches=skip_batches)

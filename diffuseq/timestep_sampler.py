@@ -1,0 +1,231 @@
+"""Timestep samplers for training (spec §5.8, golden G7).
+
+Reimplements the original `diffuseq/step_sample.py` (itself improved-diffusion's
+`resample.py`, Nichol & Dhariwal 2021 §3.3, plus DiffuSeq's `FixSampler`): importance sampling
+of ``t`` with weights ``1/(T·p_t)`` so the expected weighted loss is unbiased.
+
+Differences from the original, none of which changes a number:
+
+* ``sample`` accepts an explicit ``numpy.random.Generator``; without one it uses the legacy
+  global numpy RNG (``np.random.choice``) exactly as the original.
+* :class:`LossSecondMomentResampler` pads every rank's batch before the all-gather (the
+  original only works when all ranks have equal micro-batch sizes, spec §10.1 item 22) and
+  has ``state_dict``/``load_state_dict`` for exact resume.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "SAMPLER_NAMES",
+    "ScheduleSampler",
+    "UniformSampler",
+    "FixSampler",
+    "LossAwareSampler",
+    "LossSecondMomentResampler",
+    "create_named_schedule_sampler",
+]
+
+
+class ScheduleSampler(ABC):
+    """A distribution over timesteps ``0..len(weights())−1`` with importance weights."""
+
+    @abstractmethod
+    def weights(self) -> np.ndarray:
+        """Unnormalised float64 sampling weights ``[T]`` (positive)."""
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str = "cpu",
+        generator: np.random.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``batch_size`` timesteps.
+
+        ``p = w/Σw``; ``t ~ choice(len(p), p=p)`` (legacy global ``np.random`` when
+        ``generator`` is None, as the original); weight ``1/(len(p)·p_t)``.
+
+        Returns:
+            ``(t int64 [B], weights float32 [B])`` on ``device``.
+        """
+        w = self.weights()
+        p = w / np.sum(w)
+        if generator is None:
+            indices = np.random.choice(len(p), size=(batch_size,), p=p)
+        else:
+            indices = generator.choice(len(p), size=(batch_size,), p=p)
+        importance = 1 / (len(p) * p[indices])
+        t = torch.from_numpy(np.asarray(indices)).long().to(device)
+        return t, torch.from_numpy(importance).float().to(device)
+
+
+class UniformSampler(ScheduleSampler):
+    """``w_t = 1`` for all ``t`` (importance weights all 1)."""
+
+    def __init__(self, num_timesteps: int) -> None:
+        self._weights = np.ones([num_timesteps], dtype=np.float64)
+
+    def weights(self) -> np.ndarray:
+        return self._weights
+
+
+class FixSampler(ScheduleSampler):
+    """DiffuSeq's ``fixstep``: weight 1 on the first half of the steps, 0.5 on the second.
+
+    Faithful to the original, the weights are ``[1]·(T//2) + [0.5]·(T//2)``: for odd ``T`` the
+    array has ``T−1`` entries, so the last step ``T−1`` is never drawn and the importance
+    weights use ``T−1`` in place of ``T``.
+    """
+
+    def __init__(self, num_timesteps: int) -> None:
+        half = num_timesteps // 2
+        self._weights = np.concatenate([np.ones([half]), np.zeros([half]) + 0.5])
+
+    def weights(self) -> np.ndarray:
+        return self._weights
+
+
+class LossAwareSampler(ScheduleSampler):
+    """A sampler whose weights follow the training losses (synchronised across ranks)."""
+
+    def update_with_local_losses(self, local_ts: torch.Tensor, local_losses: torch.Tensor) -> None:
+        """Record this rank's per-example (unweighted, detached) losses.
+
+        With ``torch.distributed`` initialised and world size > 1, every rank all-gathers the
+        batch sizes, then the (padded to the largest batch) timesteps and losses, and replays
+        the concatenation in rank order, so all ranks end with identical state. Otherwise the
+        local values are replayed directly.
+
+        Args:
+            local_ts: int ``[b]``; local_losses: float ``[b]`` (same device; gloo: CPU).
+        """
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            self.update_with_all_losses(local_ts.tolist(), local_losses.detach().tolist())
+            return
+        world = dist.get_world_size()
+        device = local_ts.device
+        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([len(local_ts)], dtype=torch.int64, device=device))
+        sizes = [int(s.item()) for s in sizes]
+        max_bs = max(sizes)
+        padded_ts = torch.zeros(max_bs, dtype=torch.int64, device=device)
+        padded_ts[: len(local_ts)] = local_ts
+        padded_losses = torch.zeros(max_bs, dtype=local_losses.dtype, device=device)
+        padded_losses[: len(local_losses)] = local_losses.detach()
+        all_ts = [torch.zeros_like(padded_ts) for _ in range(world)]
+        all_losses = [torch.zeros_like(padded_losses) for _ in range(world)]
+        dist.all_gather(all_ts, padded_ts)
+        dist.all_gather(all_losses, padded_losses)
+        ts = [x for chunk, n in zip(all_ts, sizes) for x in chunk[:n].tolist()]
+        losses = [x for chunk, n in zip(all_losses, sizes) for x in chunk[:n].tolist()]
+        self.update_with_all_losses(ts, losses)
+
+    @abstractmethod
+    def update_with_all_losses(self, ts: Sequence[int], losses: Sequence[float]) -> None:
+        """Record the losses of all ranks (identical call on every rank)."""
+
+
+class LossSecondMomentResampler(LossAwareSampler):
+    """``lossaware``: ``p_t ∝ √E[L_t²]`` over the last ``history_per_term`` losses of step t.
+
+    Uniform until every step has a full history; then ``w = √mean(history²)``, normalised to
+    sum 1 and mixed with ``uniform_prob`` of the uniform distribution.
+    """
+
+    def __init__(self, num_timesteps: int, *, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
+        self.num_timesteps = int(num_timesteps)
+        self.history_per_term = int(history_per_term)
+        self.uniform_prob = float(uniform_prob)
+        self._loss_history = np.zeros([self.num_timesteps, self.history_per_term], dtype=np.float64)
+        self._loss_counts = np.zeros([self.num_timesteps], dtype=np.int64)
+
+    def weights(self) -> np.ndarray:
+        if not self.warmed_up():
+            return np.ones([self.num_timesteps], dtype=np.float64)
+        weights = np.sqrt(np.mean(self._loss_history**2, axis=-1))
+        weights /= np.sum(weights)
+        weights *= 1 - self.uniform_prob
+        weights += self.uniform_prob / len(weights)
+        return weights
+
+    def update_with_all_losses(self, ts: Sequence[int], losses: Sequence[float]) -> None:
+        for t, loss in zip(ts, losses):
+            t = int(t)
+            if self._loss_counts[t] == self.history_per_term:
+                # Full ring: drop the oldest, append the newest.
+                self._loss_history[t, :-1] = self._loss_history[t, 1:]
+                self._loss_history[t, -1] = loss
+            else:
+                self._loss_history[t, self._loss_counts[t]] = loss
+                self._loss_counts[t] += 1
+
+    def warmed_up(self) -> bool:
+        """True once every timestep holds ``history_per_term`` losses."""
+        return bool((self._loss_counts == self.history_per_term).all())
+
+    @property
+    def loss_history(self) -> np.ndarray:
+        """float64 ``[T, history_per_term]`` (unfilled slots hold 0); a copy."""
+        return self._loss_history.copy()
+
+    @property
+    def loss_counts(self) -> np.ndarray:
+        """int64 ``[T]`` number of stored losses per step; a copy."""
+        return self._loss_counts.copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed for an exact resume (tensors, so ``torch.save`` handles it)."""
+        return {
+            "loss_history": torch.from_numpy(self._loss_history.copy()),
+            "loss_counts": torch.from_numpy(self._loss_counts.copy()),
+            "history_per_term": self.history_per_term,
+            "uniform_prob": self.uniform_prob,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        history = np.asarray(state["loss_history"], dtype=np.float64)
+        counts = np.asarray(state["loss_counts"], dtype=np.int64)
+        expected = (self.num_timesteps, self.history_per_term)
+        if history.shape != expected or counts.shape != (self.num_timesteps,):
+            raise ValueError(
+                f"sampler state has history {history.shape} and counts {counts.shape}; "
+                f"expected {expected} and ({self.num_timesteps},)"
+            )
+        if int(state.get("history_per_term", self.history_per_term)) != self.history_per_term:
+            raise ValueError("sampler state was saved with a different history_per_term")
+        self._loss_history = history.copy()
+        self._loss_counts = counts.copy()
+        self.uniform_prob = float(state.get("uniform_prob", self.uniform_prob))
+
+
+_SAMPLERS = {
+    "uniform": UniformSampler,
+    "lossaware": LossSecondMomentResampler,
+    "fixstep": FixSampler,
+}
+
+#: Names accepted by :func:`create_named_schedule_sampler`.
+SAMPLER_NAMES: tuple[str, ...] = tuple(_SAMPLERS)
+
+
+def create_named_schedule_sampler(name: str, diffusion_or_T: Any) -> ScheduleSampler:
+    """Build a sampler by name (``uniform``, ``lossaware``, ``fixstep``).
+
+    Args:
+        diffusion_or_T: ``T`` or any object with ``num_timesteps`` (a ``GaussianDiffusion``).
+
+    Raises:
+        ValueError: unknown name; the message lists the choices.
+    """
+    if name not in _SAMPLERS:
+        raise ValueError(f"unknown schedule sampler: {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    T = getattr(diffusion_or_T, "num_timesteps", diffusion_or_T)
+    return _SAMPLERS[name](int(T))

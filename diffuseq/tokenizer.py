@@ -1,0 +1,589 @@
+"""Text tokenizers behind one small interface.
+
+Reimplements DiffuSeq's ``basic_utils.myTokenizer`` (spec §3.2): the Hugging Face tokenizer
+selected by ``--vocab bert`` and the word-level vocab-file format selected by
+``--vocab path/to/vocab.txt``. Adds a third kind, ``--vocab wordpiece``: a WordPiece vocabulary
+learned from the training data, for runs without any hub asset.
+
+``--vocab`` values (:func:`load_tokenizer`):
+
+* ``bert``: the Hugging Face tokenizer named by ``config_name`` (default ``bert-base-uncased``).
+* ``hf:NAME_OR_PATH``, or an existing directory: any Hugging Face fast tokenizer. A directory
+  holding only ``vocab.txt`` is read as an uncased BERT WordPiece vocabulary.
+* ``wordpiece``: learned from the training files' ``src`` and ``trg`` texts.
+* anything else: a word-level vocab file in the original's format.
+
+Nothing is ever downloaded: hub names are looked up with ``local_files_only=True`` and a name
+missing from the local cache raises :class:`~diffuseq.errors.OfflineAssetError` at once.
+
+Differences from the original (deliberate):
+
+* Hugging Face decoding passes ``clean_up_tokenization_spaces=True`` explicitly, which reproduces
+  the pinned transformers 4.22 output (newer versions changed the default).
+* A duplicate line in a vocab file raises :class:`~diffuseq.errors.DataError`; the original
+  silently gives the duplicate (and the next new token) the same new id, corrupting the mapping.
+  ``allow_duplicate_vocab=True`` reproduces the original's ids.
+* :func:`load_tokenizer_from_run` reads the tokenizer saved in the run folder, so decoding works
+  after the original vocab path is gone (the original needs that path at decode time).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from abc import ABC, abstractmethod
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from diffuseq.data import read_pairs
+from diffuseq.errors import CheckpointError, ConfigError, DataError, OfflineAssetError
+
+VOCAB_JSON = "vocab.json"  # the original's file name for a saved word-level vocab
+TOKENIZER_JSON = "tokenizer.json"  # Hugging Face / `tokenizers` serialisation
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+_OFFLINE_HINT = (
+    "Nothing is downloaded at run time. Pass a local folder holding vocab.txt or tokenizer.json "
+    "(--vocab path/to/folder, or --config_name path/to/folder with --vocab bert), a word-level "
+    "vocab file (--vocab path/to/vocab.txt), or --vocab wordpiece to learn a vocabulary from the "
+    "training data."
+)
+
+
+class TextTokenizer(ABC):
+    """What the data pipeline, the decoder and the evaluator need from a tokenizer.
+
+    ``special_tokens`` maps ``sos``, ``eos``, ``sep`` and ``pad`` to the strings that decoded
+    text contains (e.g. ``[CLS] [SEP] [SEP] [PAD]`` for BERT); the evaluator deletes them.
+    """
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids the model must embed (the original's ``len(tokenizer)``)."""
+
+    @property
+    @abstractmethod
+    def pad_token_id(self) -> int:
+        """Id used to right-pad ``input_ids`` (BERT 0, word-level 3)."""
+
+    @property
+    @abstractmethod
+    def sep_token_id(self) -> int:
+        """Id placed between source and target (BERT 102 ``[SEP]``, word-level 1 ``[END]``)."""
+
+    @property
+    @abstractmethod
+    def special_tokens(self) -> dict[str, str]:
+        """``{"sos", "eos", "sep", "pad"}`` → the token strings as they appear in decoded text."""
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encode each text with specials added (``[CLS] … [SEP]``), without truncation."""
+
+    @abstractmethod
+    def _decode_kept(self, ids: list[int]) -> str:
+        """Decode ids that already had their trailing pads removed."""
+
+    @abstractmethod
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write what :func:`load_tokenizer_from_run` needs into the run folder ``directory``."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """``{"kind": ..., ...}``: the kind and what is needed to rebuild it from a run folder."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Original decode semantics (spec §3.2, §5.13).
+
+        Only *trailing* ids equal to ``pad_token_id`` are dropped; special tokens and interior
+        pads stay in the text. ``ids`` may be a list, a 1-D tensor or a 1-D array.
+        """
+        kept = [int(i) for i in ids]
+        while kept and kept[-1] == self.pad_token_id:
+            kept.pop()
+        return self._decode_kept(kept)
+
+
+class HFTokenizer(TextTokenizer):
+    """A Hugging Face fast tokenizer (``--vocab bert``, ``hf:NAME``, a folder, or ``wordpiece``).
+
+    Args:
+        tokenizer: a ``transformers`` fast tokenizer with ``sep`` and ``pad`` tokens.
+        kind: ``"hf"``, or ``"wordpiece"`` for a vocabulary learned by :func:`train_wordpiece`.
+        source: hub name or folder it was loaded from (recorded by :meth:`describe`).
+    """
+
+    def __init__(self, tokenizer: Any, *, kind: str = "hf", source: str = "") -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(
+                f"tokenizer {source!r} is a slow (Python) tokenizer; DiffuSeq needs a fast one "
+                "(a folder with tokenizer.json or a BERT vocab.txt)."
+            )
+        missing = [name for name in ("sep_token", "pad_token") if getattr(tokenizer, name) is None]
+        if missing:
+            raise ConfigError(
+                f"tokenizer {source!r} has no {' / '.join(missing)}; the data layout "
+                "[CLS] x [SEP] [SEP] [CLS] y [SEP] [PAD]… needs BERT-style special tokens. "
+                "Use a BERT-style tokenizer, a word-level vocab file, or --vocab wordpiece."
+            )
+        self._tok = tokenizer
+        self._kind = kind
+        self._source = source
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self._tok.pad_token_id)
+
+    @property
+    def sep_token_id(self) -> int:
+        return int(self._tok.sep_token_id)
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        tok = self._tok
+        return {
+            "sos": tok.cls_token or tok.bos_token or "",
+            "eos": tok.sep_token or tok.eos_token,
+            "sep": tok.sep_token,
+            "pad": tok.pad_token,
+        }
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        """The wrapped ``transformers`` tokenizer."""
+        return self._tok
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        out = self._tok(
+            list(texts),
+            add_special_tokens=True,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        return [list(ids) for ids in out["input_ids"]]
+
+    def _decode_kept(self, ids: list[int]) -> str:
+        # transformers 4.22 (pinned by the original) cleaned up spaces by default; 5.x does not.
+        return self._tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=True)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """``save_pretrained`` into ``directory`` (``tokenizer.json``, ``tokenizer_config.json``)."""
+        self._tok.save_pretrained(str(directory))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self._kind,
+            "source": self._source,
+            "class": type(self._tok).__name__,
+            "vocab_size": self.vocab_size,
+            "files": [TOKENIZER_JSON, "tokenizer_config.json"],
+        }
+
+
+class VocabFileTokenizer(TextTokenizer):
+    """The original's word-level vocabulary (``--vocab path/to/vocab.txt``, spec §3.2).
+
+    Ids: ``[START] 0, [END] 1, [UNK] 2, [PAD] 3``, then one id per line of the file in file
+    order. Encoding splits on whitespace (case-sensitive), maps unknown words to 2 and wraps the
+    ids as ``[0] + ids + [1]``. Decoding joins tokens with single spaces and deletes every
+    ``"__ "`` and ``"@@ "`` (subword continuation markers).
+
+    Args:
+        vocab: token → id, starting with the four specials (as saved in ``vocab.json``).
+        source: the file it was read from (recorded by :meth:`describe`).
+    """
+
+    SPECIALS = ("[START]", "[END]", "[UNK]", "[PAD]")
+    START_ID, END_ID, UNK_ID, PAD_ID = 0, 1, 2, 3
+
+    def __init__(self, vocab: Mapping[str, int], *, source: str = "") -> None:
+        for expected_id, token in enumerate(self.SPECIALS):
+            if vocab.get(token) != expected_id:
+                raise DataError(
+                    source or VOCAB_JSON,
+                    None,
+                    token,
+                    f"a word-level vocabulary must map {token} to {expected_id}; got "
+                    f"{vocab.get(token)!r}. Rebuild it from the vocab file.",
+                )
+        self._vocab = dict(vocab)
+        # Later entries win, like the original's reverse dict.
+        self._rev = {int(i): token for token, i in self._vocab.items()}
+        self._source = source
+
+    @classmethod
+    def from_vocab_file(
+        cls, path: str | os.PathLike, *, allow_duplicates: bool = False
+    ) -> VocabFileTokenizer:
+        """Read the original's vocab-file format: the first space-separated field of each line.
+
+        Lines may be ``token`` or ``token count`` (fairseq style). Raises :class:`DataError`
+        naming the line of a duplicate token unless ``allow_duplicates`` is set, in which case
+        the original's (corrupting) reassignment ``vocab[token] = len(vocab)`` is reproduced.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(
+                str(path),
+                None,
+                None,
+                "vocab file not found. --vocab takes bert, wordpiece, hf:NAME_OR_FOLDER, a "
+                "tokenizer folder, or the path of a word-level vocab file (one token per line).",
+            )
+        vocab = {token: i for i, token in enumerate(cls.SPECIALS)}
+        first_line: dict[str, int] = {}
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                token = line.strip().split(" ")[0]
+                if token in vocab and not allow_duplicates:
+                    raise DataError(str(path), line_no, None, _duplicate_message(token, first_line))
+                first_line.setdefault(token, line_no)
+                vocab[token] = len(vocab)
+        return cls(vocab, source=str(path))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike, *, source: str = "") -> VocabFileTokenizer:
+        """Load a saved ``vocab.json`` (token → id dict, the original's run-folder file)."""
+        try:
+            vocab = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{path}: cannot read the saved vocabulary ({err}).") from err
+        if not isinstance(vocab, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()
+        ):
+            raise CheckpointError(f"{path}: expected a JSON object mapping tokens to integer ids.")
+        return cls(vocab, source=source or str(path))
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        """A copy of the token → id dict."""
+        return dict(self._vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.PAD_ID
+
+    @property
+    def sep_token_id(self) -> int:
+        return self.END_ID
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        return {"sos": "[START]", "eos": "[END]", "sep": "[END]", "pad": "[PAD]"}
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        get = self._vocab.get
+        return [
+            [self.START_ID, *(get(word, self.UNK_ID) for word in text.split()), self.END_ID]
+            for text in texts
+        ]
+
+    def _decode_kept(self, ids: list[int]) -> str:
+        # An id missing from the reverse dict only occurs with allow_duplicates (the original
+        # raised KeyError there); show it as [UNK].
+        text = " ".join(self._rev.get(i, "[UNK]") for i in ids)
+        return text.replace("__ ", "").replace("@@ ", "")
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``vocab.json`` exactly as the original does (``json.dump`` defaults)."""
+        with (Path(directory) / VOCAB_JSON).open("w", encoding="utf-8") as handle:
+            json.dump(self._vocab, handle)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "vocab_file",
+            "source": self._source,
+            "vocab_size": self.vocab_size,
+            "files": [VOCAB_JSON],
+        }
+
+
+def _duplicate_message(token: str, first_line: Mapping[str, int]) -> str:
+    if token in VocabFileTokenizer.SPECIALS:
+        where = f"it is a built-in special token (id {VocabFileTokenizer.SPECIALS.index(token)})"
+    elif token == "":
+        where = f"blank line; the first blank line (line {first_line['']}) already gave '' an id"
+    else:
+        where = f"first seen on line {first_line[token]}"
+    return (
+        f"duplicate token {token!r} ({where}). The original DiffuSeq silently reassigns ids here, "
+        "which corrupts the vocabulary: remove the line, or pass allow_duplicate_vocab=True to "
+        "reproduce the original's ids."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# WordPiece vocabulary learned from the training data (--vocab wordpiece)
+# ----------------------------------------------------------------------------------------------
+
+
+def train_wordpiece(texts: Iterable[str], *, vocab_size: int = 8000) -> HFTokenizer:
+    """Learn an uncased BERT-style WordPiece tokenizer from ``texts``, deterministically.
+
+    Normalisation, pre-tokenisation and the WordPiece model come from the ``tokenizers``
+    library (BERT normaliser and pre-tokeniser, ``##`` continuation prefix, ``[CLS] $A [SEP]``
+    post-processor). The vocabulary itself is learned by :func:`learn_wordpiece_vocab`, a
+    frequency-based merge learner like ``tokenizers.trainers.WordPieceTrainer`` but with a fixed
+    tie-break: the library trainer orders ties by hash-map iteration, so two runs (or two ranks)
+    on the same data can produce different vocabularies.
+
+    Args:
+        texts: training strings (sources and targets).
+        vocab_size: target size including the specials ``[PAD]=0 [UNK] [CLS] [SEP] [MASK]``;
+            smaller if the data has fewer merges, larger if the alphabet alone exceeds it.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        counts.update(word for word, _ in words)
+    tokens = learn_wordpiece_vocab(counts, vocab_size=vocab_size, special_tokens=WORDPIECE_SPECIALS)
+
+    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tokens.index("[CLS]")), ("[SEP]", tokens.index("[SEP]"))],
+    )
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return HFTokenizer(_wrap_backend(backend), kind="wordpiece", source="wordpiece")
+
+
+def _wrap_backend(backend: Any) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def learn_wordpiece_vocab(
+    word_counts: Mapping[str, int], *, vocab_size: int, special_tokens: Sequence[str]
+) -> list[str]:
+    """Frequency-based WordPiece vocabulary learning (BPE merges with a ``##`` prefix).
+
+    Each word starts as ``[w0, ##w1, ##w2, …]``. The most frequent adjacent pair (weighted by
+    word count) is merged repeatedly; ties go to the lexicographically smallest pair. Merged
+    tokens are appended until ``vocab_size`` is reached or nothing is left to merge.
+
+    Args:
+        word_counts: pre-tokenised word → count.
+        vocab_size: target vocabulary size, specials included.
+        special_tokens: tokens placed first, in order (ids 0, 1, …).
+
+    Returns:
+        The vocabulary in id order: specials, the alphabet, ``##`` + alphabet, then merges.
+    """
+    words = sorted(word_counts)
+    freqs = [word_counts[w] for w in words]
+    symbols = [[w[0], *("##" + c for c in w[1:])] for w in words]
+    alphabet = sorted({c for w in words for c in w})
+    vocab = list(dict.fromkeys([*special_tokens, *alphabet, *("##" + c for c in alphabet)]))
+    known = set(vocab)
+
+    pair_count: dict[tuple[str, str], int] = defaultdict(int)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, syms in enumerate(symbols):
+        for pair in zip(syms, syms[1:]):
+            pair_count[pair] += freqs[i]
+            where[pair].add(i)
+    heap = [(-count, a, b) for (a, b), count in pair_count.items()]
+    heapq.heapify(heap)
+
+    while len(vocab) < vocab_size and heap:
+        neg_count, a, b = heapq.heappop(heap)
+        if pair_count.get((a, b), 0) != -neg_count:
+            continue  # stale heap entry
+        merged_token = a + b[2:]
+        if merged_token not in known:
+            known.add(merged_token)
+            vocab.append(merged_token)
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop((a, b), ())):
+            old, new = symbols[i], _merge_pair(symbols[i], a, b, merged_token)
+            delta: Counter[tuple[str, str]] = Counter()
+            for pair in zip(old, old[1:]):
+                delta[pair] -= freqs[i]
+            for pair in zip(new, new[1:]):
+                delta[pair] += freqs[i]
+            for pair, d in delta.items():
+                if d:
+                    pair_count[pair] += d
+                    changed.add(pair)
+            new_pairs = set(zip(new, new[1:]))
+            for pair in set(zip(old, old[1:])) - new_pairs:
+                if pair in where:
+                    where[pair].discard(i)
+            for pair in new_pairs:
+                where[pair].add(i)
+            symbols[i] = new
+        for pair in sorted(changed):
+            if pair_count[pair] > 0:
+                heapq.heappush(heap, (-pair_count[pair], *pair))
+            else:
+                del pair_count[pair]
+                where.pop(pair, None)
+    return vocab
+
+
+def _merge_pair(symbols: list[str], a: str, b: str, merged: str) -> list[str]:
+    """Replace every non-overlapping adjacent ``(a, b)`` in ``symbols``, left to right."""
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Factories
+# ----------------------------------------------------------------------------------------------
+
+
+def load_hf_tokenizer(name_or_path: str, *, flag: str = "--vocab") -> HFTokenizer:
+    """Load a Hugging Face fast tokenizer from a folder or the local hub cache, never the network.
+
+    A folder holding only ``vocab.txt`` (no ``tokenizer.json`` / ``tokenizer_config.json`` /
+    ``config.json``) is read as an uncased BERT WordPiece vocabulary. (transformers 5.x ignores
+    ``BertTokenizerFast(vocab_file=...)``, so the folder is always passed to ``from_pretrained``.)
+
+    Raises:
+        OfflineAssetError: ``name_or_path`` is a hub name that is not in the local cache.
+        ConfigError: the folder exists but holds no usable tokenizer.
+    """
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        files = {p.name for p in path.iterdir()}
+        bare_vocab = "vocab.txt" in files and not files & {
+            TOKENIZER_JSON,
+            "tokenizer_config.json",
+            "config.json",
+        }
+        loader = BertTokenizerFast if bare_vocab else AutoTokenizer
+        try:
+            tok = loader.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(
+                f"{flag} {name_or_path}: the folder holds no usable tokenizer ({err}). It needs "
+                "tokenizer.json (+ tokenizer_config.json) or a BERT vocab.txt."
+            ) from err
+        return HFTokenizer(tok, source=str(path))
+    if name_or_path.startswith((".", "/", "~", os.sep)) or name_or_path.count("/") > 1:
+        raise ConfigError(f"{flag} {name_or_path}: folder not found. {_OFFLINE_HINT}")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise OfflineAssetError(
+            f"{flag}: tokenizer {name_or_path!r} is not in the local Hugging Face cache and "
+            f"downloading is disabled. {_OFFLINE_HINT}"
+        ) from err
+    return HFTokenizer(tok, source=name_or_path)
+
+
+def _vocab_kind(vocab: str, config_name: str) -> tuple[str, str]:
+    """``--vocab`` value → (kind, argument); kinds: ``hf``, ``wordpiece``, ``vocab_file``."""
+    if vocab == "bert":
+        return "hf", config_name
+    if vocab == "wordpiece":
+        return "wordpiece", ""
+    if vocab.startswith("hf:"):
+        return "hf", vocab[3:]
+    if Path(vocab).expanduser().is_dir():
+        return "hf", vocab
+    return "vocab_file", vocab
+
+
+def load_tokenizer(
+    vocab: str,
+    *,
+    config_name: str = "bert-base-uncased",
+    train_files: Sequence[str | os.PathLike] | None = None,
+    wordpiece_vocab_size: int = 8000,
+    allow_duplicate_vocab: bool = False,
+) -> TextTokenizer:
+    """Build the tokenizer selected by ``--vocab`` (see the module docstring for the values).
+
+    Args:
+        vocab: ``bert`` | ``hf:NAME_OR_PATH`` | a tokenizer folder | ``wordpiece`` | a vocab file.
+        config_name: tokenizer name or folder used by ``--vocab bert``.
+        train_files: jsonl files whose ``src``/``trg`` texts ``--vocab wordpiece`` learns from.
+        wordpiece_vocab_size: target vocabulary size for ``--vocab wordpiece``.
+        allow_duplicate_vocab: reproduce the original's id reassignment on duplicate vocab lines.
+    """
+    kind, arg = _vocab_kind(vocab, config_name)
+    if kind == "hf":
+        flag = "--config_name" if vocab == "bert" else "--vocab"
+        return load_hf_tokenizer(arg, flag=flag)
+    if kind == "wordpiece":
+        if not train_files:
+            raise ConfigError(
+                "--vocab wordpiece learns its vocabulary from the training data: pass the "
+                "training jsonl file(s)."
+            )
+        texts = (text for path in train_files for pair in read_pairs(path) for text in pair)
+        return train_wordpiece(texts, vocab_size=wordpiece_vocab_size)
+    return VocabFileTokenizer.from_vocab_file(arg, allow_duplicates=allow_duplicate_vocab)
+
+
+def load_tokenizer_from_run(
+    run_dir: str | os.PathLike, vocab: str, *, config_name: str = "bert-base-uncased"
+) -> TextTokenizer:
+    """Rebuild a run's tokenizer, preferring what training saved in ``run_dir``.
+
+    ``vocab`` and ``config_name`` are the run's values (from ``training_args.json``):
+    word-level runs read ``run_dir/vocab.json`` (falling back to the vocab file if it still
+    exists); ``wordpiece`` runs read ``run_dir/tokenizer.json``; Hugging Face runs read the
+    tokenizer files in ``run_dir`` if present, else load ``vocab``/``config_name`` again.
+    """
+    run_dir = Path(run_dir)
+    kind, arg = _vocab_kind(vocab, config_name)
+    if kind == "vocab_file":
+        if (run_dir / VOCAB_JSON).is_file():
+            return VocabFileTokenizer.from_json(run_dir / VOCAB_JSON, source=arg)
+        if Path(arg).is_file():
+            return VocabFileTokenizer.from_vocab_file(arg)
+        raise CheckpointError(
+            f"{run_dir}: no {VOCAB_JSON} in the run folder and the run's vocab file {arg!r} does "
+            "not exist; copy the vocab file back or pass --vocab path/to/vocab.txt."
+        )
+    if (run_dir / TOKENIZER_JSON).is_file():
+        tokenizer = load_hf_tokenizer(str(run_dir), flag="run folder")
+        return HFTokenizer(tokenizer.hf_tokenizer, kind=kind, source=str(run_dir))
+    if kind == "wordpiece":
+        raise CheckpointError(
+            f"{run_dir}: the run was trained with --vocab wordpiece but {TOKENIZER_JSON}, where "
+            "training saves the learned vocabulary, is missing from the run folder."
+        )
+    return load_tokenizer(vocab, config_name=config_name)

@@ -1,0 +1,433 @@
+"""The training loop of DiffuSeq / DiffuSeq-v2.
+
+Reimplements `TrainLoop` of the original `diffuseq/train_util.py` (spec §6): AdamW with a linear
+LR anneal, micro-batch gradient accumulation with the original's semantics (the gradient is the
+SUM of the micro-batch mean losses, each weighted by the timestep importance weights, spec §6.3),
+DDP with ``no_sync`` on every micro-batch but the last, the loss-aware timestep sampler updated
+(all-gathered) after every micro-batch, EMA at one or more rates, periodic validation loss and
+the original's logged keys (``loss, mse, nll`` with ``_q0.._q3`` quartiles by ``t``,
+``grad_norm, samples, step``, ``eval_*``).
+
+Differences from the original (deliberate):
+
+* Mixed precision through ``torch.amp`` (fp16 with a GradScaler on CUDA, or bf16 without one);
+  gradients are unscaled before clipping (v2 clipped the still-scaled gradients, spec §10.2
+  item 7). v1's fp16 crashed (spec §6.4).
+* DDP also on CPU (gloo); the loss reaches the embedding/logits through the unwrapped model
+  instead of ``model.model.module`` (spec §10.3).
+* Full training states are saved next to the EMA files, for an exact resume (spec §6.7: the
+  original saved and resumed EMA weights only, with a fresh optimizer). Files are named by the
+  number of optimizer updates they hold; the original's in-loop files held one more update than
+  their name says.
+* The data pipeline never draws from the training RNG (each batch is fetched inside
+  ``torch.random.fork_rng``), so resuming is bit-identical.
+* Validation runs on rank 0 only (the original ran it on every rank and logged rank 0's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from diffuseq import dist
+from diffuseq.checkpoint import (
+    atomic_torch_save,
+    capture_rng_state,
+    restore_rng_state,
+    prune_states,
+    save_ema_file,
+    seed_everything,
+    state_file_name,
+    write_latest,
+    STATE_FORMAT,
+    STATE_VERSION,
+)
+from diffuseq.config import TrainConfig
+from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.logger import MetricsWriter, get_logger
+from diffuseq.model import state_dict_for_saving
+from diffuseq.nn_utils import update_ema
+from diffuseq.timestep_sampler import LossAwareSampler, ScheduleSampler
+
+LOSS_KEYS = ("loss", "mse", "nll")
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--use_fp16`` / ``--bf16`` on ``device`` (``None``: fp32).
+
+    Raises:
+        ConfigError: fp16 on CPU, or bf16 on a GPU without bf16 support.
+    """
+    if config.use_fp16:
+        if device.type != "cuda":
+            raise ConfigError(
+                "--use_fp16 needs a CUDA GPU (fp16 autocast with a GradScaler); on CPU use --bf16 "
+                "or train in fp32"
+            )
+        return torch.float16
+    if config.bf16:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("--bf16: this GPU does not support bfloat16; use --use_fp16 instead")
+        return torch.bfloat16
+    return None
+
+
+class Trainer:
+    """Runs the optimisation of one process (one rank).
+
+    Args (keyword-only):
+        model: the unwrapped denoiser, already on ``device`` (wrapped in DDP here when the
+            process group has more than one rank).
+        diffusion: the :class:`~diffuseq.diffusion.GaussianDiffusion`.
+        sampler: the timestep sampler (a :class:`LossAwareSampler` is updated every micro-batch).
+        train_batches: endless iterator of ``{"input_ids", "input_mask"}`` batches with
+            ``state_dict``/``load_state_dict`` (:class:`diffuseq.data.InfiniteBatches`).
+        valid_batches: the same for validation (rank 0), or ``None`` to skip validation.
+        config: the run's :class:`TrainConfig`.
+        run_dir: where checkpoints go.
+        device: this rank's device.
+        writer: the metrics writer (disabled off rank 0).
+        run_info: plain data embedded in every state file (the run's config, training args).
+        max_minutes: wall-clock budget; when spent, save and stop (``None``: no budget).
+        keep_states: full training states to keep (``<= 0``: all); EMA files are never deleted.
+        progress: show a tqdm bar (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        diffusion: Any,
+        sampler: ScheduleSampler,
+        train_batches: Iterator[dict[str, torch.Tensor]],
+        valid_batches: Iterator[dict[str, torch.Tensor]] | None,
+        config: TrainConfig,
+        run_dir: str | Path,
+        device: torch.device,
+        writer: MetricsWriter,
+        run_info: Mapping[str, Any] | None = None,
+        max_minutes: float | None = None,
+        keep_states: int = 2,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.diffusion = diffusion
+        self.sampler = sampler
+        self.train_batches = train_batches
+        self.valid_batches = valid_batches
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.writer = writer
+        self.run_info = dict(run_info or {})
+        self.max_minutes = max_minutes
+        self.keep_states = keep_states
+        self.progress = progress
+        self.log = get_logger("trainer")
+
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        self.amp_dtype = autocast_dtype(config, self.device)
+        self.microbatch = config.effective_microbatch
+        if self.world_size > 1:
+            self.ddp_model: torch.nn.Module = DistributedDataParallel(
+                model,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                bucket_cap_mb=128,
+                find_unused_parameters=False,
+            )
+        else:
+            self.ddp_model = model
+        self.params = [p for _, p in model.named_parameters()]
+        self.param_names = [n for n, _ in model.named_parameters()]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.use_fp16)
+        # EMA copies start from the (rank-0-synchronised) initial parameters (spec §6.2).
+        self.ema: dict[float, list[torch.Tensor]] = {
+            rate: [p.detach().clone() for p in self.params] for rate in config.ema_rates
+        }
+        self.step = 0  # optimizer updates done
+        self.last_saved_step = -1
+        self.stopped_early = False
+
+    # ------------------------------------------------------------------------------ loop
+    def fit(self) -> int:
+        """Train until ``learning_steps`` updates (or the time budget); returns the step reached."""
+        cfg = self.config
+        self.model.train()
+        deadline = time.monotonic() + 60.0 * self.max_minutes if self.max_minutes else None
+        bar = tqdm(
+            total=cfg.learning_steps, initial=self.step, disable=not (self.progress and self.is_main),
+            desc="training", dynamic_ncols=True,
+        )
+        with bar:
+            while self.step < cfg.learning_steps:
+                index = self.step  # 0-based index of this update, as the original counts
+                self.run_step(self._next_batch(self.train_batches))
+                if index % cfg.log_interval == 0:
+                    self._dump(bar)
+                if self.valid_batches is not None and index % cfg.eval_interval == 0:
+                    self.evaluate(self._next_batch(self.valid_batches))
+                    self.writer.log_value("step", index)
+                    self._dump(bar)
+                bar.update(1)
+                if self.step % cfg.save_interval == 0:
+                    self.save()
+                if deadline is not None and self._out_of_time(deadline):
+                    self.stopped_early = self.step < cfg.learning_steps
+                    break
+        if self.step != self.last_saved_step:
+            self.save()
+        if self.stopped_early:
+            self.log.info("stopped after %d steps: --max_minutes %g reached", self.step, self.max_minutes)
+        return self.step
+
+    def run_step(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """One optimizer update on one batch (spec §6.3)."""
+        index = self.step
+        self.forward_backward(batch)
+        self.optimize()
+        self.log_step(index)
+
+    def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Accumulate ``Σ_micro mean(loss·w)`` gradients; DDP syncs on the last micro-batch only."""
+        self.opt.zero_grad(set_to_none=True)
+        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        input_mask = batch["input_mask"].to(self.device, non_blocking=True)
+        size = input_ids.shape[0]
+        for start in range(0, size, self.microbatch):
+            ids = input_ids[start : start + self.microbatch]
+            mask = input_mask[start : start + self.microbatch]
+            last = start + self.microbatch >= size
+            t, weights = self.sampler.sample(ids.shape[0], device=self.device)
+            sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
+            with sync:
+                with self._autocast():
+                    losses = self.diffusion.training_losses(
+                        self.ddp_model, ids, mask, t, text_model=self.model
+                    )
+                if isinstance(self.sampler, LossAwareSampler):
+                    self.sampler.update_with_local_losses(t, losses["loss"].detach().float())
+                loss = (losses["loss"].float() * weights).mean()
+                self._log_losses("", t, losses, weights)
+                self.scaler.scale(loss).backward()
+
+    def optimize(self) -> None:
+        """Unscale, clip, anneal the LR, step, update the EMAs (spec §6.1, §6.2, §6.4, §6.5)."""
+        cfg = self.config
+        self.scaler.unscale_(self.opt)  # no-op without fp16
+        if cfg.gradient_clipping > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.gradient_clipping)
+        if self.writer.enabled:
+            self.writer.log_mean("grad_norm", _grad_norm(self.params))
+        lr = cfg.lr * (1.0 - self.step / cfg.learning_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        for rate, ema_params in self.ema.items():
+            update_ema(ema_params, self.params, rate)
+        self.step += 1
+
+    def log_step(self, index: int) -> None:
+        """``step`` and ``samples`` as the original logs them (spec §6.6)."""
+        self.writer.log_value("step", index)
+        self.writer.log_value("samples", (index + 1) * self.config.batch_size * self.world_size)
+
+    @torch.no_grad()
+    def evaluate(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Loss of one validation batch, logged as ``eval_*`` (spec §6.6). Like the original,
+        ``t`` comes from the (not updated) training sampler and the model stays in train mode."""
+        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        input_mask = batch["input_mask"].to(self.device, non_blocking=True)
+        for start in range(0, input_ids.shape[0], self.microbatch):
+            ids = input_ids[start : start + self.microbatch]
+            mask = input_mask[start : start + self.microbatch]
+            t, weights = self.sampler.sample(ids.shape[0], device=self.device)
+            with self._autocast():
+                losses = self.diffusion.training_losses(self.model, ids, mask, t, text_model=self.model)
+            self._log_losses("eval_", t, losses, weights)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        # The DataLoader draws a seed from the global torch RNG whenever it starts an epoch;
+        # isolating it keeps the training RNG stream independent of data-loader restarts.
+        with torch.random.fork_rng(devices=[]):
+            return next(batches)
+
+    def _log_losses(
+        self, prefix: str, t: torch.Tensor, losses: Mapping[str, torch.Tensor], weights: torch.Tensor
+    ) -> None:
+        """``logkv_mean`` of ``mean(v·w)`` per key and of each ``v·w`` under its quartile of t."""
+        if not self.writer.enabled:
+            return
+        keys = [k for k in LOSS_KEYS if k in losses]
+        values = torch.stack([losses[k].detach().float() * weights for k in keys])  # [K, b]
+        quartile = torch.div(4 * t, self.diffusion.num_timesteps, rounding_mode="floor")  # [b]
+        sums = values.new_zeros(len(keys), 4).index_add_(1, quartile, values)  # [K, 4]
+        counts = torch.bincount(quartile, minlength=4)  # [4]
+        self.writer.log_means(tuple(prefix + k for k in keys), values.mean(dim=1), [1] * len(keys))
+        self.writer.log_means(
+            tuple(f"{prefix}{k}_q{q}" for k in keys for q in range(4)), sums.reshape(-1), counts.repeat(len(keys))
+        )
+
+    def _dump(self, bar: tqdm) -> None:
+        record = self.writer.dump()
+        if "loss" in record:
+            bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+
+    def _out_of_time(self, deadline: float) -> bool:
+        """Rank 0 decides (clocks differ between ranks) and tells the others."""
+        return bool(dist.broadcast_object(time.monotonic() >= deadline if self.is_main else None))
+
+    # ------------------------------------------------------------------------------ state
+    def ema_state_dict(self, rate: float) -> dict[str, torch.Tensor]:
+        """The original's EMA file content for ``rate`` (CPU tensors)."""
+        ema = dict(zip(self.param_names, self.ema[rate]))
+        state = state_dict_for_saving(self.model, ema_params=ema, tied_quirk=self.config.ema_tied_quirk)
+        return {k: v.detach().cpu() for k, v in state.items()}
+
+    def state_dict(self, ranks: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """The full training state (``ranks``: every rank's RNG state and data position)."""
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": self.step,
+            "world_size": self.world_size,
+            **self.run_info,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": {
+                str(rate): {n: p.detach().cpu() for n, p in zip(self.param_names, params)}
+                for rate, params in self.ema.items()
+            },
+            "optimizer": _to_cpu(self.opt.state_dict()),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
+            "ranks": list(ranks),
+        }
+
+    def _rank_state(self) -> dict[str, Any]:
+        return {
+            "rng": capture_rng_state(self.device),
+            "train": self.train_batches.state_dict(),
+            "valid": self.valid_batches.state_dict() if self.valid_batches is not None else None,
+        }
+
+    def save(self) -> None:
+        """Write the EMA file(s), then the full state, then ``latest.json`` (rank 0); all ranks
+        contribute their RNG state and data position."""
+        ranks = dist.all_gather_object(self._rank_state())
+        if self.is_main:
+            for rate in self.ema:
+                save_ema_file(self.run_dir, rate=rate, step=self.step, state_dict=self.ema_state_dict(rate))
+            name = state_file_name(self.step)
+            atomic_torch_save(self.state_dict(ranks), self.run_dir / name)
+            write_latest(self.run_dir, state_name=name, step=self.step)
+            for path in prune_states(self.run_dir, keep=self.keep_states):
+                self.log.info("deleted old training state %s (--keep_states %d)", path.name, self.keep_states)
+            self.log.info("saved step %d to %s", self.step, self.run_dir)
+        self.last_saved_step = self.step
+        dist.barrier()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Exact resume from :meth:`state_dict` output (RNG restored last)."""
+        self.model.load_state_dict(state["model"])
+        for rate, params in self.ema.items():
+            saved = state["ema"].get(str(rate))
+            if saved is None:
+                self.log.warning("the state has no EMA at rate %s; starting it from the weights", rate)
+                saved = dict(zip(self.param_names, self.params))
+            _copy_named(params, self.param_names, saved, what=f"EMA {rate}")
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
+        self.step = self.last_saved_step = int(state["step"])
+        ranks = state.get("ranks") or []
+        exact = len(ranks) == self.world_size
+        mine = ranks[self.rank] if exact else (ranks[0] if ranks else None)
+        if mine is not None:
+            self.train_batches.load_state_dict(mine["train"])
+            if self.valid_batches is not None and mine.get("valid") is not None:
+                self.valid_batches.load_state_dict(mine["valid"])
+        if exact:
+            restore_rng_state(mine["rng"], self.device)
+        else:
+            self.log.warning(
+                "the state was saved with %d process(es), this run has %d: training continues, "
+                "but not bit-identically (data order and random streams differ)", len(ranks), self.world_size,
+            )
+            seed_everything(self.config.seed + self.step + (0 if self.config.same_seed_all_ranks else self.rank))
+
+    def load_weights(
+        self, weights: Mapping[str, torch.Tensor], *, step: int,
+        ema_weights: Mapping[float, Mapping[str, torch.Tensor]] | None = None,
+    ) -> None:
+        """Start from original-format weights (spec §6.7): the model loads ``weights`` with the
+        tied-weight rule; each EMA starts from ``ema_weights[rate]`` (its ``named_parameters``
+        entries) if given, else from the loaded weights; the step count continues at ``step``
+        with a fresh optimizer."""
+        self.model.load_state_dict(weights)
+        for rate, params in self.ema.items():
+            source = (ema_weights or {}).get(rate)
+            if source is None:
+                source = dict(zip(self.param_names, self.params))
+            _copy_named(params, self.param_names, source, what=f"EMA {rate}")
+        self.step = step
+        self.last_saved_step = step  # nothing new to save before the first update
+
+
+def _copy_named(
+    targets: list[torch.Tensor], names: list[str], source: Mapping[str, torch.Tensor], *, what: str
+) -> None:
+    missing = [n for n in names if n not in source]
+    if missing:
+        raise CheckpointError(f"{what}: the checkpoint lacks {', '.join(missing[:5])}")
+    with torch.no_grad():
+        for target, name in zip(targets, names):
+            value = source[name]
+            if value.shape != target.shape:
+                raise CheckpointError(
+                    f"{what}: {name} has shape {list(value.shape)} in the checkpoint, {list(target.shape)} here"
+                )
+            target.copy_(value)
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """``√Σ grad²`` over all parameters, on the device (no synchronisation)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def finite(value: float) -> bool:
+    return math.isfinite(value)

@@ -1,0 +1,6 @@
+"""Evaluate decode outputs like the original scripts/eval_seq2seq.py; see diffuseq/cli/evaluate.py."""
+
+from diffuseq.cli.evaluate import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
