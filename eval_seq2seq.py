@@ -1,4 +1,4 @@
-"""Evaluate decode outputs like the original scripts/eval_seq2seq.py; see diffuseq/cli/evaluate.py."""
+"""Evaluate decode outputs like the original scripts/eval_seq2seq.py (diffuseq/cli/evaluate.py)."""
 
 from diffuseq.cli.evaluate import main
 

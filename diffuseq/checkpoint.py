@@ -124,7 +124,8 @@ def prune_states(run_dir: str | Path, *, keep: int) -> list[Path]:
 
 
 def load_state_file(path: str | Path, *, mmap: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU.
+    """``torch.load(path, weights_only=True)`` on CPU (``mmap``: map the tensors' storage
+    instead of reading it, for large files that are only copied from).
 
     Raises:
         CheckpointError: the file is missing, truncated, corrupt or holds disallowed objects;
@@ -134,12 +135,22 @@ def load_state_file(path: str | Path, *, mmap: bool = False) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception:
+            if not mmap:
+                raise
+            # legacy (pre-zip) files cannot be memory-mapped: read them whole
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        if text.startswith("Weights only load failed"):
+            reason = "it holds objects other than tensors and plain data, or is no checkpoint at all"
+        else:
+            reason = f"{type(err).__name__}: {text.splitlines()[0][:160] if text else 'no details'}"
         raise CheckpointError(
             f"checkpoint {path} cannot be read: it is truncated, corrupt or not a PyTorch "
-            f"checkpoint ({type(err).__name__}: {first_line[:200]}); use another checkpoint"
+            f"checkpoint ({reason}); use another checkpoint"
         ) from None
 
 
@@ -317,7 +328,7 @@ def resolve_resume(spec: str, *, checkpoint_path: str = "") -> ResumeSource:
         return _state_source(latest)
     if not path.exists():
         raise CheckpointError(f"--resume_checkpoint {spec}: no such file or folder")
-    payload = load_state_file(path)
+    payload = load_state_file(path, mmap=True)
     if is_train_state(payload):
         return ResumeSource("state", path=path, step=int(payload["step"]), payload=payload)
     if not isinstance(payload, Mapping) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -333,7 +344,7 @@ def resolve_resume(spec: str, *, checkpoint_path: str = "") -> ResumeSource:
 
 
 def _state_source(path: Path) -> ResumeSource:
-    payload = load_state_file(path)
+    payload = load_state_file(path, mmap=True)
     if not is_train_state(payload):
         raise CheckpointError(f"{path} is not a diffuseq training state")
     return ResumeSource("state", path=path, step=int(payload["step"]), payload=payload)

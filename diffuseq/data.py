@@ -238,7 +238,9 @@ class Seq2SeqDataset(Dataset):
 
     Storage: ``token_ids`` int32 ``[total_tokens]`` (all unpadded merged examples back to back),
     ``offsets`` int64 ``[N + 1]`` (example ``i`` is ``token_ids[offsets[i]:offsets[i + 1]]``) and
-    ``len_x`` int32 ``[N]``. Built by :func:`build_dataset`.
+    ``len_x`` int32 ``[N]``. Built by :func:`build_dataset`. Indexing with an int gives one
+    example; indexing with a list of ints gives a batch (one vectorised gather), which is how
+    :func:`make_loader` reads it.
     """
 
     def __init__(
@@ -250,24 +252,38 @@ class Seq2SeqDataset(Dataset):
         seq_len: int,
         pad_token_id: int,
     ) -> None:
-        assert offsets.ndim == 1 and len(offsets) == len(len_x) + 1
-        assert offsets[-1] == len(token_ids)
         self.token_ids = np.ascontiguousarray(token_ids, dtype=np.int32)
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self.len_x = np.ascontiguousarray(len_x, dtype=np.int32)
+        assert self.offsets.ndim == 1 and len(self.offsets) == len(self.len_x) + 1
+        assert self.offsets[-1] == len(self.token_ids)
+        assert (np.diff(self.offsets) <= seq_len).all()
         self.seq_len = seq_len
         self.pad_token_id = pad_token_id
 
     def __len__(self) -> int:
         return len(self.len_x)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        """``{"input_ids": int64 [L], "input_mask": int64 [L]}`` with ``L = seq_len``."""
-        start, stop = self.offsets[index], self.offsets[index + 1]
-        ids = np.full(self.seq_len, self.pad_token_id, dtype=np.int64)
-        ids[: stop - start] = self.token_ids[start:stop]
-        mask = np.ones(self.seq_len, dtype=np.int64)
-        mask[: self.len_x[index]] = 0
+    def __getitem__(self, index: int | Sequence[int]) -> dict[str, torch.Tensor]:
+        """One example, or a whole batch when ``index`` is a list of indices.
+
+        Returns:
+            ``{"input_ids", "input_mask"}``, int64 ``[L]`` for an int index and ``[B, L]`` for a
+            list of ``B`` indices (``L = seq_len``; ids right-padded with ``pad_token_id``, mask
+            0 on the ``len_x`` source positions and 1 elsewhere).
+        """
+        if isinstance(index, (int, np.integer)):
+            batch = self[[int(index)]]
+            return {key: value[0] for key, value in batch.items()}
+        rows = np.asarray(index, dtype=np.int64)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        starts = self.offsets[rows]  # [B]
+        lengths = self.offsets[rows + 1] - starts  # [B]
+        positions = np.arange(self.seq_len)  # [L]
+        filled = positions < lengths[:, None]  # [B, L]
+        ids = np.full((len(rows), self.seq_len), self.pad_token_id, dtype=np.int64)
+        ids[filled] = self.token_ids[(starts[:, None] + positions)[filled]]
+        mask = (positions >= self.len_x[rows][:, None]).astype(np.int64)  # [B, L]
         return {"input_ids": torch.from_numpy(ids), "input_mask": torch.from_numpy(mask)}
 
     def memory_bytes(self) -> int:
@@ -320,26 +336,37 @@ def build_dataset(
 # ----------------------------------------------------------------------------------------------
 
 
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way through (exact resume).
+class ShardedBatchSampler(DistributedSampler):
+    """Batches of this rank's indices in ``DistributedSampler`` order, resumable mid-epoch.
 
-    Same order as ``DistributedSampler``: a permutation seeded with ``seed + epoch`` (same on
-    every rank) when shuffling, else file order; padded by repeating its head to a multiple of
-    ``num_replicas`` unless ``drop_last``; rank ``r`` takes positions ``r::num_replicas``.
+    The order is exactly ``DistributedSampler``'s: a permutation seeded with ``seed + epoch``
+    (the same on every rank) when shuffling, else file order; padded by repeating its head to
+    a multiple of ``num_replicas`` unless ``drop_last``; rank ``r`` takes positions
+    ``r::num_replicas``. That list is cut into consecutive batches of ``batch_size`` (the last
+    one may be smaller). Each item this sampler yields is a list of indices, which
+    :class:`Seq2SeqDataset` turns into a batch in one vectorised gather.
     """
 
-    start_index: int = 0
+    def __init__(self, dataset: Dataset, *, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        if batch_size < 1:
+            raise ConfigError(f"--batch_size must be ≥ 1, got {batch_size}.")
+        self.batch_size = batch_size
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int, *, start_index: int = 0) -> None:
-        """Select the epoch's order and skip its first ``start_index`` samples of this rank."""
+    def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
+        """Select the epoch's order; the next pass skips its first ``start_batch`` batches."""
         super().set_epoch(epoch)
-        self.start_index = start_index
+        self.start_batch = start_batch
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.start_index, None)
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = list(super().__iter__())
+        for start in range(self.start_batch * self.batch_size, len(indices), self.batch_size):
+            yield indices[start : start + self.batch_size]
 
     def __len__(self) -> int:
-        return max(0, self.num_samples - self.start_index)
+        """Batches left in the current pass."""
+        return max(0, -(-self.num_samples // self.batch_size) - self.start_batch)
 
 
 def make_loader(
@@ -355,6 +382,10 @@ def make_loader(
 ) -> DataLoader:
     """A ``DataLoader`` over this rank's shard (``batch_size`` is per process, spec §3.4).
 
+    ``loader.sampler`` is a :class:`ShardedBatchSampler` (the ``DistributedSampler`` order, cut
+    into batches); the loader itself has ``batch_size=None`` because the dataset builds each
+    batch in one vectorised gather.
+
     Args:
         shuffle: ``True`` for training; ``False`` gives file order (decoding, evaluation).
         seed: sampler seed (the run's ``--seed``; the original always used 0).
@@ -364,8 +395,9 @@ def make_loader(
     Yields (when iterated):
         ``{"input_ids": int64 [B, L], "input_mask": int64 [B, L]}``.
     """
-    sampler = ResumableSampler(
+    sampler = ShardedBatchSampler(
         dataset,
+        batch_size=batch_size,
         num_replicas=world_size,
         rank=rank,
         shuffle=shuffle,
@@ -374,7 +406,7 @@ def make_loader(
     )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=None,
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
@@ -387,8 +419,9 @@ class InfiniteBatches:
     Each epoch calls ``loader.sampler.set_epoch(epoch)`` so the order changes per epoch,
     deterministically. ``state_dict()`` records ``{"epoch", "batch_in_epoch"}`` (batches already
     yielded in the current epoch); building a new one from it continues with exactly the batch
-    an uninterrupted iteration would have yielded next. With a :class:`ResumableSampler` the
-    skipped batches are never loaded.
+    an uninterrupted iteration would have yielded next. With a :class:`ShardedBatchSampler`
+    (what :func:`make_loader` builds) the skipped batches are never loaded; with any other
+    sampler they are loaded and discarded.
     """
 
     def __init__(self, loader: DataLoader, *, start_epoch: int = 0, skip_batches: int = 0) -> None:
@@ -418,9 +451,8 @@ class InfiniteBatches:
 
     def _start_epoch(self) -> Iterator[Any]:
         sampler = self.loader.sampler
-        if isinstance(sampler, ResumableSampler):
-            start = self.batch_in_epoch * self.loader.batch_size
-            sampler.set_epoch(self.epoch, start_index=start)
+        if isinstance(sampler, ShardedBatchSampler):
+            sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             return iter(self.loader)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)

@@ -8,8 +8,8 @@ Notation map (code ↔ DiffuSeq paper, Gong et al., ICLR 2023 ↔ spec):
 
 ==========================  ====================================================
 ``x_start_mean``            x̄_0 = EMB(w): clean word embeddings of ``input_ids``
-``x_start``                 z_0 = x̄_0 + √(1−ᾱ_0)·ε_0 (paper §3, the embedding step q_φ)
-``x_t``                     z_t; target span noised, source span kept (paper eq. 2)
+``x_start``                 z_0 = x̄_0 + √(1−ᾱ_0)·ε_0, the paper's embedding step q_φ(z_0|w)
+``x_t``                     z_t; target span noised, source span kept (partial noising)
 ``mask`` / ``input_mask``   m: 0 = source side x, 1 = target side y **and padding**
 ``t``                       0-based index; index t means t+1 forward steps (spec §0)
 ``alphas_cumprod``          ᾱ_t = ∏_{s≤t}(1−β_s);  ``alphas_cumprod_prev[t]`` = ᾱ_{t−1}, ᾱ_{−1}=1
@@ -17,6 +17,10 @@ Notation map (code ↔ DiffuSeq paper, Gong et al., ICLR 2023 ↔ spec):
 ``model_variance``          "fixed-large" Σ_θ: [σ̃²_1, β_1, …, β_{T−1}] (spec §5.2)
 ``mean_embed``              μ, the learned mean embedding of DiffuSeq-v2 (optional)
 ==========================  ====================================================
+
+Paper references are to the DiffuSeq paper (Gong et al., ICLR 2023) §3: "Forward Process with
+Partial Noising" and "Reverse Process with Conditional Denoising" (training objective with the
+t = 0 term, the rounding term R(‖z_0‖²) and the clamping trick at decoding).
 
 Every per-timestep lookup indexes a float64 table and casts to float32 (`_extract`), as the
 original's ``_extract_into_tensor``; all tensor arithmetic is fp32. The sequence-to-sequence
@@ -43,7 +47,8 @@ DenoisedFn = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.
 
 def _extract(table: np.ndarray, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """``table[t]`` cast to float32 and broadcast to ``shape`` (t: int64 ``[B]`` or ``[1]``)."""
-    values = torch.from_numpy(table)[t.detach().cpu().long()].to(device=t.device, dtype=torch.float32)
+    values = torch.from_numpy(table)[t.detach().cpu().long()]
+    values = values.to(device=t.device, dtype=torch.float32)
     return values.reshape(values.shape + (1,) * (len(shape) - values.ndim)).expand(*shape)
 
 
@@ -54,8 +59,22 @@ def _as_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.broadcast_to(mask, tuple(shape))
 
 
-def _randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn(
+    shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
+
+
+def _step_result(
+    sample: torch.Tensor, out: dict, mask: torch.Tensor | None, x_start: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Source anchoring ``where(m == 0, x_start, sample)`` and the sampler's result dict."""
+    if mask is not None:
+        sample = torch.where(_as_mask(mask, sample.shape) == 0, x_start, sample)
+    result = {"sample": sample, "pred_xstart": out["pred_xstart"]}
+    if "tokens" in out:
+        result["tokens"] = out["tokens"]
+    return result
 
 
 class GaussianDiffusion:
@@ -64,9 +83,10 @@ class GaussianDiffusion:
     Args:
         betas: float64 ``[K]``. Pass the output of :func:`diffuseq.respace.respaced_betas`
             (as :meth:`from_schedule` does) to get the original's `SpacedDiffusion` tables
-            bit for bit; raw schedule betas give tables within ~1e-16 relative.
-        rescale_timesteps: feed the network ``t_orig·1000/T_orig`` (spec §5.4) instead of ``t_orig``.
-        timestep_map: int ``[K]``, index of each step in the original process (default identity).
+            bit for bit; raw schedule betas differ by ~1e-16 (derived tables by up to ~1e-13
+            relative, within the golden README's rtol=1e-10).
+        rescale_timesteps: feed the network ``t_orig·1000/T_orig`` (spec §5.4), not ``t_orig``.
+        timestep_map: int ``[K]``, index of each step in the original process (default: identity).
         original_num_steps: ``T_orig`` used for rescaling (default ``K``).
         denoise: v2 discrete noise: replace positions by μ with a Bernoulli draw (needs μ).
         denoise_rate: v2 scale of that replacement probability.
@@ -85,18 +105,22 @@ class GaussianDiffusion:
         reg_rate: float = 0.01,
     ) -> None:
         betas = np.array(betas, dtype=np.float64)
-        if betas.ndim != 1 or len(betas) < 1:
-            raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
+        if betas.ndim != 1 or len(betas) < 2:
+            raise ValueError(f"betas must be a 1-D array of >= 2 steps, got shape {betas.shape}")
         if not ((betas > 0).all() and (betas <= 1).all()):
             raise ValueError("every beta must satisfy 0 < beta <= 1")
         K = len(betas)
         self.num_timesteps = K
-        self.timestep_map = np.arange(K, dtype=np.int64) if timestep_map is None else np.array(timestep_map, dtype=np.int64)
+        self.timestep_map = np.array(
+            np.arange(K) if timestep_map is None else timestep_map, dtype=np.int64
+        )
         if self.timestep_map.shape != (K,):
             raise ValueError(f"timestep_map must have {K} entries, got {self.timestep_map.shape}")
         self.original_num_steps = K if original_num_steps is None else int(original_num_steps)
         self.rescale_timesteps = bool(rescale_timesteps)
-        self.denoise, self.denoise_rate, self.reg_rate = bool(denoise), float(denoise_rate), float(reg_rate)
+        self.denoise = bool(denoise)
+        self.denoise_rate = float(denoise_rate)
+        self.reg_rate = float(reg_rate)
 
         # Same numpy expressions, same order as the original (spec §5.2, G1).
         self.betas = betas
@@ -109,20 +133,28 @@ class GaussianDiffusion:
         self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
-        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        one_minus_ab = 1.0 - self.alphas_cumprod
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / one_minus_ab
         # σ̃²_0 = 0, so the log is clipped by repeating index 1 (needs K ≥ 2 to be finite).
         self.posterior_log_variance_clipped = np.log(
             np.append(self.posterior_variance[1:2], self.posterior_variance[1:])
         )
-        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / one_minus_ab
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / one_minus_ab
+        )
         # Fixed-large reverse variance Σ_θ(z_t, t) = [σ̃²_1, β_1, …, β_{K−1}].
         self.model_variance = np.append(self.posterior_variance[1:2], betas[1:])
         self.model_log_variance = np.log(np.append(self.posterior_variance[1:2], betas[1:]))
 
     @classmethod
     def from_schedule(
-        cls, *, noise_schedule: str, diffusion_steps: int, timestep_respacing: str | Sequence[int] = "", **kwargs
+        cls,
+        *,
+        noise_schedule: str,
+        diffusion_steps: int,
+        timestep_respacing: str | Sequence[int] = "",
+        **kwargs,
     ) -> GaussianDiffusion:
         """Build the diffusion the original's `create_model_and_diffusion` builds.
 
@@ -131,8 +163,11 @@ class GaussianDiffusion:
         ``kwargs`` are the remaining constructor arguments.
         """
         betas = get_named_beta_schedule(noise_schedule, diffusion_steps)
-        new_betas, timestep_map = respaced_betas(betas, space_timesteps(diffusion_steps, timestep_respacing))
-        return cls(betas=new_betas, timestep_map=timestep_map, original_num_steps=diffusion_steps, **kwargs)
+        kept = space_timesteps(diffusion_steps, timestep_respacing)
+        new_betas, timestep_map = respaced_betas(betas, kept)
+        return cls(
+            betas=new_betas, timestep_map=timestep_map, original_num_steps=diffusion_steps, **kwargs
+        )
 
     # ----------------------------------------------------------------------------------------
     # timesteps
@@ -142,14 +177,17 @@ class GaussianDiffusion:
         ``timestep_map[t]`` cast to float32 first, then multiplied by the Python float
         ``1000.0 / original_num_steps`` (when ``rescale_timesteps``).
         """
-        mapped = torch.from_numpy(self.timestep_map)[t.detach().cpu().long()].to(t.device).float()
+        mapped = torch.from_numpy(self.timestep_map)[t.detach().cpu().long()]
+        mapped = mapped.to(t.device).float()
         if self.rescale_timesteps:
             return mapped * (1000.0 / self.original_num_steps)
         return mapped
 
     # ----------------------------------------------------------------------------------------
     # forward process
-    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def q_mean_variance(
+        self, x_start: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Moments of q(z_t | z_0) = N(√ᾱ_t·z_0, (1−ᾱ_t)·I).
 
         Args:
@@ -164,22 +202,32 @@ class GaussianDiffusion:
         return mean, variance, log_variance
 
     def get_x_start(self, x_start_mean: torch.Tensor, *, noise0: torch.Tensor) -> torch.Tensor:
-        """Embedding step z_0 = x̄_0 + √(1−ᾱ_0)·ε_0 (paper §3; coefficient cast to float32)."""
-        std = _extract(self.sqrt_one_minus_alphas_cumprod, torch.zeros(1, dtype=torch.long, device=x_start_mean.device), x_start_mean.shape)
+        """Embedding step z_0 = x̄_0 + √(1−ᾱ_0)·ε_0 (paper §3, q_φ; coefficient in float32).
+
+        Args:
+            x_start_mean: x̄_0 = EMB(w) ``[B,L,h]``; noise0: ε_0 ``[B,L,h]``.
+        """
+        zero = torch.zeros(1, dtype=torch.long, device=x_start_mean.device)
+        std = _extract(self.sqrt_one_minus_alphas_cumprod, zero, x_start_mean.shape)
         return x_start_mean + std * noise0
 
     def forward_mask_prob(self, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """v2 forward replacement probability ``denoise_rate·√(1−ᾱ_t)``, float32 ``shape`` = ``[B,L]``."""
+        """v2 forward replacement probability ``denoise_rate·√(1−ᾱ_t)``; ``shape`` = ``[B,L]``."""
         return self.denoise_rate * _extract(self.sqrt_one_minus_alphas_cumprod, t, shape)
 
     def reverse_mask_prob(self, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """v2 sampling replacement probability ``1[t≠0]·exp(½·log Σ_θ(t))·denoise_rate``, ``[B,L]``."""
+        """v2 sampling replacement probability ``1[t≠0]·exp(½·log Σ_θ(t))·denoise_rate``."""
         nonzero = (t != 0).float().reshape(-1, *([1] * (len(shape) - 1)))
-        return nonzero * torch.exp(0.5 * _extract(self.model_log_variance, t, shape)) * self.denoise_rate
+        std = torch.exp(0.5 * _extract(self.model_log_variance, t, shape))
+        return nonzero * std * self.denoise_rate
 
+    @staticmethod
     def _replace_by_mean(
-        self, x: torch.Tensor, mean_embed: torch.Tensor | None, probs: Callable[[], torch.Tensor],
-        bernoulli_draw: torch.Tensor | None, generator: torch.Generator | None,
+        x: torch.Tensor,
+        mean_embed: torch.Tensor | None,
+        probs: Callable[[], torch.Tensor],
+        bernoulli_draw: torch.Tensor | None,
+        generator: torch.Generator | None,
     ) -> torch.Tensor:
         """v2 discrete noise: positions whose Bernoulli draw ``[B,L]`` is 1 become μ."""
         if mean_embed is None:
@@ -189,7 +237,8 @@ class GaussianDiffusion:
             )
         if bernoulli_draw is None:
             bernoulli_draw = torch.bernoulli(probs(), generator=generator)
-        return torch.where(bernoulli_draw.unsqueeze(-1) == 1, mean_embed.to(x.dtype).expand_as(x), x)
+        replaced = bernoulli_draw.unsqueeze(-1) == 1
+        return torch.where(replaced, mean_embed.to(x.dtype).expand_as(x), x)
 
     def q_sample(
         self,
@@ -202,7 +251,7 @@ class GaussianDiffusion:
         bernoulli_draw: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Partial noising z_t ~ q(z_t | z_0) that keeps the source span fixed (paper eq. 2; spec §5.5).
+        """Partial noising z_t ~ q(z_t | z_0) keeping the source span fixed (paper §3; spec §5.5).
 
         1. ``x_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε`` (v2 with μ: ``√ᾱ_t·(z_0−μ) + √(1−ᾱ_t)·ε + μ·m``);
         2. v2 ``denoise``: positions drawn with ``p = denoise_rate·√(1−ᾱ_t)`` become μ;
@@ -212,7 +261,7 @@ class GaussianDiffusion:
             x_start: z_0 ``[B,L,h]``; t: int64 ``[B]``; noise: ε ``[B,L,h]``.
             mask: m ``[B,L]`` or ``[B,L,h]`` (None: every position noised, μ added everywhere).
             mean_embed: μ ``[h]`` or None.
-            bernoulli_draw: injected 0/1 draw ``[B,L]`` for step 2 (drawn from ``generator`` if None).
+            bernoulli_draw: injected 0/1 draw ``[B,L]`` for step 2 (else drawn from ``generator``).
 
         Returns:
             z_t ``[B,L,h]``.
@@ -227,9 +276,8 @@ class GaussianDiffusion:
             shift = mean_embed if m is None else mean_embed * m
             x_t = sqrt_ab * (x_start - mean_embed) + sqrt_1m_ab * noise + shift
         if self.denoise:
-            x_t = self._replace_by_mean(
-                x_t, mean_embed, lambda: self.forward_mask_prob(t, x_start.shape[:-1]), bernoulli_draw, generator
-            )
+            probs = lambda: self.forward_mask_prob(t, x_start.shape[:-1])  # noqa: E731
+            x_t = self._replace_by_mean(x_t, mean_embed, probs, bernoulli_draw, generator)
         return x_t if m is None else torch.where(m == 0, x_start, x_t)
 
     def q_posterior_mean_variance(
@@ -260,10 +308,10 @@ class GaussianDiffusion:
         denoised_fn: DenoisedFn | None = None,
         clip_denoised: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Reverse step p_θ(z_{t−1} | z_t) with an x_0-predicting network (paper eq. 3–4).
+        """Reverse step p_θ(z_{t−1} | z_t) with an x_0-predicting network f_θ (paper §3).
 
         1. ``f = model(z_t, scale_timesteps(t))``;
-        2. ``x̂_0 = denoised_fn(f)`` (rounding, paper §3 "clamping"), then ``clamp(−1, 1)`` if
+        2. ``x̂_0 = denoised_fn(f)`` (rounding: the paper's clamping trick), ``clamp(−1, 1)`` if
            ``clip_denoised``;
         3. ``mean = coef1_t·x̂_0 + coef2_t·z_t``; variance from the fixed-large table.
 
@@ -328,7 +376,9 @@ class GaussianDiffusion:
             dict with ``sample, pred_xstart, greedy_mean`` (= mean) ``[B,L,h]`` and
             ``tokens`` ``[B,L]`` if the rounding returned them.
         """
-        out = self.p_mean_variance(model, x, t, denoised_fn=denoised_fn, clip_denoised=clip_denoised)
+        out = self.p_mean_variance(
+            model, x, t, denoised_fn=denoised_fn, clip_denoised=clip_denoised
+        )
         if noise is None:
             noise = _randn(x.shape, x, generator)
         if top_p is not None and top_p > 0:
@@ -340,14 +390,10 @@ class GaussianDiffusion:
         nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         if self.denoise:
-            sample = self._replace_by_mean(
-                sample, mean_embed, lambda: self.reverse_mask_prob(t, x.shape[:-1]), bernoulli_draw, generator
-            )
-        if mask is not None:
-            sample = torch.where(_as_mask(mask, x.shape) == 0, x_start, sample)
-        result = {"sample": sample, "pred_xstart": out["pred_xstart"], "greedy_mean": out["mean"]}
-        if "tokens" in out:
-            result["tokens"] = out["tokens"]
+            probs = lambda: self.reverse_mask_prob(t, x.shape[:-1])  # noqa: E731
+            sample = self._replace_by_mean(sample, mean_embed, probs, bernoulli_draw, generator)
+        result = _step_result(sample, out, mask, x_start)
+        result["greedy_mean"] = out["mean"]
         return result
 
     def ddim_sample(
@@ -383,7 +429,9 @@ class GaussianDiffusion:
         Returns:
             dict with ``sample, pred_xstart`` ``[B,L,h]`` (and ``tokens`` ``[B,L]``).
         """
-        out = self.p_mean_variance(model, x, t, denoised_fn=denoised_fn, clip_denoised=clip_denoised)
+        out = self.p_mean_variance(
+            model, x, t, denoised_fn=denoised_fn, clip_denoised=clip_denoised
+        )
         eps = (
             _extract(self.sqrt_recip_alphas_cumprod, t, x.shape) * x - out["pred_xstart"]
         ) / _extract(self.sqrt_recipm1_alphas_cumprod, t, x.shape)
@@ -400,38 +448,20 @@ class GaussianDiffusion:
         if eta == 0:
             sample = sample + torch.sqrt(1 - alpha_bar_prev) * eps
         else:
-            sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+            sigma = (
+                eta
+                * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
+                * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+            )
             if noise is None:
                 noise = _randn(x.shape, x, generator)
             nonzero = nonzero.reshape(-1, *([1] * (x.ndim - 1)))
-            sample = sample + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps + nonzero * sigma * noise
-        if mask is not None:
-            sample = torch.where(_as_mask(mask, x.shape) == 0, x_start, sample)
-        result = {"sample": sample, "pred_xstart": out["pred_xstart"]}
-        if "tokens" in out:
-            result["tokens"] = out["tokens"]
-        return result
+            sample = sample + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+            sample = sample + nonzero * sigma * noise
+        return _step_result(sample, out, mask, x_start)
 
     # ----------------------------------------------------------------------------------------
-    # training
-    def training_losses(
-        self,
-        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
-        t: torch.Tensor,
-        *,
-        text_model=None,
-        noise0: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        bernoulli_draw: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Per-example seq2seq loss terms ``[B]`` (paper eq. 4; spec §5.6).
-
-        See :func:`diffuseq.diffusion_losses.training_losses` for the steps, arguments and keys.
-        """
-        return seq2seq_training_losses(
-            self, model, input_ids, input_mask, t, text_model=text_model, noise0=noise0,
-            noise=noise, bernoulli_draw=bernoulli_draw, generator=generator,
-        )
+    # training: ``diffusion.training_losses(model, input_ids, input_mask, t, *, text_model=None,
+    # noise0=None, noise=None, bernoulli_draw=None, generator=None) -> dict[str, Tensor [B]]``
+    # (paper §3 training objective; spec §5.6), defined in diffuseq/diffusion_losses.py.
+    training_losses = seq2seq_training_losses

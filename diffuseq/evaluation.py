@@ -61,6 +61,11 @@ class CandidateFile:
     path: str
     examples: tuple[Example, ...]
 
+    @property
+    def hypotheses(self) -> list[str]:
+        """The cleaned ``recover`` texts in line order."""
+        return [e.recover for e in self.examples]
+
 
 @dataclass(frozen=True)
 class BlockScores:
@@ -119,7 +124,7 @@ class EvalReport:
 
 
 def clean_example(record: dict, tokens: SpecialTokens) -> Example:
-    """Spec §7.1 clean-up: strip, then delete eos/sos (source), +sep (reference), +pad (recover)."""
+    """Spec §7.1: strip, then delete eos, sos (source), + sep (reference), + pad (recover)."""
     t = tokens
     return Example(
         recover=metrics.clean_text(record["recover"], remove=(t.eos, t.sos, t.sep, t.pad)),
@@ -135,24 +140,27 @@ def _read_lines(path: str) -> list[str]:
     except OSError as err:
         raise DataError(path, None, None, f"cannot read the file ({err.strerror})") from err
     except UnicodeDecodeError as err:
-        raise DataError(path, None, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from err
+        raise DataError(path, None, None, f"not UTF-8 ({err.reason}, byte {err.start})") from err
     if not lines:
-        raise DataError(path, None, None, "the file is empty; expected one JSON object per line")
+        raise DataError(path, None, None, "the file is empty; expected one example per line")
     return lines
 
 
 def _parse_record(path: str, line_no: int, line: str) -> dict:
+    def error(key: str | None, problem: str) -> DataError:
+        return DataError(path, line_no, key, problem)
+
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise DataError(path, line_no, None, f"not valid JSON ({err.msg}, column {err.colno})") from err
+        raise error(None, f"not valid JSON ({err.msg}, column {err.colno})") from err
     if not isinstance(record, dict):
-        raise DataError(path, line_no, None, f"expected a JSON object, got {type(record).__name__}")
+        raise error(None, f"expected a JSON object, got {type(record).__name__}")
     for key in FIELDS:
         if key not in record:
-            raise DataError(path, line_no, key, "missing key; each line needs 'recover', 'reference', 'source'")
+            raise error(key, "missing key; each line needs 'recover', 'reference', 'source'")
         if not isinstance(record[key], str):
-            raise DataError(path, line_no, key, f"expected a string, got {type(record[key]).__name__}")
+            raise error(key, f"expected a string, got {type(record[key]).__name__}")
     return record
 
 
@@ -176,18 +184,21 @@ def find_decode_files(folder: str) -> list[str]:
         raise DataError(folder, None, None, "not a folder; --folder needs the decode output folder")
     files = sorted(glob.glob(f"{folder}/*json"))
     if not files:
-        raise DataError(folder, None, None, "no *json files in the folder (expected decode outputs seed*.json)")
+        raise DataError(folder, None, None, "no *json files in it (decode outputs seed*.json)")
     return files
 
 
-def read_text_pair(hyp_path: str, ref_path: str, tokens: SpecialTokens = SpecialTokens()) -> CandidateFile:
-    """Plain-text hypotheses and references, one per line (same count), cleaned as decode outputs."""
+def read_text_pair(
+    hyp_path: str, ref_path: str, tokens: SpecialTokens = SpecialTokens()
+) -> CandidateFile:
+    """Plain-text hypotheses and references, one per line (same count), cleaned like decodes."""
     hyps, refs = _read_lines(hyp_path), _read_lines(ref_path)
     if len(hyps) != len(refs):
-        shorter = hyp_path if len(hyps) < len(refs) else ref_path
-        raise DataError(shorter, min(len(hyps), len(refs)) + 1, None,
-                        f"line missing: {hyp_path} has {len(hyps)} lines, {ref_path} has {len(refs)}")
-    records = ({"recover": h, "reference": r, "source": ""} for h, r in zip(hyps, refs))
+        short, n = (hyp_path, len(hyps)) if len(hyps) < len(refs) else (ref_path, len(refs))
+        problem = f"line missing: {hyp_path} has {len(hyps)} lines, {ref_path} has {len(refs)}"
+        raise DataError(short, n + 1, None, problem)
+    pairs = zip(hyps, refs, strict=True)
+    records = ({"recover": h, "reference": r, "source": ""} for h, r in pairs)
     return CandidateFile(path=hyp_path, examples=tuple(clean_example(r, tokens) for r in records))
 
 
@@ -196,28 +207,33 @@ def check_same_length(files: Sequence[CandidateFile]) -> None:
     expected = len(files[0].examples)
     for f in files[1:]:
         if len(f.examples) != expected:
-            raise DataError(f.path, min(len(f.examples), expected) + 1, None,
-                            f"has {len(f.examples)} lines but {files[0].path} has {expected}; "
-                            "line i of every file must be the same example")
+            problem = (
+                f"has {len(f.examples)} lines but {files[0].path} has {expected}; "
+                "line i of every file must be the same example"
+            )
+            raise DataError(f.path, min(len(f.examples), expected) + 1, None, problem)
 
 
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_block(label: str, hypotheses: Sequence[str], references: Sequence[str], *,
-                reference_impl: bool = False, extras: bool = False) -> BlockScores:
-    """BLEU, ROUGE-L, dist-1 and length per line and their means (spec §7.2), without BERTScore."""
-    bleu = metrics.sentence_bleu_many(hypotheses, references, reference_impl=reference_impl)
-    rouge = metrics.rouge_l_many(hypotheses, references, reference_impl=reference_impl)
-    dist1 = [metrics.distinct_n(h, 1) for h in hypotheses]
-    lengths = [metrics.length_with_empties(h) for h in hypotheses]
+def score_block(
+    label: str, examples: Sequence[Example], *, reference_impl: bool = False, extras: bool = False
+) -> BlockScores:
+    """BLEU, ROUGE-L, dist-1 and length per line and their means (spec §7.2), no BERTScore."""
+    hyps, refs = [e.recover for e in examples], [e.reference for e in examples]
+    bleu = metrics.sentence_bleu_many(hyps, refs, reference_impl=reference_impl)
+    rouge = metrics.rouge_l_many(hyps, refs, reference_impl=reference_impl)
+    dist1 = [metrics.distinct_n(h, 1) for h in hyps]
+    lengths = [metrics.length_with_empties(h) for h in hyps]
     more = {}
     if extras:
-        more["corpus_bleu_sacrebleu"] = metrics.corpus_bleu_sacrebleu(hypotheses, references)
-        more["avg_dist2"] = np.mean([metrics.distinct_n(h, 2) for h in hypotheses])
-    return BlockScores(label=label, bleu=bleu, rouge_l=rouge, dist1=dist1, lengths=lengths,
-                       avg_bleu=np.mean(bleu), avg_rouge_l=np.mean(rouge), avg_dist1=np.mean(dist1),
-                       avg_len=np.mean(lengths), extras=more)
+        more["corpus_bleu_sacrebleu"] = metrics.corpus_bleu_sacrebleu(hyps, refs)
+        more["avg_dist2"] = np.mean([metrics.distinct_n(h, 2) for h in hyps])
+    means = dict(avg_bleu=np.mean(bleu), avg_rouge_l=np.mean(rouge), avg_dist1=np.mean(dist1))
+    return BlockScores(
+        label, bleu, rouge, dist1, lengths, **means, avg_len=np.mean(lengths), extras=more
+    )
 
 
 def _init_worker() -> None:
@@ -227,28 +243,30 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
-def pairwise_matrices(groups: Sequence[Sequence[str]], *, reference_impl: bool = False,
-                      workers: int = 1) -> list[metrics.BleuMatrix]:
+def pairwise_matrices(
+    groups: Sequence[Sequence[str]], *, reference_impl: bool = False, workers: int = 1
+) -> list[metrics.BleuMatrix]:
     """:func:`metrics.pairwise_bleu` of every line's candidates, in a process pool when it pays."""
     n_pairs = sum(len(g) * (len(g) - 1) // 2 for g in groups)
     work = partial(metrics.pairwise_bleu_many, reference_impl=reference_impl)
     if workers <= 1 or n_pairs < POOL_MIN_PAIRS:
         return work(groups)
-    size = -(-len(groups) // (4 * workers))
+    size = -(-len(groups) // (4 * workers))  # 4 chunks per worker balance uneven lines
     chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker) as pool:
+    context = get_context("fork")  # workers need no torch and no re-import of __main__
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
         return [m for chunk in pool.map(work, chunks) for m in chunk]
 
 
-def score_diversity(groups: Sequence[Sequence[str]], matrices: Sequence[metrics.BleuMatrix], *,
-                    extras: bool = False) -> DiversityScores:
+def score_diversity(
+    groups: Sequence[Sequence[str]], matrices: Sequence[metrics.BleuMatrix], *, extras: bool = False
+) -> DiversityScores:
     """Per-line self-BLEU and div-4 of the candidate sets, and their means (spec §7.3)."""
     sb = [metrics.self_bleu(m) for m in matrices]
     div4 = [metrics.distinct_n_pooled(g, 4) for g in groups]
     sym = [metrics.self_bleu_symmetric(m) for m in matrices] if extras else []
     more = {"avg_self_bleu_symmetric": np.mean(sym)} if extras else {}
-    return DiversityScores(self_bleu=sb, div4=div4, avg_self_bleu=np.mean(sb), avg_div4=np.mean(div4),
-                           extras=more, self_bleu_symmetric=sym)
+    return DiversityScores(sb, div4, np.mean(sb), np.mean(div4), more, sym)
 
 
 def select_mbr(
@@ -256,86 +274,116 @@ def select_mbr(
 ) -> tuple[list[int], list[Example]]:
     """MBR choice per line; reference and source come from the first file (spec §7.3)."""
     chosen = [metrics.mbr_select(m) for m in matrices]
-    examples = [replace(files[0].examples[i], recover=files[k].examples[i].recover)
-                for i, k in enumerate(chosen)]
+    examples = [
+        replace(files[0].examples[i], recover=files[k].examples[i].recover)
+        for i, k in enumerate(chosen)
+    ]
     return chosen, examples
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def block_lines(block: BlockScores, *, mbr: bool = False) -> list[str]:
-    """The metric lines the original prints after a block's ``*`` line (spec §7.4)."""
-    lines = [STARS, f"avg BLEU score {block.avg_bleu}",
-             f"avg {'ROUGE-l' if mbr else 'ROUGE-L'} score {block.avg_rouge_l}",
-             f"avg berscore {block.bertscore_text}", f"avg dist1 score {block.avg_dist1}"]
+def block_lines(block: BlockScores, *, mbr: bool = False, show_extras: bool = False) -> list[str]:
+    """The metric lines the original prints after a block's ``*`` line (spec §7.4), + extras."""
+    lines = [
+        STARS,
+        f"avg BLEU score {block.avg_bleu}",
+        f"avg {'ROUGE-l' if mbr else 'ROUGE-L'} score {block.avg_rouge_l}",
+        f"avg berscore {block.bertscore_text}",
+        f"avg dist1 score {block.avg_dist1}",
+    ]
     if not mbr:
         lines.append(f"avg len {block.avg_len}")
-    return lines + extra_lines(block.extras)
+    return lines + (extra_lines(block.extras) if show_extras else [])
 
 
 def extra_lines(extras: dict[str, float]) -> list[str]:
-    """Lines for the extra metrics (printed with ``--extras``), each clearly marked ``[extra]``."""
-    names = {"corpus_bleu_sacrebleu": "corpus BLEU (sacrebleu, 0-100)", "avg_dist2": "avg dist2 score",
-             "avg_self_bleu_symmetric": "avg symmetric selfBleu score", "avg_len": "avg len (MBR)"}
+    """Lines for the extra metrics (printed with ``--extras``), each marked ``[extra]``."""
+    names = {
+        "corpus_bleu_sacrebleu": "corpus BLEU (sacrebleu, 0-100)",
+        "avg_dist2": "avg dist2 score",
+        "avg_self_bleu_symmetric": "avg symmetric selfBleu score",
+        "avg_len": "avg len (MBR)",
+    }
     return [f"[extra] {names[k]} {v}" for k, v in extras.items()]
 
 
-def _with_bertscore(block: BlockScores, hypotheses: Sequence[str], references: Sequence[str],
-                    bertscore: BertScoreFn | None, bertscore_status: str) -> BlockScores:
+def _with_bertscore(
+    block: BlockScores, examples: Sequence[Example], bertscore: BertScoreFn | None, status: str
+) -> BlockScores:
     if bertscore is None:
-        return replace(block, bertscore_text=bertscore_status)
-    value, text = bertscore(hypotheses, references)
+        return replace(block, bertscore_text=status)
+    value, text = bertscore([e.recover for e in examples], [e.reference for e in examples])
     return replace(block, bertscore=value, bertscore_text=text)
 
 
-def evaluate(files: Sequence[CandidateFile], *, mbr: bool = False, reference_impl: bool = False,
-             extras: bool = False, workers: int = 1, bertscore: BertScoreFn | None = None,
-             bertscore_status: str = "skipped", echo: Callable[[str], None] = print) -> EvalReport:
+def evaluate(
+    files: Sequence[CandidateFile],
+    *,
+    mbr: bool = False,
+    reference_impl: bool = False,
+    extras: bool = False,
+    show_extras: bool | None = None,
+    workers: int = 1,
+    bertscore: BertScoreFn | None = None,
+    bertscore_status: str = "skipped",
+    echo: Callable[[str], None] = print,
+) -> EvalReport:
     """Score the files, then diversity (or MBR with ``mbr``) if there are several, and print.
 
     Args:
         files: candidate files in sorted order (one example per line, equal lengths).
         mbr: MBR selection instead of diversity (only with more than one file, as the original).
         reference_impl: compute BLEU/ROUGE-L with nltk/torchmetrics directly (slow, for checks).
-        extras: also compute (and print) corpus BLEU, dist-2, symmetric self-BLEU, MBR avg len.
+        extras: also compute corpus BLEU, dist-2, symmetric self-BLEU, MBR avg len.
+        show_extras: print the extras as ``[extra]`` lines (default: ``extras``).
         workers: processes for the pairwise BLEU of diversity/MBR (pool only above a size).
-        bertscore: ``(hyps, refs) -> (mean F1, printed text)``; ``None`` prints ``bertscore_status``.
+        bertscore: ``(hyps, refs) -> (mean F1, printed text)``; if ``None``, the BERTScore
+            line shows ``bertscore_status``.
         echo: receives each report line (``print`` by default).
     Returns:
         the :class:`EvalReport`; ``report.lines`` are the lines given to ``echo``.
     """
     check_same_length(files)
-    blocks = [score_block(f.path, [e.recover for e in f.examples], [e.reference for e in f.examples],
-                          reference_impl=reference_impl, extras=extras) for f in files]
+    show = extras if show_extras is None else show_extras
+    blocks = [
+        score_block(f.path, f.examples, reference_impl=reference_impl, extras=extras) for f in files
+    ]
     multi = len(files) > 1
-    groups = [[f.examples[i].recover for f in files] for i in range(len(files[0].examples))]
-    matrices = pairwise_matrices(groups, reference_impl=reference_impl, workers=workers) if multi else []
+    groups = [list(g) for g in zip(*(f.hypotheses for f in files), strict=True)]
+    matrices = (
+        pairwise_matrices(groups, reference_impl=reference_impl, workers=workers) if multi else []
+    )
     lines: list[str] = []
 
     def emit(*new: str) -> None:
+        lines.extend(new)
         for line in new:
-            lines.append(line)
             echo(line)
 
     for k, f in enumerate(files):  # BERTScore after the pool, in the original's print order
         emit(f.path)
-        refs = [e.reference for e in f.examples]
-        blocks[k] = _with_bertscore(blocks[k], [e.recover for e in f.examples], refs, bertscore, bertscore_status)
-        emit(*block_lines(blocks[k]))
+        blocks[k] = _with_bertscore(blocks[k], f.examples, bertscore, bertscore_status)
+        emit(*block_lines(blocks[k], show_extras=show))
     diversity = mbr_result = None
     if multi and not mbr:
         diversity = score_diversity(groups, matrices, extras=extras)
-        emit(STARS, "Compute diversity...", STARS, f"avg selfBleu score {diversity.avg_self_bleu}",
-             f"avg div4 score {diversity.avg_div4}", *extra_lines(diversity.extras))
+        emit(
+            STARS,
+            "Compute diversity...",
+            STARS,
+            f"avg selfBleu score {diversity.avg_self_bleu}",
+            f"avg div4 score {diversity.avg_div4}",
+            *(extra_lines(diversity.extras) if show else []),
+        )
     elif multi:
         emit(STARS, "MBR...", STARS)
         chosen, examples = select_mbr(files, matrices)
-        hyps, refs = [e.recover for e in examples], [e.reference for e in examples]
-        block = score_block("MBR", hyps, refs, reference_impl=reference_impl, extras=extras)
+        block = score_block("MBR", examples, reference_impl=reference_impl, extras=extras)
         if extras:  # computed but not printed by the original
             block = replace(block, extras={**block.extras, "avg_len": block.avg_len})
-        block = _with_bertscore(block, hyps, refs, bertscore, bertscore_status)
-        emit(*block_lines(block, mbr=True))
+        block = _with_bertscore(block, examples, bertscore, bertscore_status)
+        emit(*block_lines(block, mbr=True, show_extras=show))
         mbr_result = MbrResult(selected_file_index=chosen, examples=examples, scores=block)
     return EvalReport(files=blocks, diversity=diversity, mbr=mbr_result, lines=lines)

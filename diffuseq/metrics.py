@@ -37,7 +37,7 @@ DEFAULT_BERTSCORE_MODEL = "microsoft/deberta-xlarge-mnli"
 DEFAULT_BERTSCORE_LAYER = 40  # bert_score's model2layers entry for the default model
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")  # torchmetrics' default ROUGE normaliser
 
-NgramCounts = tuple[dict, ...]  # one {ngram tuple: count} dict per order 1..MAX_ORDER
+NgramCounts = tuple[set, ...]  # per order 1..MAX_ORDER: n-grams, repeats as (ngram, k)
 BleuMatrix = list[list[float]]
 
 
@@ -56,20 +56,28 @@ def clean_text(text: str, *, remove: Sequence[str]) -> str:
 
 
 def ngram_counts(tokens: Sequence[str]) -> NgramCounts:
-    """Counts of the 1..4-grams of ``tokens`` (one dict per order)."""
+    """The 1..4-grams of ``tokens`` as multisets: one set per order.
+
+    An n-gram's first occurrence is the element ``ngram``, its k-th repeat ``(ngram, k)``; so the
+    size of the intersection of two such sets is ``sum_g min(c_a(g), c_b(g))`` (C set code).
+    """
     counts = []
     for n in range(1, MAX_ORDER + 1):
-        table: dict = {}
-        for i in range(len(tokens) - n + 1):
-            gram = tuple(tokens[i : i + n])
-            table[gram] = table.get(gram, 0) + 1
-        counts.append(table)
+        grams = list(zip(*(tokens[i:] for i in range(n))))
+        bag = set(grams)
+        if len(bag) < len(grams):  # repeated n-grams
+            seen: dict[tuple[str, ...], int] = {}
+            for gram in grams:
+                k = seen[gram] = seen.get(gram, -1) + 1
+                if k:
+                    bag.add((gram, k))
+        counts.append(bag)
     return tuple(counts)
 
 
 def clipped_matches(hyp: NgramCounts, ref: NgramCounts) -> tuple[int, ...]:
     """nltk's clipped n-gram matches ``sum_g min(c_hyp(g), c_ref(g))`` per order (symmetric)."""
-    return tuple(sum(min(h[g], r[g]) for g in h.keys() & r.keys()) for h, r in zip(hyp, ref))
+    return tuple(len(h & r) for h, r in zip(hyp, ref, strict=True))
 
 
 def bleu_from_counts(hyp_len: int, ref_len: int, matches: Sequence[int]) -> float:
@@ -101,9 +109,11 @@ def bleu_from_counts(hyp_len: int, ref_len: int, matches: Sequence[int]) -> floa
 
 
 def sentence_bleu(hypothesis: str, reference: str) -> float:
-    """BLEU of one hypothesis against one reference (whitespace tokens), as :func:`bleu_from_counts`."""
+    """BLEU of one hypothesis vs one reference (whitespace tokens), by :func:`bleu_from_counts`."""
     hyp, ref = hypothesis.split(), reference.split()
-    return bleu_from_counts(len(hyp), len(ref), clipped_matches(ngram_counts(hyp), ngram_counts(ref)))
+    return bleu_from_counts(
+        len(hyp), len(ref), clipped_matches(ngram_counts(hyp), ngram_counts(ref))
+    )
 
 
 def sentence_bleu_many(
@@ -114,12 +124,17 @@ def sentence_bleu_many(
     return [score(h, r) for h, r in zip(hypotheses, references, strict=True)]
 
 
-def pairwise_bleu(candidates: Sequence[str], *, reference_impl: bool = False) -> BleuMatrix:
+def pairwise_bleu(
+    candidates: Sequence[str], *, reference_impl: bool = False, memo: dict | None = None
+) -> BleuMatrix:
     """``S[i][j] = BLEU(hyp=candidates[i], ref=candidates[j])`` with a zero diagonal (spec §7.3).
 
     Each candidate's n-grams are counted once; clipped matches are symmetric, so they are
-    computed once per unordered pair and used for both directions.
+    computed once per unordered pair and used for both directions. ``memo`` (optional, owned by
+    the caller) keeps :func:`bleu_from_counts` results across calls: the value depends only on
+    the two lengths and the four match counts, which repeat a lot between similar candidates.
     """
+    memo = {} if memo is None else memo
     k = len(candidates)
     matrix: BleuMatrix = [[0] * k for _ in range(k)]
     if reference_impl:
@@ -129,19 +144,28 @@ def pairwise_bleu(candidates: Sequence[str], *, reference_impl: bool = False) ->
                     matrix[i][j] = reference_sentence_bleu(candidates[i], candidates[j])
         return matrix
     tokens = [c.split() for c in candidates]
-    counts_of: dict[str, NgramCounts] = {}
-    counts = [counts_of.setdefault(c, ngram_counts(t)) for c, t in zip(candidates, tokens)]
+    counts_of: dict[str, NgramCounts] = {}  # identical candidates share their counts
+    for text, toks in zip(candidates, tokens, strict=True):
+        if text not in counts_of:
+            counts_of[text] = ngram_counts(toks)
+    counts = [counts_of[text] for text in candidates]
     for i in range(k):
         for j in range(i + 1, k):
             matches = clipped_matches(counts[i], counts[j])
-            matrix[i][j] = bleu_from_counts(len(tokens[i]), len(tokens[j]), matches)
-            matrix[j][i] = bleu_from_counts(len(tokens[j]), len(tokens[i]), matches)
+            for a, b in ((i, j), (j, i)):
+                key = (len(tokens[a]), len(tokens[b]), *matches)
+                if key not in memo:
+                    memo[key] = bleu_from_counts(key[0], key[1], matches)
+                matrix[a][b] = memo[key]
     return matrix
 
 
-def pairwise_bleu_many(groups: Sequence[Sequence[str]], *, reference_impl: bool = False) -> list[BleuMatrix]:
-    """:func:`pairwise_bleu` of every candidate group (picklable unit of work for a process pool)."""
-    return [pairwise_bleu(g, reference_impl=reference_impl) for g in groups]
+def pairwise_bleu_many(
+    groups: Sequence[Sequence[str]], *, reference_impl: bool = False
+) -> list[BleuMatrix]:
+    """:func:`pairwise_bleu` of every candidate group (a picklable unit of work for a pool)."""
+    memo: dict = {}
+    return [pairwise_bleu(g, reference_impl=reference_impl, memo=memo) for g in groups]
 
 
 def mbr_select(matrix: BleuMatrix) -> int:
@@ -154,19 +178,19 @@ def mbr_select(matrix: BleuMatrix) -> int:
 
 
 def self_bleu(matrix: BleuMatrix) -> np.float64:
-    """The original's self-BLEU: mean of ``S[i][j]`` over ``i < j`` (0 for fewer than 2 candidates)."""
+    """The original's self-BLEU: mean of ``S[i][j]`` over ``i < j`` (0 if fewer than 2)."""
     pairs = [row[j] for i, row in enumerate(matrix) for j in range(i + 1, len(row))]
     return np.mean(pairs or [0])
 
 
 def self_bleu_symmetric(matrix: BleuMatrix) -> np.float64:
-    """Self-BLEU over both directions: mean of ``S[i][j]`` over all ``i != j`` (0 if fewer than 2)."""
+    """Self-BLEU over both directions: mean of ``S[i][j]`` over ``i != j`` (0 if fewer than 2)."""
     pairs = [v for i, row in enumerate(matrix) for j, v in enumerate(row) if i != j]
     return np.mean(pairs or [0])
 
 
 def corpus_bleu_sacrebleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (0-100) by sacrebleu with its defaults (13a tokenizer); an extra, not in the paper."""
+    """Corpus BLEU (0-100) by sacrebleu, default 13a tokenizer (an extra, not in the paper)."""
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
@@ -220,7 +244,7 @@ def rouge_l_fmeasure(hypothesis: str, reference: str) -> float:
 def rouge_l_many(
     hypotheses: Sequence[str], references: Sequence[str], *, reference_impl: bool = False
 ) -> list[float]:
-    """``rougeL_fmeasure`` of each pair as the original stores it (float32 value as a Python float)."""
+    """``rougeL_fmeasure`` of each pair as the original keeps it (a float32 value as a float)."""
     if reference_impl:
         return reference_rouge_l_many(hypotheses, references)
     values = [rouge_l_fmeasure(h, r) for h, r in zip(hypotheses, references, strict=True)]
@@ -296,6 +320,26 @@ def default_bertscore_layer(model_name: str) -> int | None:
     return model2layers.get(model_name)
 
 
+def _adapt_tokenizer_for_bert_score(tokenizer, *, max_length: int | None) -> None:
+    """Make one tokenizer instance work with bert_score 0.3.x under transformers 5.
+
+    * bert_score truncates at ``model_max_length``; a tokenizer saved without it reports 1e30,
+      which the Rust tokenizers reject: cap it at the model's position limit.
+    * bert_score encodes an empty sentence as ``build_inputs_with_special_tokens([])``, which
+      transformers 5 removed; give the instance that method for the empty case (its v4 result:
+      the special tokens only, e.g. ``[CLS] [SEP]``).
+    """
+    if max_length and tokenizer.model_max_length > max_length:
+        tokenizer.model_max_length = max_length
+    if not hasattr(tokenizer, "build_inputs_with_special_tokens"):
+
+        def specials_only(ids: list[int]) -> list[int]:
+            assert not ids, "bert_score only calls this for empty sentences"
+            return tokenizer.encode("", add_special_tokens=True)
+
+        tokenizer.build_inputs_with_special_tokens = specials_only
+
+
 class BertScorer:
     """BERTScore F1 (bert_score, ``idf=False``, no rescaling), model loaded once from local files.
 
@@ -303,8 +347,14 @@ class BertScorer:
     string is what the original prints after ``avg berscore`` (e.g. ``tensor(0.8069)``).
     """
 
-    def __init__(self, *, model: str = DEFAULT_BERTSCORE_MODEL, layer: int | None = None,
-                 batch_size: int = 64, verbose: bool = True):
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_BERTSCORE_MODEL,
+        layer: int | None = None,
+        batch_size: int = 64,
+        verbose: bool = True,
+    ):
         path = resolve_local_model(model)  # first: fails fast, before the heavy imports
         if layer is None:
             layer = DEFAULT_BERTSCORE_LAYER if model == DEFAULT_BERTSCORE_MODEL else None
@@ -316,9 +366,13 @@ class BertScorer:
         from bert_score import BERTScorer
 
         try:
-            self._scorer = BERTScorer(model_type=path, num_layers=layer, lang="en", batch_size=batch_size)
+            self._scorer = BERTScorer(
+                model_type=path, num_layers=layer, lang="en", batch_size=batch_size
+            )
         except (OSError, ValueError) as err:
             raise OfflineAssetError(f"cannot load BERTScore model from '{path}': {err}") from err
+        limit = getattr(self._scorer._model.config, "max_position_embeddings", None)
+        _adapt_tokenizer_for_bert_score(self._scorer._tokenizer, max_length=limit)
         self.model, self.layer, self._verbose = model, layer, verbose
 
     def __call__(self, hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:

@@ -61,7 +61,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
             for stride in range(1, T):
                 if len(range(0, T, stride)) == desired:
                     return set(range(0, T, stride))
-            raise ValueError(f"cannot create exactly {desired} steps out of {T} with an integer stride")
+            raise ValueError(f"cannot create exactly {desired} of {T} steps with an integer stride")
         counts = [int(c) for c in section_counts.split(",")]
     else:
         counts = [int(c) for c in section_counts]
@@ -86,7 +86,9 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
     return kept
 
 
-def respaced_betas(betas: np.ndarray, use_timesteps: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+def respaced_betas(
+    betas: np.ndarray, use_timesteps: Iterable[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Betas of the process restricted to ``use_timesteps`` (spec §5.3).
 
     For kept indices ``s_0 < s_1 < …``: ``β'_k = 1 − ᾱ_{s_k} / ᾱ_{s_{k−1}}`` (``ᾱ_{s_{−1}} := 1``),

@@ -35,7 +35,9 @@ DEFAULT_MAX_BYTES = 64 * 2**20
 _LIVE_TENSORS = 2
 
 
-def rounding_chunk_size(vocab_size: int, num_positions: int, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+def rounding_chunk_size(
+    vocab_size: int, num_positions: int, max_bytes: int = DEFAULT_MAX_BYTES
+) -> int:
     """Positions per chunk so that the ``[V, n]`` intermediates fit in ``max_bytes``.
 
     At least 1 (a single position always needs ``2·V·4`` bytes), at most ``num_positions``.
@@ -63,17 +65,32 @@ def nearest_tokens(
         int64 ``x.shape[:-1]`` (``[B,L]``), on ``embedding``'s device.
     """
     E = embedding.detach()
-    flat = x.detach().reshape(-1, x.size(-1)).to(device=E.device, dtype=E.dtype)
+    return _nearest(x, E, _squared_norms(E), chunk_size=chunk_size, max_bytes=max_bytes)
+
+
+def _squared_norms(E: torch.Tensor) -> torch.Tensor:
+    """``‖E_v‖²`` as the original computes it: ``[V, 1]``."""
+    return (E**2).sum(-1).view(-1, 1)
+
+
+def _nearest(
+    x: torch.Tensor,
+    E: torch.Tensor,
+    emb_norm: torch.Tensor,
+    *,
+    chunk_size: int | None,
+    max_bytes: int,
+) -> torch.Tensor:
+    flat = x.detach().reshape(-1, x.size(-1)).to(device=E.device, dtype=E.dtype)  # [N,h]
     n_total = flat.size(0)
     if chunk_size is None:
         chunk_size = rounding_chunk_size(E.size(0), n_total, max_bytes)
-    emb_norm = (E**2).sum(-1).view(-1, 1)  # ‖E_v‖²  [V,1]
     tokens = torch.empty(n_total, dtype=torch.long, device=E.device)
     for start in range(0, n_total, chunk_size):
         chunk = flat[start : start + chunk_size]  # [n,h]
         arr_norm = (chunk**2).sum(-1).view(1, -1)  # ‖x_n‖²  [1,n]
         cross = torch.mm(E, chunk.t()).mul_(2.0)  # 2·E_v·x_n  [V,n]
-        dist = (emb_norm + arr_norm).sub_(cross)  # [V,n]
+        dist = (emb_norm + arr_norm).sub_(cross)  # d_{v,n}  [V,n]
         del cross
         dist.clamp_(min=0.0).neg_()
         tokens[start : start + chunk_size] = torch.topk(dist, k=1, dim=0).indices[0]
@@ -99,9 +116,10 @@ def make_rounding_fn(
     """
     weight = embedding.weight if isinstance(embedding, torch.nn.Embedding) else embedding
     weight = weight.detach()
+    emb_norm = _squared_norms(weight)  # computed once, reused at every sampling step
 
     def round_to_embeddings(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = nearest_tokens(x, weight, chunk_size=chunk_size, max_bytes=max_bytes)
+        tokens = _nearest(x, weight, emb_norm, chunk_size=chunk_size, max_bytes=max_bytes)
         rounded = F.embedding(tokens, weight).view(x.shape).to(device=x.device, dtype=x.dtype)
         return rounded, tokens.to(x.device)
 

@@ -21,6 +21,7 @@ The v2 solver variant of the original lives in :mod:`diffuseq.solvers`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,8 @@ from diffuseq.respace import respaced_betas, space_timesteps
 __all__ = [
     "Model",
     "Callback",
+    "anchor_source",
+    "progress_steps",
     "ancestral_sample",
     "ddim_timesteps",
     "ddim_sample",
@@ -46,11 +49,12 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 
 
-def _steps(timesteps: list[int], progress: bool, desc: str):
+def progress_steps(timesteps: list, progress: bool, desc: str):
+    """``timesteps`` wrapped in a tqdm bar when ``progress`` (callers pass ``rank == 0``)."""
     return tqdm(timesteps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
 
 
-def _anchor(x: torch.Tensor, input_mask: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
+def anchor_source(x: torch.Tensor, input_mask: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
     """Source anchoring ``where(m == 0, x_start, x)`` (paper §3: the source x is never noised)."""
     return torch.where(input_mask.unsqueeze(-1) == 0, x_start, x)
 
@@ -105,7 +109,7 @@ def ancestral_sample(
     """
     x = x_T + _target_shift(input_mask, mean_embed, x_T)
     T = diffusion.num_timesteps
-    for step, t in enumerate(_steps(list(range(T))[::-1], progress, "ancestral")):
+    for step, t in enumerate(progress_steps(list(range(T))[::-1], progress, "ancestral")):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         eps = noise.gaussian(top_p=top_p)
         draw = None
@@ -155,11 +159,11 @@ def _x0_scheduler_loop(
     """
     shift = _target_shift(input_mask, mean_embed, x_T)
     y = x_T
-    for step, (k, t) in enumerate(_steps(list(zip(scheduler.timesteps.tolist(), levels)), progress, desc)):
+    for step, (k, t) in enumerate(progress_steps(list(zip(scheduler.timesteps.tolist(), levels)), progress, desc)):
         tt = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
         x0, tokens = _round(denoised_fn if t >= clamp_step else None, model(y + shift, diffusion.scale_timesteps(tt)))
-        x0 = _anchor(x0, input_mask, x_start)
-        y = _anchor(scheduler.step(x0 - shift, k, y).prev_sample, input_mask, x_start)
+        x0 = anchor_source(x0, input_mask, x_start)
+        y = anchor_source(scheduler.step(x0 - shift, k, y).prev_sample, input_mask, x_start)
         if callback is not None:
             info = {"step": step, "t": t, "sample": y + shift, "pred_xstart": x0}
             callback(info if tokens is None else {**info, "tokens": tokens})
@@ -244,7 +248,7 @@ def ddim_adjacent_sample(
     level ᾱ_{t_last−1}, not at a clean x_0. ``noise`` is unused (η = 0).
     """
     x = x_T
-    for step, t in enumerate(_steps(adjacent_timesteps(diffusion.num_timesteps, steps), progress, "ddim-adjacent")):
+    for step, t in enumerate(progress_steps(adjacent_timesteps(diffusion.num_timesteps, steps), progress, "ddim-adjacent")):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = diffusion.ddim_sample(model, x, tt, t_prev=None, mask=input_mask, x_start=x_start, denoised_fn=denoised_fn)
         x = out["sample"]
@@ -290,8 +294,10 @@ def dpm_solver_sample(
     T = diffusion.num_timesteps
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, {T}], got {steps}")
-    # linspace levels are distinct for steps ≤ T−1; steps = T visits every level.
-    scheduler.set_timesteps(steps) if steps < T else scheduler.set_timesteps(timesteps=list(range(T))[::-1])
+    with warnings.catch_warnings():  # diffusers calls np.array on a tensor (numpy 2 notice)
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        # linspace levels are distinct for steps ≤ T−1; steps = T visits every level.
+        scheduler.set_timesteps(steps) if steps < T else scheduler.set_timesteps(timesteps=list(range(T))[::-1])
     levels = scheduler.timesteps.tolist()
     return _x0_scheduler_loop(
         model, diffusion, scheduler, levels, x_T, input_mask=input_mask, x_start=x_start,

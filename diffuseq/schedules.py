@@ -114,7 +114,7 @@ def get_named_beta_schedule(name: str, num_diffusion_timesteps: int) -> np.ndarr
     if int(num_diffusion_timesteps) < 1:
         raise ValueError(f"num_diffusion_timesteps must be >= 1, got {num_diffusion_timesteps}")
     if name == "pw_lin" and num_diffusion_timesteps <= 10:
-        raise ValueError(f"schedule 'pw_lin' needs more than 10 steps, got {num_diffusion_timesteps}")
+        raise ValueError(f"schedule 'pw_lin' needs > 10 steps, got {num_diffusion_timesteps}")
     return _SCHEDULES[name](int(num_diffusion_timesteps))
 
 

@@ -140,7 +140,9 @@ class LossSecondMomentResampler(LossAwareSampler):
     sum 1 and mixed with ``uniform_prob`` of the uniform distribution.
     """
 
-    def __init__(self, num_timesteps: int, *, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
+    def __init__(
+        self, num_timesteps: int, *, history_per_term: int = 10, uniform_prob: float = 0.001
+    ) -> None:
         self.num_timesteps = int(num_timesteps)
         self.history_per_term = int(history_per_term)
         self.uniform_prob = float(uniform_prob)
@@ -226,6 +228,8 @@ def create_named_schedule_sampler(name: str, diffusion_or_T: Any) -> ScheduleSam
         ValueError: unknown name; the message lists the choices.
     """
     if name not in _SAMPLERS:
-        raise ValueError(f"unknown schedule sampler: {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+        raise ValueError(
+            f"unknown schedule sampler: {name!r}; choose one of {', '.join(SAMPLER_NAMES)}"
+        )
     T = getattr(diffusion_or_T, "num_timesteps", diffusion_or_T)
     return _SAMPLERS[name](int(T))

@@ -27,7 +27,6 @@ Differences from the original (deliberate):
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -39,16 +38,16 @@ from tqdm.auto import tqdm
 
 from diffuseq import dist
 from diffuseq.checkpoint import (
+    STATE_FORMAT,
+    STATE_VERSION,
     atomic_torch_save,
     capture_rng_state,
-    restore_rng_state,
     prune_states,
+    restore_rng_state,
     save_ema_file,
     seed_everything,
     state_file_name,
     write_latest,
-    STATE_FORMAT,
-    STATE_VERSION,
 )
 from diffuseq.config import TrainConfig
 from diffuseq.errors import CheckpointError, ConfigError
@@ -162,9 +161,11 @@ class Trainer:
         self.stopped_early = False
 
     # ------------------------------------------------------------------------------ loop
-    def fit(self) -> int:
-        """Train until ``learning_steps`` updates (or the time budget); returns the step reached."""
+    def fit(self, *, until: int | None = None) -> int:
+        """Train until ``learning_steps`` updates (or ``until``, or the time budget), save, and
+        return the step reached. The LR schedule always follows ``learning_steps``."""
         cfg = self.config
+        stop = cfg.learning_steps if until is None else min(until, cfg.learning_steps)
         self.model.train()
         deadline = time.monotonic() + 60.0 * self.max_minutes if self.max_minutes else None
         bar = tqdm(
@@ -172,7 +173,7 @@ class Trainer:
             desc="training", dynamic_ncols=True,
         )
         with bar:
-            while self.step < cfg.learning_steps:
+            while self.step < stop:
                 index = self.step  # 0-based index of this update, as the original counts
                 self.run_step(self._next_batch(self.train_batches))
                 if index % cfg.log_interval == 0:
@@ -413,10 +414,7 @@ def _copy_named(
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """``√Σ grad²`` over all parameters, on the device (no synchronisation)."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -427,7 +425,3 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value)

@@ -1,0 +1,318 @@
+"""Train a DiffuSeq model.
+
+Single process (CPU or one GPU):
+    python run_train.py --config configs/demo.yaml
+Several GPUs (or CPU processes, gloo) on one machine:
+    torchrun --standalone --nproc_per_node 4 run_train.py --config configs/qqp.yaml --data_dir datasets/QQP
+Continue a run exactly where it stopped:
+    python run_train.py --config configs/demo.yaml --checkpoint_path diffusion_models/RUN --resume_checkpoint auto
+
+Reimplements the original's `scripts/run_train.py` + `train.py` (spec §2.2, §2.3) with the same
+flag names, meanings and defaults; flags override a ``--config`` YAML preset. The run folder
+(``diffusion_models/<name>`` of the current directory unless ``--checkpoint_path``) is named by
+rank 0 and broadcast (the original named it on every rank, a race). It receives
+``training_args.json`` (the original's keys), ``config.yaml``, the tokenizer, ``log.txt``,
+``metrics.jsonl``, ``ema_{rate}_{step:06d}.pt`` files in the original format and full training
+states ``state_{step:06d}.pt`` with a ``latest.json`` pointer.
+
+Random seeds: every rank seeds Python, numpy and torch with ``--seed + rank`` (different noise,
+dropout and timestep draws per GPU; rank 0 of a single-process run uses ``--seed`` itself);
+``--same_seed_all_ranks`` gives every rank ``--seed`` as the original did. The model is
+initialised on rank 0's stream (DDP broadcasts rank 0's weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffuseq import dist
+from diffuseq.checkpoint import (
+    ResumeSource,
+    ema_file_name,
+    list_state_files,
+    load_state_file,
+    resolve_resume,
+    seed_everything,
+)
+from diffuseq.cli.common import run_cli
+from diffuseq.config import (
+    SECTIONS,
+    RunConfig,
+    add_dataclass_flags,
+    given_flags,
+    opt,
+    read_yaml,
+    run_config_from_args,
+    run_folder_name,
+    write_json,
+)
+from diffuseq.data import build_dataset, infinite_batches, make_loader, split_file
+from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.factory import build_diffusion, build_model, build_schedule_sampler
+from diffuseq.logger import MetricsWriter, get_logger, open_wandb, setup_logging
+from diffuseq.tokenizer import load_tokenizer, load_tokenizer_from_run
+from diffuseq.trainer import Trainer, autocast_dtype
+
+PROG = "run_train.py"
+RUNS_ROOT = Path("diffusion_models")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How this invocation runs; not part of the run's configuration."""
+
+    config: str = opt("", "YAML preset (e.g. configs/qqp.yaml); flags given on the command line override it")
+    device: str = opt("auto", "where to train: auto (CUDA if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    max_minutes: float = opt(
+        0.0, "wall-clock budget in minutes: when spent, save a checkpoint and stop cleanly (0 = no budget)"
+    )
+    keep_states: int = opt(
+        2, "how many full training states (state_*.pt) to keep; 0 keeps all; EMA files are never deleted"
+    )
+    progress: bool = opt(True, "show a progress bar on rank 0")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors become :class:`ConfigError` (one paragraph, exit status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of the run configuration (generated from config.py) plus the runtime options."""
+    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_flags(parser, RuntimeOptions, title="runtime")
+    for name, kind in SECTIONS.items():
+        add_dataclass_flags(parser, kind, title=name)
+    return parser
+
+
+def runtime_options(namespace: argparse.Namespace) -> RuntimeOptions:
+    return RuntimeOptions(**given_flags(namespace, RuntimeOptions))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``run_train.py``; user errors print one paragraph and return 2."""
+    return run_cli(_main, argv, PROG)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    trainer = prepare(argv)
+    try:
+        step = trainer.fit()
+        if trainer.is_main:
+            emas = ", ".join(f"ema_{float(r)}_{step:06d}.pt" for r in trainer.ema)
+            status = "stopped early (--max_minutes) at" if trainer.stopped_early else "finished at"
+            print(f"{PROG}: {status} step {step}; run folder {trainer.run_dir} ({emas})")
+    finally:
+        dist.cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------------------------- set-up
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A parsed command line: the run config (preset < flags), runtime options, the raw parts."""
+
+    config: RunConfig
+    options: RuntimeOptions
+    args: argparse.Namespace
+    preset: Mapping[str, Any]
+
+
+def parse_invocation(argv: Sequence[str] | None) -> Invocation:
+    """Parse and validate ``argv``: defaults < ``--config`` YAML < flags given on the command line."""
+    args = build_parser().parse_args(argv)
+    options = runtime_options(args)
+    preset = read_yaml(options.config) if options.config else {}
+    config = run_config_from_args(args, base=RunConfig.from_dict(preset, source=options.config)).validate()
+    if options.keep_states < 0:
+        raise ConfigError(f"--keep_states must be 0 (keep all) or positive, got {options.keep_states}")
+    if options.max_minutes < 0:
+        raise ConfigError(f"--max_minutes must be 0 (no budget) or positive, got {options.max_minutes}")
+    return Invocation(config=config, options=options, args=args, preset=preset)
+
+
+def prepare(argv: Sequence[str] | None) -> Trainer:
+    """Parse ``argv``, join the process group and build a ready-to-fit :class:`Trainer`."""
+    invocation = parse_invocation(argv)
+    device = _device(invocation.options.device)
+    info, device = dist.init(device=device)
+    try:
+        return _build(invocation, info.rank, device)
+    except BaseException:
+        dist.cleanup()
+        raise
+
+
+def _device(choice: str) -> str | None:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
+    return None if choice == "auto" else choice
+
+
+def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
+    config, options = invocation.config, invocation.options
+    autocast_dtype(config.train, device)  # fp16 on CPU: fail before any work
+    if config.train.fixed_data_order:
+        raise ConfigError("--fixed_data_order is not supported by this version's data loader yet")
+    resume = resolve_resume(config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path)
+    saved_args: Mapping[str, Any] = {}
+    if resume.kind == "state":
+        config = _config_for_resume(resume, invocation.args, invocation.preset)
+        saved_args = resume.payload.get("training_args") or {}
+    tr, da = config.train, config.data
+    seed_everything(tr.seed + (0 if tr.same_seed_all_ranks else rank))
+    setup_logging(is_main=rank == 0)
+    log = get_logger("train")
+
+    run_dir, stamp = _run_dir(config, resume)
+    if resume.kind != "state" and list_state_files(run_dir):
+        raise ConfigError(
+            f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
+            "them or choose another --checkpoint_path"
+            if tr.resume_checkpoint == "auto" else
+            f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint auto to "
+            "continue that run, or choose another --checkpoint_path"
+        )
+    # Read everything the user supplied before creating anything on disk.
+    train_path, valid_path = split_file(da.data_dir, "train"), split_file(da.data_dir, "valid")
+    if resume.kind == "state":
+        tokenizer = load_tokenizer_from_run(run_dir, da.vocab, config_name=config.model.config_name)
+        if tokenizer.vocab_size != config.model.vocab_size:
+            raise CheckpointError(
+                f"{resume.path}: trained with a vocabulary of {config.model.vocab_size} tokens, but "
+                f"the tokenizer now has {tokenizer.vocab_size}"
+            )
+    else:
+        tokenizer = load_tokenizer(da.vocab, config_name=config.model.config_name, train_files=[train_path],
+                                   wordpiece_vocab_size=da.wordpiece_vocab_size)
+    config = config.replace("model", vocab_size=tokenizer.vocab_size)
+    log.info("### Creating data loader... (vocab size %d)", tokenizer.vocab_size)
+    world = dist.world_size()
+    train_set = build_dataset(train_path, tokenizer, seq_len=da.seq_len)
+    train_batches = infinite_batches(make_loader(
+        train_set, batch_size=tr.batch_size, shuffle=True, seed=tr.seed, rank=rank, world_size=world,
+        num_workers=da.num_workers,
+    ))
+    valid_batches = None
+    if rank == 0:  # validation runs on rank 0 only, over the whole valid split
+        valid_set = build_dataset(valid_path, tokenizer, seq_len=da.seq_len)
+        valid_batches = infinite_batches(make_loader(valid_set, batch_size=tr.batch_size, shuffle=True,
+                                                     seed=tr.seed, num_workers=da.num_workers))
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
+    log.info("run folder %s (%d process(es), device %s)", run_dir, world, device)
+    log.info("### Creating model and diffusion...")
+    model = build_model(config.model).to(device)
+    log.info("### The parameter count is %d", model.parameter_count())
+    diffusion = build_diffusion(config.diffusion)
+    sampler = build_schedule_sampler(config.diffusion, diffusion)
+
+    notes = saved_args.get("notes", tr.notes + stamp if tr.notes else tr.notes)
+    training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
+    writer = MetricsWriter(
+        path=run_dir / "metrics.jsonl" if rank == 0 else None,
+        enabled=rank == 0,
+        wandb_run=open_wandb(run_name=str(run_dir), run_dir=run_dir, config=training_args)
+        if tr.log_wandb and rank == 0 else None,
+    )
+    trainer = Trainer(
+        model=model, diffusion=diffusion, sampler=sampler, train_batches=train_batches,
+        valid_batches=valid_batches, config=tr, run_dir=run_dir, device=device, writer=writer,
+        run_info={"config": config.to_dict(), "training_args": training_args},
+        max_minutes=options.max_minutes or None, keep_states=options.keep_states, progress=options.progress,
+    )
+    _load_resume(trainer, resume, tr.ema_rates)
+    if rank == 0:
+        tokenizer.save(run_dir)
+        config.save_yaml(run_dir / "config.yaml")
+        write_json(run_dir / "training_args.json", training_args)
+        log.info("### Saving the hyperparameters to %s", run_dir / "training_args.json")
+    dist.barrier()
+    log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
+    return trainer
+
+
+def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+# Values that must not change when a run continues from its training state.
+_FIXED_DATA = ("seq_len", "vocab")
+
+
+def _config_for_resume(resume: ResumeSource, args: argparse.Namespace, preset: Mapping[str, Any]) -> RunConfig:
+    """The state's config, overridden by the ``--config`` preset and the flags given now.
+
+    Raises:
+        ConfigError: a model, diffusion or tokenization value differs from the state's.
+    """
+    saved = RunConfig.from_dict(resume.payload["config"], source=str(resume.path))
+    merged = {**_flat(saved.to_dict()), **_flat(preset)}
+    config = run_config_from_args(args, base=RunConfig.from_dict(merged, source=str(resume.path))).validate()
+    diffs = [
+        f"{field}: {old!r} in the state, {new!r} now"
+        for section in ("model", "diffusion")
+        for field, old in saved.to_dict()[section].items()
+        if field != "vocab_size" and (new := getattr(getattr(config, section), field)) != old
+    ] + [
+        f"{field}: {getattr(saved.data, field)!r} in the state, {getattr(config.data, field)!r} now"
+        for field in _FIXED_DATA if getattr(saved.data, field) != getattr(config.data, field)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"cannot continue {resume.path} with a different model, diffusion or tokenization ("
+            + "; ".join(diffs) + "); leave these flags out to use the saved values, or start a new run"
+        )
+    return config
+
+
+def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
+    """The run folder and the notes timestamp, decided by rank 0 and broadcast."""
+    if resume.kind == "state":
+        return resume.run_dir, ""
+    proposal = None
+    if dist.is_main():
+        stamp = time.strftime("%Y%m%d-%H:%M:%S")
+        folder = config.train.checkpoint_path or str(RUNS_ROOT / run_folder_name(config, timestamp=stamp))
+        proposal = (folder, stamp)
+    folder, stamp = dist.broadcast_object(proposal)
+    return Path(folder), stamp
+
+
+def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...]) -> None:
+    log = get_logger("train")
+    if resume.kind == "state":
+        trainer.load_state(resume.payload)
+        log.info("resumed exactly from %s (step %d)", resume.path, resume.step)
+    elif resume.kind == "weights":
+        ema_weights = {}
+        for rate in rates:  # the original also loads the sibling EMA files of the same step
+            sibling = resume.path.parent / ema_file_name(rate, resume.step)
+            if sibling.resolve() == resume.path.resolve():
+                ema_weights[rate] = resume.payload
+            elif sibling.is_file():
+                ema_weights[rate] = load_state_file(sibling)
+        trainer.load_weights(resume.payload, step=resume.step, ema_weights=ema_weights)
+        log.info("loaded weights from %s; counting steps from %d with a fresh optimizer", resume.path, resume.step)
+    resume.payload = None  # free the loaded tensors

@@ -1,0 +1,371 @@
+"""The decode job: sample targets for a list of sources and write the original's output files.
+
+Reimplements `scripts/run_decode.py` + `sample_seq2seq.py` (+ v2's `sample_seq2seq_dpmSolver.py`)
+of the original (spec §2.4–2.6, §5.11–5.13, §8):
+
+1. load a checkpoint of a run folder (model with the tied-weight rule, diffusion, tokenizer);
+2. shard the input examples across ranks with a strided slice (``rank::world_size``);
+3. per batch of ``(example, candidate)`` rows: ``x̄_0 = EMB(ids)``, ``x_T = where(m==0, x̄_0, z)``,
+   run a sampler (:mod:`diffuseq.samplers`), ``tokens = top-1 of get_logits(x_0)`` in fp32;
+4. text (spec §5.13): ``recover = decode(tokens[len_x:])``, ``reference = decode(ids[len_x:])``,
+   ``source = decode(ids[:len_x])`` with ``len_x = L − Σ mask`` (special tokens kept);
+5. ``all_gather_object`` the texts; rank 0 writes one JSON-lines file per candidate seed,
+   lines in input order, keys ``recover, reference, source`` (``json.dumps`` defaults).
+
+Every row draws its noise from its own generator (:class:`~diffuseq.noise.NoiseSource`), so the
+output does not depend on the batch size, the number of processes or ``num_samples``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from diffuseq import dist
+from diffuseq.data import merge_and_mask
+from diffuseq.errors import CheckpointError, ConfigError, DataError
+from diffuseq.logger import get_logger
+from diffuseq.noise import NoiseSource
+from diffuseq.rounding import make_rounding_fn
+from diffuseq.samplers import ancestral_sample, ddim_adjacent_sample, ddim_sample, dpm_solver_sample
+from diffuseq.solvers import dpm_solver_v2_sample
+
+__all__ = [
+    "SAMPLERS", "DTYPES", "DecodeSettings", "Decoder", "EncodedInputs", "texts_from_tokens",
+    "cut_at_sep", "read_input_file", "decode_to_files", "samples_dir_name", "output_file_name",
+]
+
+SAMPLERS = ("auto", "ancestral", "ddim", "dpm-solver++")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = get_logger("decode")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What to sample (the decode flags). ``resolve(T)`` fills ``steps``/``sampler`` and validates.
+
+    Attributes:
+        sampler: ``auto`` (= ``ancestral`` at ``steps == T``, else ``ddim``), ``ancestral``,
+            ``ddim`` or ``dpm-solver++``.
+        steps: number of sampling steps (``None`` = T, the original's ``--step 2000``).
+        clamp_step: round x̂_0 only at levels ``t ≥ clamp_step`` (0: every step).
+        top_p: the original's noise truncation threshold ``|ε| ≤ top_p`` (``None``/≤0: off).
+        seed: seed of candidate 0; candidate ``k`` uses ``seed + k``.
+        num_samples: candidates per source (K), sampled in one pass.
+        batch_size: rows (example × candidate) per model call.
+        dtype: ``fp32``, ``bf16`` or ``fp16`` autocast for the network (rounding and logits fp32).
+        ddim_adjacent: the original's pseudo-DDIM instead of respaced DDIM.
+        dpm_v2_variant: DiffuSeq-v2's modified DPM-Solver++ loop instead of the standard one.
+    """
+
+    sampler: str = "auto"
+    steps: int | None = None
+    clamp_step: int = 0
+    top_p: float | None = None
+    seed: int = 101
+    num_samples: int = 1
+    batch_size: int = 50
+    dtype: str = "fp32"
+    ddim_adjacent: bool = False
+    dpm_v2_variant: bool = False
+
+    def check(self) -> DecodeSettings:
+        """Checks that need no model (run at CLI start)."""
+        problems = [
+            (self.sampler in SAMPLERS, f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}"),
+            (self.num_samples >= 1, f"--num_samples must be at least 1, got {self.num_samples}"),
+            (self.batch_size >= 1, f"--bsz must be at least 1, got {self.batch_size}"),
+            (self.steps is None or self.steps >= 1, f"--step must be at least 1, got {self.steps}"),
+            (self.clamp_step >= 0, f"--clamp_step must be ≥ 0, got {self.clamp_step}"),
+            (self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}"),
+            (not (self.ddim_adjacent and self.sampler not in ("ddim", "auto")),
+             "--ddim_adjacent selects the original's pseudo-DDIM: use it with --sampler ddim"),
+            (not (self.dpm_v2_variant and self.sampler != "dpm-solver++"),
+             "--dpm_v2_variant selects DiffuSeq-v2's solver loop: use it with --sampler dpm-solver++"),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def resolve(self, num_timesteps: int) -> DecodeSettings:
+        """Fill ``steps`` (default T) and ``sampler`` (``auto``) for a model with T steps."""
+        self.check()
+        T = num_timesteps
+        steps = T if self.steps is None else self.steps
+        if steps > T:
+            raise ConfigError(f"--step {steps} is larger than the model's diffusion steps T={T}; pass --step ≤ {T}")
+        sampler = self.sampler
+        if sampler == "auto":
+            sampler = "ancestral" if steps == T and not self.ddim_adjacent else "ddim"
+        if sampler == "ancestral" and steps != T:
+            raise ConfigError(
+                f"--sampler ancestral always runs all T={T} steps (got --step {steps}); for fewer steps use "
+                "--sampler ddim, --sampler ddim --ddim_adjacent (the original's pseudo-DDIM) or --sampler dpm-solver++"
+            )
+        return replace(self, steps=steps, sampler=sampler)
+
+    @property
+    def label(self) -> str:
+        """Sampler name used in output folder names."""
+        if self.sampler == "ddim" and self.ddim_adjacent:
+            return "ddim-adjacent"
+        if self.sampler == "dpm-solver++" and self.dpm_v2_variant:
+            return "dpm-solver++-v2"
+        return self.sampler
+
+
+def samples_dir_name(checkpoint_name: str, settings: DecodeSettings, *, input_label: str = "") -> str:
+    """``<ckpt>.samples`` for full-step ancestral sampling (the original's folder), else
+    ``<ckpt>.samples-<sampler>-<N>steps``; ``input_label`` (non-test split, ad-hoc input) is
+    appended as ``-<label>``, so every folder holds the seeds of one configuration only."""
+    name = f"{checkpoint_name}.samples"
+    if settings.sampler != "ancestral":
+        name += f"-{settings.label}-{settings.steps}steps"
+    return name + (f"-{input_label}" if input_label else "")
+
+
+def output_file_name(seed: int, clamp_step: int, note: str | None = None) -> str:
+    """``seed{S}_step{clamp}.json`` (``step`` is the clamp step, as the original); v2's
+    ``--note`` adds ``_{note}``."""
+    return f"seed{seed}_step{clamp_step}" + (f"_{note}" if note else "") + ".json"
+
+
+# ------------------------------------------------------------------------------------- text
+
+
+def texts_from_tokens(tokenizer, input_ids: torch.Tensor, input_mask: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, str]]:
+    """The original's three strings per row (spec §5.13), special tokens kept.
+
+    Args:
+        input_ids, input_mask, tokens: ``[B, L]``.
+
+    Returns:
+        ``[{"recover", "reference", "source"}]`` in that key order.
+    """
+    out = []
+    for ids, mask, toks in zip(input_ids.tolist(), input_mask.tolist(), tokens.tolist()):
+        len_x = len(mask) - sum(mask)
+        out.append({"recover": tokenizer.decode(toks[len_x:]), "reference": tokenizer.decode(ids[len_x:]),
+                    "source": tokenizer.decode(ids[:len_x])})
+    return out
+
+
+def cut_at_sep(text: str, special_tokens: dict[str, str]) -> str:
+    """Cut at the first ``sep``/``eos`` token and drop the special tokens (``--cut_at_sep``).
+
+    >>> cut_at_sep("[CLS] how old are you? [SEP] [PAD] you [PAD]", {"sos": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "pad": "[PAD]"})
+    'how old are you?'
+    """
+    stops = [special_tokens[k] for k in ("sep", "eos") if special_tokens.get(k) and special_tokens[k] in text]
+    if stops:
+        text = text[: min(text.index(s) for s in stops)]
+    for token in set(special_tokens.values()):
+        text = text.replace(token, " ")
+    return " ".join(text.split())
+
+
+def read_input_file(path: str | Path) -> list[tuple[str, str]]:
+    """``--input FILE.jsonl``: one ``{"src": ..., "trg": ...}`` per line, ``trg`` optional ("").
+
+    Raises:
+        DataError: missing file, invalid JSON, a non-object line or a missing/non-string ``src``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), None, None, "--input file not found")
+    pairs = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(str(path), line_no, None, f"invalid JSON ({err.msg}); expected {{\"src\": \"...\"}}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("src"), str):
+            raise DataError(str(path), line_no, "src", 'every line needs a string "src" (and optionally "trg")')
+        trg = obj.get("trg", "")
+        if not isinstance(trg, str):
+            raise DataError(str(path), line_no, "trg", "must be a string")
+        pairs.append((obj["src"].strip(), trg.strip()))
+    if not pairs:
+        raise DataError(str(path), None, None, "no examples in the --input file")
+    return pairs
+
+
+@dataclass(frozen=True)
+class EncodedInputs:
+    """Merged examples (spec §3.3): ``input_ids``/``input_mask`` int64 ``[N, L]``."""
+
+    input_ids: torch.Tensor
+    input_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int) -> EncodedInputs:
+        sources = tokenizer.encode([s for s, _ in pairs])
+        targets = tokenizer.encode([t for _, t in pairs])
+        merged = [
+            merge_and_mask(x, y, seq_len=seq_len, sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+            for x, y in zip(sources, targets)
+        ]
+        return cls(torch.tensor([ids for ids, _ in merged], dtype=torch.long),
+                   torch.tensor([mask for _, mask in merged], dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------- decoder
+
+
+class _Autocast:
+    """``model(x, t)`` under ``torch.autocast`` (bf16/fp16), returning fp32."""
+
+    def __init__(self, model: Callable, dtype: torch.dtype, device: torch.device) -> None:
+        self.model, self.dtype, self.device_type = model, dtype, device.type
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x, t).float()
+
+
+class Decoder:
+    """A loaded model ready to decode: model (eval, frozen, on ``device``), diffusion, tokenizer."""
+
+    def __init__(self, *, model, diffusion, tokenizer, seq_len: int, device: torch.device | str = "cpu") -> None:
+        self.model, self.diffusion, self.tokenizer = model, diffusion, tokenizer
+        self.seq_len, self.device = seq_len, torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, run, checkpoint: str | Path, *, device: torch.device | str = "cpu") -> Decoder:
+        """Build from a :class:`~diffuseq.run_folder.RunFolder` and one of its ``.pt`` files."""
+        from diffuseq.checkpoint import is_train_state, load_state_file
+        from diffuseq.factory import build_diffusion, build_model
+
+        tokenizer = run.tokenizer
+        vocab_size = run.config.model.vocab_size or tokenizer.vocab_size
+        if vocab_size != tokenizer.vocab_size:
+            raise ConfigError(f"{run.path}: the run's vocab_size is {vocab_size} but its tokenizer has "
+                              f"{tokenizer.vocab_size} tokens; the saved tokenizer does not belong to this run")
+        state = load_state_file(checkpoint)
+        if is_train_state(state):
+            raise CheckpointError(f"{checkpoint} is a full training state; decode an ema_*.pt file "
+                                  "(--pattern ema) or pass one with --model_dir path/to/ema_<rate>_<step>.pt")
+        model = build_model(run.config.model, vocab_size=vocab_size)
+        model.load_state_dict(state)
+        model.eval().requires_grad_(False).to(device)
+        return cls(model=model, diffusion=build_diffusion(run.config.diffusion), tokenizer=tokenizer,
+                   seq_len=run.config.data.seq_len, device=device)
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedInputs:
+        return EncodedInputs.from_pairs(pairs, self.tokenizer, seq_len=self.seq_len)
+
+    @torch.no_grad()
+    def sample_tokens(
+        self, input_ids: torch.Tensor, input_mask: torch.Tensor, *, seeds: Sequence[int], indices: Sequence[int],
+        settings: DecodeSettings, progress: bool = False,
+    ) -> torch.Tensor:
+        """Sample one batch of rows and return their tokens ``[B, L]`` (CPU).
+
+        Row ``r`` draws from the generator of ``(seeds[r], indices[r])``: first ``z`` for
+        ``x_T``, then the sampler's per-step draws.
+        """
+        s = settings
+        ids, mask = input_ids.to(self.device), input_mask.to(self.device)
+        x_start = self.model.get_embeds(ids).float()  # x̄_0 [B, L, h]
+        noise = NoiseSource(seeds, indices, shape=tuple(x_start.shape[1:]), device=self.device)
+        x_T = torch.where(mask.unsqueeze(-1) == 0, x_start, noise.gaussian())
+        model = self.model if s.dtype == "fp32" else _Autocast(self.model, DTYPES[s.dtype], self.device)
+        mean_embed = getattr(self.model, "mean_embed", None)
+        common = dict(input_mask=mask, x_start=x_start, clamp_step=s.clamp_step, noise=noise, progress=progress,
+                      denoised_fn=make_rounding_fn(self.model.word_embedding.weight))
+        if s.sampler == "ancestral":
+            top_p = s.top_p if s.top_p is not None and s.top_p > 0 else None
+            x0 = ancestral_sample(model, self.diffusion, x_T, top_p=top_p, mean_embed=mean_embed, **common)
+        elif s.sampler == "ddim" and s.ddim_adjacent:
+            x0 = ddim_adjacent_sample(model, self.diffusion, x_T, steps=s.steps, **common)
+        elif s.sampler == "ddim":
+            x0 = ddim_sample(model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common)
+        elif s.dpm_v2_variant:
+            x0 = dpm_solver_v2_sample(model, self.diffusion, x_T, steps=s.steps, **common)
+        else:
+            x0 = dpm_solver_sample(model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common)
+        logits = self.model.get_logits(x0.float())  # fp32, outside autocast
+        return torch.topk(logits, k=1, dim=-1).indices[..., 0].cpu()
+
+    def decode_rows(
+        self, inputs: EncodedInputs, rows: Sequence[tuple[int, int]], settings: DecodeSettings, *, progress: bool = False,
+    ) -> list[tuple[int, int, str]]:
+        """``(example index, candidate k, recover)`` for each row, in batches of ``batch_size``."""
+        out: list[tuple[int, int, str]] = []
+        batches = range(0, len(rows), settings.batch_size)
+        for start in tqdm(batches, desc="batches", disable=not progress, dynamic_ncols=True):
+            batch = rows[start : start + settings.batch_size]
+            index = torch.tensor([i for i, _ in batch], dtype=torch.long)
+            ids, mask = inputs.input_ids[index], inputs.input_mask[index]
+            tokens = self.sample_tokens(ids, mask, seeds=[settings.seed + k for _, k in batch],
+                                        indices=[i for i, _ in batch], settings=settings, progress=progress)
+            texts = texts_from_tokens(self.tokenizer, ids, mask, tokens)
+            out.extend((i, k, text["recover"]) for (i, k), text in zip(batch, texts))
+        return out
+
+    def generate(self, inputs: EncodedInputs, settings: DecodeSettings, *, progress: bool = False) -> list[list[dict[str, str]]]:
+        """All candidates of all examples in this process: ``result[i][k]`` = record of example
+        ``i``, candidate ``k`` (keys ``recover, reference, source``)."""
+        settings = settings.resolve(self.diffusion.num_timesteps)
+        rows = [(i, k) for i in range(len(inputs)) for k in range(settings.num_samples)]
+        return _assemble(inputs, self.tokenizer, self.decode_rows(inputs, rows, settings, progress=progress),
+                         settings.num_samples)
+
+
+def _assemble(inputs: EncodedInputs, tokenizer, rows: Sequence[tuple[int, int, str]], num_samples: int) -> list[list[dict[str, str]]]:
+    refs = texts_from_tokens(tokenizer, inputs.input_ids, inputs.input_mask, inputs.input_ids)
+    result: list[list[dict[str, str]]] = [[{} for _ in range(num_samples)] for _ in range(len(inputs))]
+    for i, k, recover in rows:
+        result[i][k] = {"recover": recover, "reference": refs[i]["reference"], "source": refs[i]["source"]}
+    return result
+
+
+def decode_to_files(
+    decoder: Decoder, inputs: EncodedInputs, settings: DecodeSettings, *, out_folder: str | Path,
+    note: str | None = None, append: bool = False, clean: bool = False,
+) -> list[Path]:
+    """Decode ``inputs`` on every rank (strided shard) and let rank 0 write one file per seed.
+
+    Args:
+        settings: resolved settings (see :meth:`DecodeSettings.resolve`).
+        out_folder: ``<out_dir>/<run>/<ckpt>.samples…``; created by rank 0.
+        note: v2's file-name suffix. append: append instead of overwrite (the original appends).
+        clean: ``--cut_at_sep`` on all three strings.
+
+    Returns:
+        The written paths (on every rank).
+    """
+    rank, world = dist.rank(), dist.world_size()
+    rows = [(i, k) for i in range(rank, len(inputs), world) for k in range(settings.num_samples)]
+    start = time.perf_counter()
+    local = decoder.decode_rows(inputs, rows, settings, progress=rank == 0)
+    gathered = [row for part in dist.all_gather_object(local) for row in part]
+    folder = Path(out_folder)
+    paths = [folder / output_file_name(settings.seed + k, settings.clamp_step, note) for k in range(settings.num_samples)]
+    if rank == 0:
+        records = _assemble(inputs, decoder.tokenizer, gathered, settings.num_samples)
+        folder.mkdir(parents=True, exist_ok=True)
+        specials = decoder.tokenizer.special_tokens
+        for k, path in enumerate(paths):
+            with path.open("a" if append else "w", encoding="utf-8") as handle:
+                for per_example in records:
+                    record = per_example[k]
+                    if clean:
+                        record = {key: cut_at_sep(value, specials) for key, value in record.items()}
+                    handle.write(json.dumps(record) + "\n")
+        log.info("decoded %d example(s) x %d candidate(s) in %.1f s -> %s", len(inputs), settings.num_samples,
+                 time.perf_counter() - start, folder)
+    dist.barrier()
+    return paths
