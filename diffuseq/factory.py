@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from diffuseq.config import DiffusionConfig, ModelConfig
 from diffuseq.diffusion import GaussianDiffusion
-from diffuseq.model import TransformerNetModel, build_bert_config
-from diffuseq.respace import respaced_betas, space_timesteps
-from diffuseq.schedules import get_named_beta_schedule
+from diffuseq.bert_config import build_bert_config
+from diffuseq.model import TransformerNetModel
 from diffuseq.timestep_sampler import ScheduleSampler, create_named_schedule_sampler
 
 
@@ -39,17 +38,16 @@ def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> Transf
 
 
 def build_diffusion(config: DiffusionConfig, *, respacing: str | None = None) -> GaussianDiffusion:
-    """The Gaussian diffusion for ``config`` (``respacing`` overrides ``timestep_respacing``)."""
-    betas = get_named_beta_schedule(config.noise_schedule, config.diffusion_steps)
-    spacing = config.timestep_respacing if respacing is None else respacing
-    timestep_map = None
-    if spacing:
-        betas, timestep_map = respaced_betas(betas, space_timesteps(config.diffusion_steps, spacing))
-    return GaussianDiffusion(
-        betas=betas,
+    """The Gaussian diffusion for ``config`` (``respacing`` overrides ``timestep_respacing``).
+
+    Tables are built as the original's ``SpacedDiffusion`` builds them (betas recomputed from
+    the cumulative product), so they equal the original's bit for bit (G1).
+    """
+    return GaussianDiffusion.from_schedule(
+        noise_schedule=config.noise_schedule,
+        diffusion_steps=config.diffusion_steps,
+        timestep_respacing=config.timestep_respacing if respacing is None else respacing,
         rescale_timesteps=config.rescale_timesteps,
-        timestep_map=timestep_map,
-        original_num_steps=config.diffusion_steps,
         denoise=config.denoise,
         denoise_rate=config.denoise_rate,
         reg_rate=config.reg_rate,

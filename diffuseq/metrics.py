@@ -31,13 +31,12 @@ import numpy as np
 
 from diffuseq.errors import OfflineAssetError
 
-MAX_ORDER = 4  # BLEU-4 with uniform weights 1/4 (nltk default)
 METHOD4_K = 5  # nltk SmoothingFunction(k=5)
 DEFAULT_BERTSCORE_MODEL = "microsoft/deberta-xlarge-mnli"
 DEFAULT_BERTSCORE_LAYER = 40  # bert_score's model2layers entry for the default model
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")  # torchmetrics' default ROUGE normaliser
 
-NgramCounts = tuple[set, ...]  # per order 1..MAX_ORDER: n-grams, repeats as (ngram, k)
+NgramCounts = tuple[set, ...]  # BLEU-4: per order 1..4, the n-grams (repeats as (ngram, k))
 BleuMatrix = list[list[float]]
 
 
@@ -61,9 +60,10 @@ def ngram_counts(tokens: Sequence[str]) -> NgramCounts:
     An n-gram's first occurrence is the element ``ngram``, its k-th repeat ``(ngram, k)``; so the
     size of the intersection of two such sets is ``sum_g min(c_a(g), c_b(g))`` (C set code).
     """
+    t = list(tokens)
     counts = []
-    for n in range(1, MAX_ORDER + 1):
-        grams = list(zip(*(tokens[i:] for i in range(n))))
+    for order in (zip(t), zip(t, t[1:]), zip(t, t[1:], t[2:]), zip(t, t[1:], t[2:], t[3:])):
+        grams = list(order)
         bag = set(grams)
         if len(bag) < len(grams):  # repeated n-grams
             seen: dict[tuple[str, ...], int] = {}

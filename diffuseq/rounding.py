@@ -107,15 +107,15 @@ def make_rounding_fn(
     """A ``denoised_fn`` that rounds x̂_0 to the nearest word embeddings (spec §5.10).
 
     Args:
-        embedding: E ``[V,h]`` (or an ``nn.Embedding``). Pass a frozen copy of the model's
-            tied matrix (``lm_head.weight``, spec §4.6), as the original decoder does; it is
-            detached, not copied.
+        embedding: E ``[V,h]`` (or an ``nn.Embedding``), normally the model's tied matrix
+            (``lm_head.weight``, spec §4.6). Like the original decoder, the function keeps a
+            frozen copy, so later changes to the model do not affect it.
 
     Returns:
         ``fn(x [B,L,h]) -> (E[tokens] [B,L,h] on x's device and dtype, tokens int64 [B,L])``.
     """
     weight = embedding.weight if isinstance(embedding, torch.nn.Embedding) else embedding
-    weight = weight.detach()
+    weight = weight.detach().clone()
     emb_norm = _squared_norms(weight)  # computed once, reused at every sampling step
 
     def round_to_embeddings(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -185,7 +185,7 @@ class HFTokenizer(TextTokenizer):
         return self._tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=True)
 
     def save(self, directory: str | os.PathLike) -> None:
-        """``save_pretrained`` into ``directory`` (``tokenizer.json``, ``tokenizer_config.json``)."""
+        """``save_pretrained`` into ``directory``: ``tokenizer.json``, ``tokenizer_config.json``."""
         self._tok.save_pretrained(str(directory))
 
     def describe(self) -> dict[str, Any]:

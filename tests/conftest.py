@@ -44,6 +44,15 @@ def load_golden(golden_dir: Path, name: str):
     return torch.load(path, weights_only=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny models are dominated by thread overhead: one intra-op thread is much faster."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

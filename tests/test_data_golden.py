@@ -99,7 +99,8 @@ def test_g2_bert_run_folder_reload(g2: dict, g2_tokenizers: dict, tmp_path: Path
         g2["bert"]["pairs_stripped"][0]
     )
     assert reloaded.vocab_size == tok.vocab_size
-    assert reloaded.special_tokens == {"sos": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "pad": "[PAD]"}
+    expected = {"sos": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "pad": "[PAD]"}
+    assert reloaded.special_tokens == expected
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +127,8 @@ def test_g9_dataset_files(g9: dict) -> None:
         pairs = read_pairs(path)
         lines = path.read_text(encoding="utf-8").splitlines()
         assert len(pairs) == len(lines) > 0
-        assert pairs == [(json.loads(x)["src"].strip(), json.loads(x)["trg"].strip()) for x in lines]
+        objects = [json.loads(line) for line in lines]
+        assert pairs == [(obj["src"].strip(), obj["trg"].strip()) for obj in objects]
 
 
 def test_g9_tokenizer_from_run_folder(g9: dict, tmp_path: Path) -> None:

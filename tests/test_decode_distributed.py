@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -29,7 +28,6 @@ def _worker(rank: int, world_size: int, port: int, argv: list[str]) -> None:
         raise SystemExit(f"rank {rank}: run_decode exited with {code}")
 
 
-@pytest.mark.timeout(300) if hasattr(pytest.mark, "timeout") else (lambda f: f)
 def test_two_processes_equal_one(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

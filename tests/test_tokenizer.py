@@ -13,7 +13,6 @@ import pytest
 
 from diffuseq.errors import CheckpointError, ConfigError, DataError, OfflineAssetError
 from diffuseq.tokenizer import (
-    VocabFileTokenizer,
     learn_wordpiece_vocab,
     load_tokenizer,
     load_tokenizer_from_run,
@@ -123,6 +122,19 @@ def test_bert_folder_round_trip(bert_folder: Path) -> None:
     assert tok.describe()["kind"] == "hf"
 
 
+def test_hf_run_folder_outlives_tokenizer_folder(bert_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "tok"
+    shutil.copytree(bert_folder, folder)
+    tok = load_tokenizer(str(folder))
+    run = tmp_path / "run"
+    run.mkdir()
+    tok.save(run)
+    shutil.rmtree(folder)
+    reloaded = load_tokenizer_from_run(run, str(folder))
+    assert reloaded.encode(["Zürich, 2024!"]) == tok.encode(["Zürich, 2024!"])
+    assert reloaded.special_tokens == tok.special_tokens
+
+
 def test_offline_hub_name_fails_fast(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
@@ -170,7 +182,8 @@ def test_learn_wordpiece_vocab_independent_of_hash_seed() -> None:
         "import json, sys\n"
         "counts = {w: (len(w) * 7919) % 13 + 1 for w in "
         "'the cat sat on a mat with another cat that ate many mats and hats'.split()}\n"
-        "print(json.dumps(learn_wordpiece_vocab(counts, vocab_size=60, special_tokens=['[PAD]'])))\n"
+        "vocab = learn_wordpiece_vocab(counts, vocab_size=60, special_tokens=['[PAD]'])\n"
+        "print(json.dumps(vocab))\n"
     )
     outputs = {
         subprocess.run(
