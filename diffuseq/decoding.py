@@ -339,7 +339,7 @@ def decode_to_files(
     """Decode ``inputs`` on every rank (strided shard) and let rank 0 write one file per seed.
 
     Args:
-        settings: resolved settings (see :meth:`DecodeSettings.resolve`).
+        settings: what to sample (resolved against the model's T here).
         out_folder: ``<out_dir>/<run>/<ckpt>.samples…``; created by rank 0.
         note: v2's file-name suffix. append: append instead of overwrite (the original appends).
         clean: ``--cut_at_sep`` on all three strings.
@@ -347,6 +347,7 @@ def decode_to_files(
     Returns:
         The written paths (on every rank).
     """
+    settings = settings.resolve(decoder.diffusion.num_timesteps)
     rank, world = dist.rank(), dist.world_size()
     rows = [(i, k) for i in range(rank, len(inputs), world) for k in range(settings.num_samples)]
     start = time.perf_counter()

@@ -195,11 +195,8 @@ def _fmt(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
 
 
-def open_wandb(*, run_name: str, run_dir: str | Path, config: Mapping[str, Any]) -> Any:
-    """Start a wandb run (rank 0 only; imported lazily).
-
-    The project is ``$WANDB_PROJECT`` or ``"DiffuSeq"`` as in the original; set
-    ``WANDB_MODE=offline`` to log without network access.
+def require_wandb() -> Any:
+    """The wandb module (imported lazily, only when asked for).
 
     Raises:
         ConfigError: wandb is not installed.
@@ -211,7 +208,19 @@ def open_wandb(*, run_name: str, run_dir: str | Path, config: Mapping[str, Any])
             "--wandb needs the wandb package, which is not installed; run `pip install wandb` "
             "or leave out --wandb (metrics are always written to metrics.jsonl)"
         ) from None
-    return wandb.init(
+    return wandb
+
+
+def open_wandb(*, run_name: str, run_dir: str | Path, config: Mapping[str, Any]) -> Any:
+    """Start a wandb run (call on rank 0 only).
+
+    The project is ``$WANDB_PROJECT`` or ``"DiffuSeq"`` as in the original; set
+    ``WANDB_MODE=offline`` to log without network access.
+
+    Raises:
+        ConfigError: wandb is not installed.
+    """
+    return require_wandb().init(
         project=os.environ.get("WANDB_PROJECT", "DiffuSeq"),
         name=run_name,
         dir=str(run_dir),

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from diffuseq.errors import OfflineAssetError
+from diffuseq.errors import ConfigError, OfflineAssetError
 
 METHOD4_K = 5  # nltk SmoothingFunction(k=5)
 DEFAULT_BERTSCORE_MODEL = "microsoft/deberta-xlarge-mnli"
@@ -341,10 +341,12 @@ def _adapt_tokenizer_for_bert_score(tokenizer, *, max_length: int | None) -> Non
 
 
 class BertScorer:
-    """BERTScore F1 (bert_score, ``idf=False``, no rescaling), model loaded once from local files.
+    """BERTScore F1 (bert_score, ``idf=False``, no rescaling) with a model from local files.
 
-    ``scorer(hypotheses, references)`` returns ``(mean F1 as float, str(torch.mean(F1)))``; the
-    string is what the original prints after ``avg berscore`` (e.g. ``tensor(0.8069)``).
+    The model is located when the scorer is made (so a missing model fails fast) and loaded on
+    the first call (after any process pool has been forked). ``scorer(hypotheses, references)``
+    returns ``(mean F1 as float, str(torch.mean(F1)))``; the string is what the original prints
+    after ``avg berscore`` (e.g. ``tensor(0.8069)``).
     """
 
     def __init__(
@@ -355,29 +357,37 @@ class BertScorer:
         batch_size: int = 64,
         verbose: bool = True,
     ):
-        path = resolve_local_model(model)  # first: fails fast, before the heavy imports
+        self.path = resolve_local_model(model)
         if layer is None:
-            layer = DEFAULT_BERTSCORE_LAYER if model == DEFAULT_BERTSCORE_MODEL else None
-            layer = layer if layer is not None else default_bertscore_layer(model)
+            known = model == DEFAULT_BERTSCORE_MODEL
+            layer = DEFAULT_BERTSCORE_LAYER if known else default_bertscore_layer(model)
         if layer is None:
-            raise OfflineAssetError(
+            raise ConfigError(
                 f"no default BERTScore layer is known for '{model}'; pass --bertscore_layer N"
             )
+        self.model, self.layer, self.batch_size, self.verbose = model, layer, batch_size, verbose
+        self._scorer = None
+
+    def _load(self):
         from bert_score import BERTScorer
 
         try:
-            self._scorer = BERTScorer(
-                model_type=path, num_layers=layer, lang="en", batch_size=batch_size
+            scorer = BERTScorer(
+                model_type=self.path, num_layers=self.layer, lang="en", batch_size=self.batch_size
             )
         except (OSError, ValueError) as err:
-            raise OfflineAssetError(f"cannot load BERTScore model from '{path}': {err}") from err
-        limit = getattr(self._scorer._model.config, "max_position_embeddings", None)
-        _adapt_tokenizer_for_bert_score(self._scorer._tokenizer, max_length=limit)
-        self.model, self.layer, self._verbose = model, layer, verbose
+            raise OfflineAssetError(
+                f"cannot load the BERTScore model from '{self.path}': {err}"
+            ) from err
+        limit = getattr(scorer._model.config, "max_position_embeddings", None)
+        _adapt_tokenizer_for_bert_score(scorer._tokenizer, max_length=limit)
+        return scorer
 
     def __call__(self, hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
         import torch
 
-        _, _, f1 = self._scorer.score(list(hypotheses), list(references), verbose=self._verbose)
+        if self._scorer is None:
+            self._scorer = self._load()
+        _, _, f1 = self._scorer.score(list(hypotheses), list(references), verbose=self.verbose)
         mean = torch.mean(f1)
         return float(mean), str(mean)

@@ -186,6 +186,11 @@ class TransformerNetModel(nn.Module):
         """``z·Eᵀ + b``: ``[B, L, h]`` -> ``[B, L, V]`` (spec §4.4, logits_mode 1)."""
         return self.lm_head(hidden_repr)
 
+    def logits_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E [V, h], b [V])`` with ``get_logits(z) = z·Eᵀ + b``: lets the training loss compute
+        the token cross-entropy in chunks, without ``[B, L, V]`` logits."""
+        return self.lm_head.weight, self.lm_head.bias
+
     def parameter_count(self) -> int:
         """The original's logged count: ``sum(numel)`` over ``parameters()`` (tied counted once)."""
         return sum(p.numel() for p in self.parameters())

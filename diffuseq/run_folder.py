@@ -18,13 +18,14 @@ written into the training folder (the original re-saves the tokenizer there, §1
 from __future__ import annotations
 
 import glob
+import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from diffuseq.config import RunConfig
-from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["RunFolder", "open_run", "resolve_model_dirs", "resolve_run_path"]
 
@@ -51,8 +52,6 @@ def _read_config(run_dir: Path) -> RunConfig:
     if (run_dir / CONFIG_YAML).is_file():
         return RunConfig.load_yaml(run_dir / CONFIG_YAML)
     if (run_dir / TRAINING_ARGS).is_file():
-        import json
-
         try:
             args = json.loads((run_dir / TRAINING_ARGS).read_text())
         except (OSError, ValueError) as err:
@@ -109,14 +108,20 @@ class RunFolder:
         """The run's tokenizer, read from the files saved in the folder where possible."""
         from diffuseq.tokenizer import load_tokenizer_from_run
 
-        m, d = self.config.model, self.config.data
-        return load_tokenizer_from_run(self.path, d.vocab, config_name=m.config_name)
+        return load_tokenizer_from_run(self.path, self.config.data.vocab, config_name=self.config.model.config_name)
 
     def split_path(self, split: str) -> Path:
         """The run's ``{data_dir}/{split}.jsonl`` (DataError if missing)."""
         from diffuseq.data import split_file
 
-        return split_file(self.config.data.data_dir, split)
+        data_dir = self.config.data.data_dir
+        if not data_dir or not Path(data_dir).is_dir():
+            raise DataError(
+                data_dir or "data_dir", None, None,
+                f"the data folder of run {self.name} (data_dir in its config) was not found, so --split "
+                f"{split} cannot be read; decode other inputs with --input FILE.jsonl or --text",
+            )
+        return split_file(data_dir, split)
 
 
 def open_run(path: str | os.PathLike) -> RunFolder:

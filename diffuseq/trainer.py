@@ -281,11 +281,14 @@ class Trainer:
         keys = [k for k in LOSS_KEYS if k in losses]
         values = torch.stack([losses[k].detach().float() * weights for k in keys])  # [K, b]
         quartile = torch.div(4 * t, self.diffusion.num_timesteps, rounding_mode="floor")  # [b]
-        sums = values.new_zeros(len(keys), 4).index_add_(1, quartile, values)  # [K, 4]
-        counts = torch.bincount(quartile, minlength=4)  # [4]
+        # per-quartile sums, and in the last row the counts (index_add_: no host sync, unlike bincount)
+        with_ones = torch.cat([values, torch.ones_like(values[:1])])  # [K+1, b]
+        sums = values.new_zeros(len(keys) + 1, 4).index_add_(1, quartile, with_ones)  # [K+1, 4]
         self.writer.log_means(tuple(prefix + k for k in keys), values.mean(dim=1), [1] * len(keys))
         self.writer.log_means(
-            tuple(f"{prefix}{k}_q{q}" for k in keys for q in range(4)), sums.reshape(-1), counts.repeat(len(keys))
+            tuple(f"{prefix}{k}_q{q}" for k in keys for q in range(4)),
+            sums[:-1].reshape(-1),
+            sums[-1].repeat(len(keys)),
         )
 
     def _dump(self, bar: tqdm) -> None:

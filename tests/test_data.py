@@ -251,6 +251,14 @@ def test_loader_file_order_and_batch_shapes() -> None:
     assert batches[0]["input_ids"][0].tolist() == [0, 1000, 1, 1, 0, 1, 3, 3]
 
 
+def test_loader_worker_process_gives_same_batches() -> None:
+    """DataLoader workers (which run with one torch thread) see the same batches."""
+    dataset = _index_dataset(9)
+    in_process = make_loader(dataset, batch_size=4, shuffle=True, seed=1)
+    with_worker = make_loader(dataset, batch_size=4, shuffle=True, seed=1, num_workers=1)
+    assert [_indices(b) for b in with_worker] == [_indices(b) for b in in_process]
+
+
 @pytest.mark.parametrize("n", [12, 13])
 def test_two_ranks_disjoint_and_covering(n: int) -> None:
     dataset = _index_dataset(n)

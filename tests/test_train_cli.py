@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -84,6 +85,14 @@ def test_bad_preset_values(tmp_path, data, capsys):
     preset.write_text("hidden_dimm: 3\n")
     _expect_user_error(capsys, tiny_argv(data) + ["--config", str(preset)], "hidden_dimm")
     _expect_user_error(capsys, tiny_argv(data) + ["--config", str(tmp_path / "none.yaml")], "none.yaml")
+
+
+def test_wandb_without_the_package(tmp_path, data, capsys, monkeypatch):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    monkeypatch.chdir(tmp_path)
+    _expect_user_error(capsys, tiny_argv(data, wandb="true"), "pip install wandb")
+    assert not (tmp_path / "diffusion_models").exists()
 
 
 def test_corrupt_checkpoint(tmp_path, data, capsys):

@@ -81,9 +81,9 @@ def test_train_sh_from_another_directory(tmp_path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     overrides = tiny_argv(data, learning_steps=2, save_interval=2, data_dir=None)
-    env = {**_env(), "NPROC": "2", "DATA_DIR": str(data), "TORCHRUN": f"{sys.executable} -m torch.distributed.run"}
+    env = {**_env(), "NPROC": "1", "DATA_DIR": str(data), "TORCHRUN": f"{sys.executable} -m torch.distributed.run"}
     _run(["bash", str(REPO_ROOT / "scripts" / "train.sh"), *overrides], cwd=workdir, env=env)
     (run,) = (workdir / "diffusion_models").iterdir()
     assert run.name.startswith("diffuseq_tiny_h16_lr0.001_t8_sqrt_lossaware_seed102_test-qqp")
     assert (run / "ema_0.9999_000002.pt").is_file()
-    assert load_state_file(run / "state_000002.pt")["world_size"] == 2
+    assert load_state_file(run / "state_000002.pt")["world_size"] == 1

@@ -21,6 +21,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from diffuseq import dist
 from diffuseq.cli.common import run_cli
 from diffuseq.decoding import (
@@ -106,6 +108,8 @@ def _main(argv: Sequence[str] | None) -> int:
     targets = resolve_model_dirs(args.model_dir)
     runs = [(open_run(run_dir), ckpt) for run_dir, ckpt in targets]
     jobs = [(run, [ckpt] if ckpt else run.select_checkpoints(args.pattern, args.checkpoint)) for run, ckpt in runs]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
     info, device = dist.init(device=None if args.device == "auto" else args.device)
     setup_logging(is_main=info.is_main)
     log = get_logger("decode")
@@ -116,6 +120,8 @@ def _main(argv: Sequence[str] | None) -> int:
             resolved = settings.resolve(decoder.diffusion.num_timesteps)
             log.info("decoding %d input(s) with %s, %d steps, %s, on %d process(es): %s", len(pairs),
                      resolved.label, resolved.steps, args.dtype, info.world_size, checkpoint)
+            if args.top_p > 0 and resolved.sampler != "ancestral":
+                log.warning("--top_p only affects the ancestral sampler; %s draws no noise", resolved.label)
             folder = Path(args.out_dir) / run.name / samples_dir_name(checkpoint.name, resolved, input_label=label)
             decode_to_files(decoder, decoder.encode(pairs), resolved, out_folder=folder, note=args.note,
                             append=args.append, clean=args.cut_at_sep)

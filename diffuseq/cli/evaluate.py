@@ -159,6 +159,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise ConfigError(f"--json {args.json}: the folder for the output file does not exist")
     files = load_inputs(args)
     if args.mbr and len(files) < 2:
         print(
@@ -180,6 +182,7 @@ def _main(argv: Sequence[str] | None) -> int:
         payload = {
             "command": [PROG, *(argv if argv is not None else sys.argv[1:])],
             "versions": versions(),
+            "options": vars(args),
             **report.to_json(),
         }
         try:

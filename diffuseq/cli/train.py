@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,11 @@ from diffuseq.config import (
     run_folder_name,
     write_json,
 )
-from diffuseq.data import build_dataset, infinite_batches, make_loader, split_file
-from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
+from diffuseq.errors import CheckpointError, ConfigError, UserError
 from diffuseq.factory import build_diffusion, build_model, build_schedule_sampler
-from diffuseq.logger import MetricsWriter, get_logger, open_wandb, setup_logging
-from diffuseq.tokenizer import load_tokenizer, load_tokenizer_from_run
+from diffuseq.logger import MetricsWriter, get_logger, open_wandb, require_wandb, setup_logging
+from diffuseq.tokenizer import TextTokenizer, load_tokenizer, load_tokenizer_from_run
 from diffuseq.trainer import Trainer, autocast_dtype
 
 PROG = "run_train.py"
@@ -162,30 +162,63 @@ def _device(choice: str) -> str | None:
 
 
 def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
-    config, options = invocation.config, invocation.options
+    config, resume = _resolve(invocation, device)
+    tr = config.train
+    seed_everything(tr.seed + (0 if tr.same_seed_all_ranks else rank))
+    setup_logging(is_main=rank == 0)
+    run_dir, notes = _run_dir(config, resume)
+    # Read everything the user supplied before creating anything on disk.
+    tokenizer, train_batches, valid_batches = _load_data(config, resume, run_dir, rank)
+    config = config.replace("model", vocab_size=tokenizer.vocab_size)
+    training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
+    _on_rank0_or_raise(lambda: _create_run_folder(run_dir, config, training_args, tokenizer))
+    setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
+    wandb_run = _on_rank0_or_raise(
+        lambda: open_wandb(run_name=str(run_dir), run_dir=run_dir, config=training_args) if tr.log_wandb else None
+    )
+    log = get_logger("train")
+    log.info("run folder %s (%d process(es), device %s)", run_dir, dist.world_size(), device)
+    log.info("### Creating model and diffusion...")
+    model = build_model(config.model).to(device)
+    log.info("### The parameter count is %d", model.parameter_count())
+    diffusion = build_diffusion(config.diffusion)
+    writer = MetricsWriter(path=run_dir / "metrics.jsonl" if rank == 0 else None, enabled=rank == 0,
+                           wandb_run=wandb_run)
+    options = invocation.options
+    trainer = Trainer(
+        model=model, diffusion=diffusion, sampler=build_schedule_sampler(config.diffusion, diffusion),
+        train_batches=train_batches, valid_batches=valid_batches, config=tr, run_dir=run_dir,
+        device=device, writer=writer, run_info={"config": config.to_dict(), "training_args": training_args},
+        max_minutes=options.max_minutes or None, keep_states=options.keep_states, progress=options.progress,
+    )
+    _load_resume(trainer, resume, tr.ema_rates)
+    log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
+    return trainer
+
+
+def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, ResumeSource]:
+    """The run's config and what to resume from; rejects what cannot run here."""
+    config = invocation.config
     autocast_dtype(config.train, device)  # fp16 on CPU: fail before any work
     if config.train.fixed_data_order:
         raise ConfigError("--fixed_data_order is not supported by this version's data loader yet")
+    if config.train.log_wandb:
+        require_wandb()  # on every rank, so that no rank waits for one that failed
     resume = resolve_resume(config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path)
-    saved_args: Mapping[str, Any] = {}
     if resume.kind == "state":
         config = _config_for_resume(resume, invocation.args, invocation.preset)
-        saved_args = resume.payload.get("training_args") or {}
-    tr, da = config.train, config.data
-    seed_everything(tr.seed + (0 if tr.same_seed_all_ranks else rank))
-    setup_logging(is_main=rank == 0)
-    log = get_logger("train")
+    return config, resume
 
-    run_dir, stamp = _run_dir(config, resume)
-    if resume.kind != "state" and list_state_files(run_dir):
-        raise ConfigError(
-            f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
-            "them or choose another --checkpoint_path"
-            if tr.resume_checkpoint == "auto" else
-            f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint auto to "
-            "continue that run, or choose another --checkpoint_path"
-        )
-    # Read everything the user supplied before creating anything on disk.
+
+def _load_data(
+    config: RunConfig, resume: ResumeSource, run_dir: Path, rank: int
+) -> tuple[TextTokenizer, InfiniteBatches, InfiniteBatches | None]:
+    """The tokenizer (the run's own when continuing it) and the batch iterators.
+
+    Every rank reads both splits (so a bad file fails everywhere); validation batches are drawn
+    on rank 0 only, from the whole valid split.
+    """
+    da, tr = config.data, config.train
     train_path, valid_path = split_file(da.data_dir, "train"), split_file(da.data_dir, "valid")
     if resume.kind == "state":
         tokenizer = load_tokenizer_from_run(run_dir, da.vocab, config_name=config.model.config_name)
@@ -197,54 +230,48 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     else:
         tokenizer = load_tokenizer(da.vocab, config_name=config.model.config_name, train_files=[train_path],
                                    wordpiece_vocab_size=da.wordpiece_vocab_size)
-    config = config.replace("model", vocab_size=tokenizer.vocab_size)
-    log.info("### Creating data loader... (vocab size %d)", tokenizer.vocab_size)
-    world = dist.world_size()
+    get_logger("train").info("### Creating data loader... (vocab size %d)", tokenizer.vocab_size)
     train_set = build_dataset(train_path, tokenizer, seq_len=da.seq_len)
+    valid_set = build_dataset(valid_path, tokenizer, seq_len=da.seq_len)
     train_batches = infinite_batches(make_loader(
-        train_set, batch_size=tr.batch_size, shuffle=True, seed=tr.seed, rank=rank, world_size=world,
-        num_workers=da.num_workers,
+        train_set, batch_size=tr.batch_size, shuffle=True, seed=tr.seed, rank=rank,
+        world_size=dist.world_size(), num_workers=da.num_workers,
     ))
     valid_batches = None
-    if rank == 0:  # validation runs on rank 0 only, over the whole valid split
-        valid_set = build_dataset(valid_path, tokenizer, seq_len=da.seq_len)
-        valid_batches = infinite_batches(make_loader(valid_set, batch_size=tr.batch_size, shuffle=True,
-                                                     seed=tr.seed, num_workers=da.num_workers))
-
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
-    log.info("run folder %s (%d process(es), device %s)", run_dir, world, device)
-    log.info("### Creating model and diffusion...")
-    model = build_model(config.model).to(device)
-    log.info("### The parameter count is %d", model.parameter_count())
-    diffusion = build_diffusion(config.diffusion)
-    sampler = build_schedule_sampler(config.diffusion, diffusion)
+        valid_batches = infinite_batches(make_loader(
+            valid_set, batch_size=tr.batch_size, shuffle=True, seed=tr.seed, num_workers=da.num_workers,
+        ))
+    return tokenizer, train_batches, valid_batches
 
-    notes = saved_args.get("notes", tr.notes + stamp if tr.notes else tr.notes)
-    training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
-    writer = MetricsWriter(
-        path=run_dir / "metrics.jsonl" if rank == 0 else None,
-        enabled=rank == 0,
-        wandb_run=open_wandb(run_name=str(run_dir), run_dir=run_dir, config=training_args)
-        if tr.log_wandb and rank == 0 else None,
-    )
-    trainer = Trainer(
-        model=model, diffusion=diffusion, sampler=sampler, train_batches=train_batches,
-        valid_batches=valid_batches, config=tr, run_dir=run_dir, device=device, writer=writer,
-        run_info={"config": config.to_dict(), "training_args": training_args},
-        max_minutes=options.max_minutes or None, keep_states=options.keep_states, progress=options.progress,
-    )
-    _load_resume(trainer, resume, tr.ema_rates)
-    if rank == 0:
-        tokenizer.save(run_dir)
-        config.save_yaml(run_dir / "config.yaml")
-        write_json(run_dir / "training_args.json", training_args)
-        log.info("### Saving the hyperparameters to %s", run_dir / "training_args.json")
-    dist.barrier()
-    log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
-    return trainer
+
+def _create_run_folder(
+    run_dir: Path, config: RunConfig, training_args: Mapping[str, Any], tokenizer: TextTokenizer
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(run_dir)
+    config.save_yaml(run_dir / "config.yaml")
+    write_json(run_dir / "training_args.json", dict(training_args))
+
+
+def _on_rank0_or_raise(action: Callable[[], Any]) -> Any:
+    """Run ``action`` on rank 0 and tell every rank whether it failed, so that a failure (a
+    folder that cannot be created, a missing package) stops all ranks instead of leaving the
+    others waiting. Returns the result on rank 0, ``None`` elsewhere."""
+    result, failure = None, None
+    if dist.is_main():
+        try:
+            result = action()
+        except UserError as err:
+            failure = err
+        except OSError as err:
+            failure = ConfigError(f"cannot write the run folder: {err}")
+    message = dist.broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise UserError(f"rank 0 failed: {message}")
+    return result
 
 
 def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -288,16 +315,28 @@ def _config_for_resume(resume: ResumeSource, args: argparse.Namespace, preset: M
 
 
 def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
-    """The run folder and the notes timestamp, decided by rank 0 and broadcast."""
+    """The run folder and the notes written to training_args.json (``notes`` + timestamp, as the
+    original), decided by rank 0 and broadcast (the original computed them on every rank)."""
+    tr = config.train
     if resume.kind == "state":
-        return resume.run_dir, ""
+        saved = resume.payload.get("training_args") or {}
+        return resume.run_dir, str(saved.get("notes", tr.notes))
     proposal = None
     if dist.is_main():
         stamp = time.strftime("%Y%m%d-%H:%M:%S")
-        folder = config.train.checkpoint_path or str(RUNS_ROOT / run_folder_name(config, timestamp=stamp))
-        proposal = (folder, stamp)
-    folder, stamp = dist.broadcast_object(proposal)
-    return Path(folder), stamp
+        folder = tr.checkpoint_path or str(RUNS_ROOT / run_folder_name(config, timestamp=stamp))
+        proposal = (folder, tr.notes + stamp if tr.notes else tr.notes)
+    folder, notes = dist.broadcast_object(proposal)
+    run_dir = Path(folder)
+    if list_state_files(run_dir):
+        raise ConfigError(
+            f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
+            "them or choose another --checkpoint_path"
+            if tr.resume_checkpoint == "auto" else
+            f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint auto to "
+            "continue that run, or choose another --checkpoint_path"
+        )
+    return run_dir, notes
 
 
 def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...]) -> None:
