@@ -115,7 +115,7 @@ def bench_one_file(path: str, args: argparse.Namespace) -> tuple[list[tuple], fl
 
 
 def time_cli(flags: list[str], repeats: int) -> float:
-    """Median wall time of ``eval_seq2seq.py <flags> --no_bertscore``, interpreter start included."""
+    """Median wall time of ``eval_seq2seq.py <flags> --no_bertscore`` (with interpreter start)."""
     cmd = [sys.executable, str(REPO / "eval_seq2seq.py"), *flags, "--no_bertscore"]
     return median_time(lambda: subprocess.run(cmd, check=True, capture_output=True), repeats)[0]
 

@@ -45,7 +45,8 @@ def state_file_name(step: int) -> str:
 
 
 def ema_file_name(rate: float, step: int) -> str:
-    """The original's EMA file name ``ema_{str(float(rate))}_{step:06d}.pt`` (``ema_0.9999_050000.pt``)."""
+    """The original's EMA file name ``ema_{str(float(rate))}_{step:06d}.pt``
+    (``ema_0.9999_050000.pt``)."""
     return f"ema_{float(rate)}_{step:06d}.pt"
 
 
@@ -83,7 +84,8 @@ def _atomic_write(path: Path, write: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder, then
+    ``os.replace``)."""
     return _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
@@ -102,7 +104,9 @@ def save_ema_file(
 
 def write_latest(run_dir: str | Path, *, state_name: str, step: int) -> Path:
     """Point ``latest.json`` at a complete state file (written after that file)."""
-    return atomic_write_text(Path(run_dir) / LATEST_NAME, json.dumps({"state": state_name, "step": step}) + "\n")
+    return atomic_write_text(
+        Path(run_dir) / LATEST_NAME, json.dumps({"state": state_name, "step": step}) + "\n"
+    )
 
 
 def prune_states(run_dir: str | Path, *, keep: int) -> list[Path]:
@@ -145,7 +149,9 @@ def load_state_file(path: str | Path, *, mmap: bool = False) -> Any:
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         text = str(err).strip()
         if text.startswith("Weights only load failed"):
-            reason = "it holds objects other than tensors and plain data, or is no checkpoint at all"
+            reason = (
+                "it holds objects other than tensors and plain data, or is no checkpoint at all"
+            )
         else:
             reason = f"{type(err).__name__}: {text.splitlines()[0][:160] if text else 'no details'}"
         raise CheckpointError(
@@ -160,11 +166,15 @@ def is_train_state(obj: Any) -> bool:
 
 
 def list_state_files(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``state_*.pt`` in ``run_dir``, oldest first (temp files ignored)."""
+    """``(step, path)`` of every ``state_*.pt`` in ``run_dir``, oldest first (no temp files)."""
     folder = Path(run_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STATE_RE.match(p.name)) and p.is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _STATE_RE.match(p.name)) and p.is_file()
+    ]
     return sorted(found)
 
 
@@ -198,7 +208,11 @@ def find_latest_state(run_dir: str | Path) -> Path | None:
     if target is not None:
         if _is_complete(folder / target):
             return folder / target
-        log.warning("%s names %s, which is missing or incomplete; scanning the folder", folder / LATEST_NAME, target)
+        log.warning(
+            "%s names %s, which is missing or incomplete; scanning the folder",
+            folder / LATEST_NAME,
+            target,
+        )
     for _, path in reversed(list_state_files(folder)):
         if _is_complete(path):
             return path
@@ -254,15 +268,19 @@ def restore_rng_state(state: Mapping[str, Any], device: torch.device | str = "cp
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
     numpy_state = state["numpy"]
-    np.random.set_state((
-        numpy_state["kind"],
-        numpy_state["keys"].numpy().astype(np.uint32),
-        numpy_state["pos"],
-        numpy_state["has_gauss"],
-        numpy_state["cached_gaussian"],
-    ))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     python_state = state["python"]
-    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+    random.setstate(
+        (python_state["version"], tuple(python_state["state"]), python_state["gauss_next"])
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -331,14 +349,19 @@ def resolve_resume(spec: str, *, checkpoint_path: str = "") -> ResumeSource:
     payload = load_state_file(path, mmap=True)
     if is_train_state(payload):
         return ResumeSource("state", path=path, step=int(payload["step"]), payload=payload)
-    if not isinstance(payload, Mapping) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+    if not isinstance(payload, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in payload.values()
+    ):
         raise CheckpointError(
-            f"--resume_checkpoint {spec}: neither a training state nor a state dict of model weights"
+            f"--resume_checkpoint {spec}: neither a training state nor a state dict of "
+            "model weights"
         )
     try:
         step = parse_step_from_ema_name(path)
     except CheckpointError:
-        get_logger("checkpoint").warning("%s: no step in the file name; counting steps from 0", path)
+        get_logger("checkpoint").warning(
+            "%s: no step in the file name; counting steps from 0", path
+        )
         step = 0
     return ResumeSource("weights", path=path, step=step, payload=payload)
 

@@ -32,8 +32,18 @@ LOGGER_NAME = "diffuseq"
 _HANDLER_TAG = "_diffuseq_handler"
 
 # Keys shown on the console line of a dump (the full set goes to metrics.jsonl).
-CONSOLE_KEYS = ("step", "samples", "loss", "mse", "nll", "grad_norm", "lr",
-                "eval_loss", "eval_mse", "eval_nll")
+CONSOLE_KEYS = (
+    "step",
+    "samples",
+    "loss",
+    "mse",
+    "nll",
+    "grad_norm",
+    "lr",
+    "eval_loss",
+    "eval_mse",
+    "eval_nll",
+)
 
 
 def get_logger(name: str | None = None) -> logging.Logger:
@@ -41,7 +51,9 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logging.getLogger(LOGGER_NAME if not name else f"{LOGGER_NAME}.{name}")
 
 
-def setup_logging(*, is_main: bool, log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+def setup_logging(
+    *, is_main: bool, log_file: str | Path | None = None, level: int = logging.INFO
+) -> None:
     """Configure the ``diffuseq`` logger: rank 0 logs INFO to stderr (and ``log_file``),
     other ranks only WARNING and above. Calling it again replaces the handlers it added."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -103,13 +115,21 @@ class MetricsWriter:
         if self.enabled:
             self._last[key] = float(value)
 
-    def log_mean(self, key: str, value: torch.Tensor | float, count: torch.Tensor | int = 1) -> None:
-        """``logkv_mean``: add ``value`` (a sum over ``count`` items) to the running mean of ``key``."""
+    def log_mean(
+        self, key: str, value: torch.Tensor | float, count: torch.Tensor | int = 1
+    ) -> None:
+        """``logkv_mean``: add ``value`` (a sum over ``count`` items) to the mean of ``key``."""
         if self.enabled:
-            value = value.reshape(1) if isinstance(value, torch.Tensor) else torch.tensor([float(value)])
+            value = (
+                value.reshape(1)
+                if isinstance(value, torch.Tensor)
+                else torch.tensor([float(value)])
+            )
             self.log_means((key,), value, count if isinstance(count, torch.Tensor) else [count])
 
-    def log_means(self, keys: tuple[str, ...], sums: torch.Tensor, counts: torch.Tensor | list[int]) -> None:
+    def log_means(
+        self, keys: tuple[str, ...], sums: torch.Tensor, counts: torch.Tensor | list[int]
+    ) -> None:
         """Add ``sums[k]`` (a sum over ``counts[k]`` items) to the running mean of ``keys[k]``.
 
         One call per group of keys (e.g. the four quartiles), accumulated on the device without
@@ -161,7 +181,9 @@ class MetricsWriter:
             get_logger().info(" | ".join(shown))
 
 
-def _add_counts(a: torch.Tensor | list[int], b: torch.Tensor | list[int]) -> torch.Tensor | list[int]:
+def _add_counts(
+    a: torch.Tensor | list[int], b: torch.Tensor | list[int]
+) -> torch.Tensor | list[int]:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         device = a.device if isinstance(a, torch.Tensor) else b.device
         return torch.as_tensor(a, device=device) + torch.as_tensor(b, device=device)
@@ -169,8 +191,10 @@ def _add_counts(a: torch.Tensor | list[int], b: torch.Tensor | list[int]) -> tor
 
 
 def _to_float_lists(items: list[torch.Tensor | list]) -> list[list[float]]:
-    """Each item (a 1-D tensor or a list of numbers) as a list of floats; one transfer per device."""
-    out: list[list[float] | None] = [None if isinstance(v, torch.Tensor) else [float(x) for x in v] for v in items]
+    """Each item (a 1-D tensor or a list of numbers) as floats; one transfer per device."""
+    out: list[list[float] | None] = [
+        None if isinstance(v, torch.Tensor) else [float(x) for x in v] for v in items
+    ]
     by_device: dict[torch.device, list[int]] = {}
     for i, value in enumerate(items):
         if isinstance(value, torch.Tensor):

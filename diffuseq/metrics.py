@@ -60,10 +60,10 @@ def ngram_counts(tokens: Sequence[str]) -> NgramCounts:
     An n-gram's first occurrence is the element ``ngram``, its k-th repeat ``(ngram, k)``; so the
     size of the intersection of two such sets is ``sum_g min(c_a(g), c_b(g))`` (C set code).
     """
-    t = list(tokens)
+    shifted = [tokens[i:] for i in range(4)]
     counts = []
-    for order in (zip(t), zip(t, t[1:]), zip(t, t[1:], t[2:]), zip(t, t[1:], t[2:], t[3:])):
-        grams = list(order)
+    for n in range(1, 5):
+        grams = list(zip(*shifted[:n], strict=False))  # stops at the shortest: len - n + 1 grams
         bag = set(grams)
         if len(bag) < len(grams):  # repeated n-grams
             seen: dict[tuple[str, ...], int] = {}

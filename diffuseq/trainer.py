@@ -149,7 +149,11 @@ class Trainer:
         self.params = [p for _, p in model.named_parameters()]
         self.param_names = [n for n, _ in model.named_parameters()]
         self.opt = torch.optim.AdamW(
-            self.params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
+            self.params,
+            lr=config.lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=config.weight_decay,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.use_fp16)
         # EMA copies start from the (rank-0-synchronised) initial parameters (spec §6.2).
@@ -169,8 +173,11 @@ class Trainer:
         self.model.train()
         deadline = time.monotonic() + 60.0 * self.max_minutes if self.max_minutes else None
         bar = tqdm(
-            total=cfg.learning_steps, initial=self.step, disable=not (self.progress and self.is_main),
-            desc="training", dynamic_ncols=True,
+            total=cfg.learning_steps,
+            initial=self.step,
+            disable=not (self.progress and self.is_main),
+            desc="training",
+            dynamic_ncols=True,
         )
         with bar:
             while self.step < stop:
@@ -191,7 +198,9 @@ class Trainer:
         if self.step != self.last_saved_step:
             self.save()
         if self.stopped_early:
-            self.log.info("stopped after %d steps: --max_minutes %g reached", self.step, self.max_minutes)
+            self.log.info(
+                "stopped after %d steps: --max_minutes %g reached", self.step, self.max_minutes
+            )
         return self.step
 
     def run_step(self, batch: Mapping[str, torch.Tensor]) -> None:
@@ -212,7 +221,11 @@ class Trainer:
             mask = input_mask[start : start + self.microbatch]
             last = start + self.microbatch >= size
             t, weights = self.sampler.sample(ids.shape[0], device=self.device)
-            sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
+            sync = (
+                contextlib.nullcontext()
+                if last or self.ddp_model is self.model
+                else self.ddp_model.no_sync()
+            )
             with sync:
                 with self._autocast():
                     losses = self.diffusion.training_losses(
@@ -257,7 +270,9 @@ class Trainer:
             mask = input_mask[start : start + self.microbatch]
             t, weights = self.sampler.sample(ids.shape[0], device=self.device)
             with self._autocast():
-                losses = self.diffusion.training_losses(self.model, ids, mask, t, text_model=self.model)
+                losses = self.diffusion.training_losses(
+                    self.model, ids, mask, t, text_model=self.model
+                )
             self._log_losses("eval_", t, losses, weights)
 
     # ------------------------------------------------------------------------------ helpers
@@ -273,7 +288,11 @@ class Trainer:
             return next(batches)
 
     def _log_losses(
-        self, prefix: str, t: torch.Tensor, losses: Mapping[str, torch.Tensor], weights: torch.Tensor
+        self,
+        prefix: str,
+        t: torch.Tensor,
+        losses: Mapping[str, torch.Tensor],
+        weights: torch.Tensor,
     ) -> None:
         """``logkv_mean`` of ``mean(v·w)`` per key and of each ``v·w`` under its quartile of t."""
         if not self.writer.enabled:
@@ -281,7 +300,7 @@ class Trainer:
         keys = [k for k in LOSS_KEYS if k in losses]
         values = torch.stack([losses[k].detach().float() * weights for k in keys])  # [K, b]
         quartile = torch.div(4 * t, self.diffusion.num_timesteps, rounding_mode="floor")  # [b]
-        # per-quartile sums, and in the last row the counts (index_add_: no host sync, unlike bincount)
+        # per-quartile sums, the last row counts (index_add_ does not sync, unlike bincount)
         with_ones = torch.cat([values, torch.ones_like(values[:1])])  # [K+1, b]
         sums = values.new_zeros(len(keys) + 1, 4).index_add_(1, quartile, with_ones)  # [K+1, 4]
         self.writer.log_means(tuple(prefix + k for k in keys), values.mean(dim=1), [1] * len(keys))
@@ -304,7 +323,9 @@ class Trainer:
     def ema_state_dict(self, rate: float) -> dict[str, torch.Tensor]:
         """The original's EMA file content for ``rate`` (CPU tensors)."""
         ema = dict(zip(self.param_names, self.ema[rate]))
-        state = state_dict_for_saving(self.model, ema_params=ema, tied_quirk=self.config.ema_tied_quirk)
+        state = state_dict_for_saving(
+            self.model, ema_params=ema, tied_quirk=self.config.ema_tied_quirk
+        )
         return {k: v.detach().cpu() for k, v in state.items()}
 
     def state_dict(self, ranks: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -339,12 +360,16 @@ class Trainer:
         ranks = dist.all_gather_object(self._rank_state())
         if self.is_main:
             for rate in self.ema:
-                save_ema_file(self.run_dir, rate=rate, step=self.step, state_dict=self.ema_state_dict(rate))
+                save_ema_file(
+                    self.run_dir, rate=rate, step=self.step, state_dict=self.ema_state_dict(rate)
+                )
             name = state_file_name(self.step)
             atomic_torch_save(self.state_dict(ranks), self.run_dir / name)
             write_latest(self.run_dir, state_name=name, step=self.step)
             for path in prune_states(self.run_dir, keep=self.keep_states):
-                self.log.info("deleted old training state %s (--keep_states %d)", path.name, self.keep_states)
+                self.log.info(
+                    "deleted old training state %s (--keep_states %d)", path.name, self.keep_states
+                )
             self.log.info("saved step %d to %s", self.step, self.run_dir)
         self.last_saved_step = self.step
         dist.barrier()
@@ -355,7 +380,9 @@ class Trainer:
         for rate, params in self.ema.items():
             saved = state["ema"].get(str(rate))
             if saved is None:
-                self.log.warning("the state has no EMA at rate %s; starting it from the weights", rate)
+                self.log.warning(
+                    "the state has no EMA at rate %s; starting it from the weights", rate
+                )
                 saved = dict(zip(self.param_names, self.params))
             _copy_named(params, self.param_names, saved, what=f"EMA {rate}")
         self.opt.load_state_dict(state["optimizer"])
@@ -376,12 +403,19 @@ class Trainer:
         else:
             self.log.warning(
                 "the state was saved with %d process(es), this run has %d: training continues, "
-                "but not bit-identically (data order and random streams differ)", len(ranks), self.world_size,
+                "but not bit-identically (data order and random streams differ)",
+                len(ranks),
+                self.world_size,
             )
-            seed_everything(self.config.seed + self.step + (0 if self.config.same_seed_all_ranks else self.rank))
+            seed_everything(
+                self.config.seed + self.step + (0 if self.config.same_seed_all_ranks else self.rank)
+            )
 
     def load_weights(
-        self, weights: Mapping[str, torch.Tensor], *, step: int,
+        self,
+        weights: Mapping[str, torch.Tensor],
+        *,
+        step: int,
         ema_weights: Mapping[float, Mapping[str, torch.Tensor]] | None = None,
     ) -> None:
         """Start from original-format weights (spec §6.7): the model loads ``weights`` with the
@@ -409,7 +443,8 @@ def _copy_named(
             value = source[name]
             if value.shape != target.shape:
                 raise CheckpointError(
-                    f"{what}: {name} has shape {list(value.shape)} in the checkpoint, {list(target.shape)} here"
+                    f"{what}: {name} has shape {list(value.shape)} in the checkpoint, "
+                    f"{list(target.shape)} here"
                 )
             target.copy_(value)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -30,12 +31,21 @@ from diffuseq.checkpoint import (
 )
 from diffuseq.cli.train import main
 from diffuseq.errors import CheckpointError
-from tests.train_helpers import REPO_ROOT, make_tiny_data, one_thread, tiny_argv  # noqa: F401
+from tests.train_helpers import (
+    REPO_ROOT,
+    make_tiny_data,
+    one_thread,  # noqa: F401  (fixture)
+    tiny_argv,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread in every test
 
 
 def _state(folder: Path, step: int) -> Path:
-    return atomic_torch_save({"format": STATE_FORMAT, "step": step, "w": torch.arange(1000.0)},
-                             folder / f"state_{step:06d}.pt")
+    return atomic_torch_save(
+        {"format": STATE_FORMAT, "step": step, "w": torch.arange(1000.0)},
+        folder / f"state_{step:06d}.pt",
+    )
 
 
 def _truncate(path: Path) -> None:
@@ -47,7 +57,7 @@ def test_atomic_save_leaves_no_temp_and_survives_failures(tmp_path):
     path = atomic_torch_save({"x": torch.ones(3)}, tmp_path / "a.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
     assert torch.equal(load_state_file(path)["x"], torch.ones(3))
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         atomic_torch_save({"bad": lambda: 0}, path)  # cannot be pickled
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]  # old file intact, no temp
     assert torch.equal(load_state_file(path)["x"], torch.ones(3))
@@ -88,7 +98,10 @@ def test_prune_keeps_newest_states_and_every_ema(tmp_path):
     write_latest(tmp_path, state_name="state_000004.pt", step=4)
     deleted = prune_states(tmp_path, keep=2)
     assert sorted(p.name for p in deleted) == ["state_000001.pt", "state_000002.pt"]
-    assert sorted(p.name for p in tmp_path.glob("state_*")) == ["state_000003.pt", "state_000004.pt"]
+    assert sorted(p.name for p in tmp_path.glob("state_*")) == [
+        "state_000003.pt",
+        "state_000004.pt",
+    ]
     assert len(list(tmp_path.glob("ema_*"))) == 4
     assert prune_states(tmp_path, keep=0) == []
 
@@ -133,17 +146,30 @@ def test_resolve_resume_kinds(tmp_path):
         resolve_resume(str(tmp_path / "nope.pt"))
 
 
-def test_sigkill_while_writing_a_checkpoint_then_auto_resume(tmp_path, one_thread):
+def test_sigkill_while_writing_a_checkpoint_then_auto_resume(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     argv = tiny_argv(data, learning_steps=8, save_interval=2)
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     with open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests" / "slow_save_train.py"), "4", *argv,
-             "--checkpoint_path", str(run)],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=tmp_path,
+            [
+                sys.executable,
+                str(REPO_ROOT / "tests" / "slow_save_train.py"),
+                "4",
+                *argv,
+                "--checkpoint_path",
+                str(run),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            cwd=tmp_path,
         )
         try:
             lines = []
@@ -151,7 +177,10 @@ def test_sigkill_while_writing_a_checkpoint_then_auto_resume(tmp_path, one_threa
                 lines.append(line)
                 if line.startswith("STALLING"):
                     break
-            assert lines and lines[-1].startswith("STALLING"), (lines, (tmp_path / "stderr.txt").read_text())
+            assert lines and lines[-1].startswith("STALLING"), (
+                lines,
+                (tmp_path / "stderr.txt").read_text(),
+            )
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         finally:

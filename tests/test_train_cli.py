@@ -11,16 +11,31 @@ import pytest
 import torch
 import yaml
 
+from diffuseq import dist
 from diffuseq.checkpoint import load_state_file
 from diffuseq.cli.train import build_parser, main, parse_invocation, prepare
-from diffuseq import dist
 from diffuseq.config import RunConfig
 from diffuseq.factory import build_model
-from tests.train_helpers import REPO_ROOT, make_tiny_data, one_thread, read_metrics, tiny_argv  # noqa: F401
+from tests.train_helpers import (
+    REPO_ROOT,
+    make_tiny_data,
+    one_thread,  # noqa: F401  (fixture)
+    read_metrics,
+    tiny_argv,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread in every test
 
 # Keys the original v2 adds to training_args.json (spec §2.3); nothing else may be added.
-V2_KEYS = {"learned_mean_embed", "denoise", "denoise_rate", "rejection_rate", "reg_rate", "device",
-           "data_split_num"}
+V2_KEYS = {
+    "learned_mean_embed",
+    "denoise",
+    "denoise_rate",
+    "rejection_rate",
+    "reg_rate",
+    "device",
+    "data_split_num",
+}
 
 
 @pytest.fixture
@@ -33,7 +48,9 @@ def _expect_user_error(capsys, argv, *needles):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "run_train.py: error:" in err, err
-    message = err[err.index("run_train.py: error:"):]  # the last paragraph (log lines may precede it)
+    message = err[
+        err.index("run_train.py: error:") :
+    ]  # the last paragraph (log lines may precede it)
     squeezed = re.sub(r"\s", "", message)  # the paragraph is wrapped, also inside long paths
     for needle in needles:
         assert re.sub(r"\s", "", str(needle)) in squeezed, (needle, message)
@@ -81,10 +98,14 @@ def test_bad_flags(data, capsys, overrides, needles):
 def test_bad_preset_values(tmp_path, data, capsys):
     preset = tmp_path / "bad.yaml"
     preset.write_text("schedule_sampler: magic\n")
-    _expect_user_error(capsys, tiny_argv(data, schedule_sampler=None) + ["--config", str(preset)], "magic")
+    _expect_user_error(
+        capsys, tiny_argv(data, schedule_sampler=None) + ["--config", str(preset)], "magic"
+    )
     preset.write_text("hidden_dimm: 3\n")
     _expect_user_error(capsys, tiny_argv(data) + ["--config", str(preset)], "hidden_dimm")
-    _expect_user_error(capsys, tiny_argv(data) + ["--config", str(tmp_path / "none.yaml")], "none.yaml")
+    _expect_user_error(
+        capsys, tiny_argv(data) + ["--config", str(tmp_path / "none.yaml")], "none.yaml"
+    )
 
 
 def test_wandb_without_the_package(tmp_path, data, capsys, monkeypatch):
@@ -116,10 +137,12 @@ def test_help_lists_every_flag_with_help(capsys):
     for flag in flags:
         assert flag in text, flag
     original = (
-        "dataset data_dir noise_schedule diff_steps schedule_sampler seq_len hidden_t_dim hidden_dim "
+        "dataset data_dir noise_schedule diff_steps schedule_sampler seq_len hidden_t_dim "
+        "hidden_dim "
         "learning_steps save_interval resume_checkpoint lr bsz microbatch seed config_name vocab "
         "use_plm_init notes learned_mean_embed denoise denoise_rate use_fp16 dropout ema_rate "
-        "gradient_clipping weight_decay log_interval eval_interval config bf16 checkpoint_path device "
+        "gradient_clipping weight_decay log_interval eval_interval config bf16 checkpoint_path "
+        "device "
         "max_minutes keep_states same_seed_all_ranks ema_tied_quirk num_layers num_heads "
         "bert_hidden_size intermediate_size"
     ).split()
@@ -129,7 +152,9 @@ def test_help_lists_every_flag_with_help(capsys):
 def test_flags_override_the_preset_and_yaml_round_trip(tmp_path):
     preset = tmp_path / "preset.yaml"
     preset.write_text("lr: 0.5\nseed: 7\nbsz: 32\nmicrobatch: 16\nmodel:\n  hidden_dim: 24\n")
-    config = parse_invocation(["--config", str(preset), "--lr", "0.002", "--diff_steps", "10"]).config
+    config = parse_invocation(
+        ["--config", str(preset), "--lr", "0.002", "--diff_steps", "10"]
+    ).config
     assert (config.train.lr, config.train.seed, config.train.batch_size) == (0.002, 7, 32)
     assert (config.model.hidden_dim, config.diffusion.diffusion_steps) == (24, 10)
     assert config.diffusion.noise_schedule == "cosine"  # untouched default
@@ -148,25 +173,47 @@ def test_presets_load(name):
         assert config.model.hidden_dim == 128 and config.data.seq_len == 128
         assert config.diffusion.schedule_sampler == "lossaware"
     if name == "qqp":
-        assert (config.train.batch_size, config.train.microbatch, config.train.learning_steps,
-                config.train.save_interval) == (2048, 64, 50000, 10000)
+        assert (
+            config.train.batch_size,
+            config.train.microbatch,
+            config.train.learning_steps,
+            config.train.save_interval,
+        ) == (2048, 64, 50000, 10000)
     if name == "qqp-v2":
-        assert (config.train.batch_size, config.train.microbatch, config.train.save_interval) == (425, 425, 5000)
-        assert config.train.use_fp16 and config.model.learned_mean_embed and config.diffusion.denoise
+        assert (config.train.batch_size, config.train.microbatch, config.train.save_interval) == (
+            425,
+            425,
+            5000,
+        )
+        assert (
+            config.train.use_fp16 and config.model.learned_mean_embed and config.diffusion.denoise
+        )
         assert config.diffusion.denoise_rate == 0.5
 
 
 # ------------------------------------------------------------------------------ the run folder
 
 
-def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, monkeypatch, one_thread):
+def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(tiny_argv(data, learning_steps=3, save_interval=2, notes="test")) == 0
     (run,) = (tmp_path / "diffusion_models").iterdir()
-    assert re.fullmatch(r"diffuseq_tiny_h16_lr0\.001_t8_sqrt_lossaware_seed102_test\d{8}-\d\d:\d\d:\d\d", run.name)
+    assert re.fullmatch(
+        r"diffuseq_tiny_h16_lr0\.001_t8_sqrt_lossaware_seed102_test\d{8}-\d\d:\d\d:\d\d", run.name
+    )
     names = {p.name for p in run.iterdir()}
-    assert {"config.yaml", "training_args.json", "vocab.json", "log.txt", "metrics.jsonl", "latest.json",
-            "ema_0.9999_000002.pt", "ema_0.9999_000003.pt", "state_000002.pt", "state_000003.pt"} <= names
+    assert {
+        "config.yaml",
+        "training_args.json",
+        "vocab.json",
+        "log.txt",
+        "metrics.jsonl",
+        "latest.json",
+        "ema_0.9999_000002.pt",
+        "ema_0.9999_000003.pt",
+        "state_000002.pt",
+        "state_000003.pt",
+    } <= names
 
     args = json.loads((run / "training_args.json").read_text())
     (g9_args_path,) = (golden_dir / "g9_run" / "diffusion_models").glob("*/training_args.json")
@@ -179,8 +226,14 @@ def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, mon
     config = RunConfig.load_yaml(run / "config.yaml")
     assert config.model.vocab_size == 158 and config.train.notes == "test"
     records = read_metrics(run)
-    train_keys = {f"{k}{s}" for k in ("loss", "mse", "nll") for s in ("", "_q0", "_q1", "_q2", "_q3")}
-    assert train_keys | {"grad_norm", "samples", "step"} >= set(records[0]) >= {"loss", "grad_norm", "step"}
+    train_keys = {
+        f"{k}{s}" for k in ("loss", "mse", "nll") for s in ("", "_q0", "_q1", "_q2", "_q3")
+    }
+    assert (
+        train_keys | {"grad_norm", "samples", "step"}
+        >= set(records[0])
+        >= {"loss", "grad_norm", "step"}
+    )
     assert any("eval_loss" in r for r in records)
 
     ema = torch.load(run / "ema_0.9999_000003.pt", weights_only=True)
@@ -189,12 +242,14 @@ def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, mon
     model = build_model(config.model)
     model.load_state_dict(ema)
     state = load_state_file(run / "state_000003.pt")
-    assert torch.equal(ema["word_embedding.weight"], state["ema"]["0.9999"]["word_embedding.weight"])
+    assert torch.equal(
+        ema["word_embedding.weight"], state["ema"]["0.9999"]["word_embedding.weight"]
+    )
     assert torch.equal(ema["lm_head.weight"], ema["word_embedding.weight"])  # our default: both EMA
     assert torch.equal(model.word_embedding.weight, ema["word_embedding.weight"])
 
 
-def test_ema_tied_quirk_keeps_the_raw_tied_weight(tmp_path, data, one_thread):
+def test_ema_tied_quirk_keeps_the_raw_tied_weight(tmp_path, data):
     run = tmp_path / "run"
     assert main(tiny_argv(data, learning_steps=2, ema_tied_quirk="true", checkpoint_path=run)) == 0
     ema = load_state_file(run / "ema_0.9999_000002.pt")
@@ -208,22 +263,37 @@ def _g9_argv(golden_dir: Path) -> tuple[list[str], Path]:
     root = golden_dir / "g9_run"
     (args_path,) = (root / "diffusion_models").glob("*/training_args.json")
     args = json.loads(args_path.read_text())
-    flags = {"dataset": args["dataset"], "data_dir": root / args["data_dir"], "vocab": root / args["vocab"],
-             "config_name": root / args["config_name"], "lr": args["lr"], "bsz": args["batch_size"],
-             "microbatch": args["microbatch"], "diff_steps": args["diffusion_steps"],
-             "noise_schedule": args["noise_schedule"], "schedule_sampler": args["schedule_sampler"],
-             "seq_len": args["seq_len"], "hidden_t_dim": args["hidden_t_dim"], "hidden_dim": args["hidden_dim"],
-             "seed": args["seed"], "learning_steps": args["learning_steps"],
-             "save_interval": args["save_interval"], "dropout": args["dropout"], "progress": "false"}
+    flags = {
+        "dataset": args["dataset"],
+        "data_dir": root / args["data_dir"],
+        "vocab": root / args["vocab"],
+        "config_name": root / args["config_name"],
+        "lr": args["lr"],
+        "bsz": args["batch_size"],
+        "microbatch": args["microbatch"],
+        "diff_steps": args["diffusion_steps"],
+        "noise_schedule": args["noise_schedule"],
+        "schedule_sampler": args["schedule_sampler"],
+        "seq_len": args["seq_len"],
+        "hidden_t_dim": args["hidden_t_dim"],
+        "hidden_dim": args["hidden_dim"],
+        "seed": args["seed"],
+        "learning_steps": args["learning_steps"],
+        "save_interval": args["save_interval"],
+        "dropout": args["dropout"],
+        "progress": "false",
+    }
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))], args_path.parent
 
 
-def test_resume_from_an_original_ema_file(tmp_path, golden_dir, one_thread):
+def test_resume_from_an_original_ema_file(tmp_path, golden_dir):
     argv, g9_run = _g9_argv(golden_dir)
     first = sorted(g9_run.glob("ema_*.pt"))[0]
     step = int(first.stem.rsplit("_", 1)[1])
     original = load_state_file(first)
-    trainer = prepare(argv + ["--resume_checkpoint", str(first), "--checkpoint_path", str(tmp_path / "new")])
+    trainer = prepare(
+        argv + ["--resume_checkpoint", str(first), "--checkpoint_path", str(tmp_path / "new")]
+    )
     try:
         assert trainer.step == step and trainer.run_dir == tmp_path / "new"
         # tied rule: the model's shared matrix is the file's raw lm_head.weight ...
@@ -241,27 +311,37 @@ def test_resume_from_an_original_ema_file(tmp_path, golden_dir, one_thread):
         assert (tmp_path / "new" / f"ema_0.9999_{learning_steps:06d}.pt").is_file()
 
 
-def test_max_minutes_saves_and_stops_then_auto_resume(tmp_path, data, capsys, one_thread):
+def test_max_minutes_saves_and_stops_then_auto_resume(tmp_path, data, capsys):
     run = tmp_path / "run"
     argv = tiny_argv(data, learning_steps=6, save_interval=100, checkpoint_path=run)
-    assert main(argv + ["--max_minutes", "0.00001"]) == 0
+    assert main(argv + ["--max_minutes", "0.00001", "--resume_checkpoint", "auto"]) == 0  # fresh
     assert "stopped early" in capsys.readouterr().out
     assert load_state_file(run / "state_000001.pt")["step"] == 1
     _expect_user_error(capsys, argv, "already holds training states")  # no silent restart
     assert main(argv + ["--resume_checkpoint", "auto", "--keep_states", "1"]) == 0
     assert "finished at step 6" in capsys.readouterr().out
     assert sorted(p.name for p in run.glob("state_*.pt")) == ["state_000006.pt"]
-    assert sorted(p.name for p in run.glob("ema_*.pt")) == ["ema_0.9999_000001.pt", "ema_0.9999_000006.pt"]
+    assert sorted(p.name for p in run.glob("ema_*.pt")) == [
+        "ema_0.9999_000001.pt",
+        "ema_0.9999_000006.pt",
+    ]
 
 
-def test_resume_refuses_a_different_model(tmp_path, data, capsys, one_thread):
+def test_resume_refuses_a_different_model(tmp_path, data, capsys):
     run = tmp_path / "run"
     assert main(tiny_argv(data, learning_steps=2, checkpoint_path=run)) == 0
-    err = _expect_user_error(capsys, tiny_argv(data, learning_steps=4, hidden_dim=24, checkpoint_path=run,
-                                               resume_checkpoint="auto"), "hidden_dim")
+    err = _expect_user_error(
+        capsys,
+        tiny_argv(
+            data, learning_steps=4, hidden_dim=24, checkpoint_path=run, resume_checkpoint="auto"
+        ),
+        "hidden_dim",
+    )
     assert "24" in err
     # leaving every flag out continues with the saved configuration
-    assert main(["--resume_checkpoint", str(run), "--learning_steps", "3", "--progress", "false"]) == 0
+    assert (
+        main(["--resume_checkpoint", str(run), "--learning_steps", "3", "--progress", "false"]) == 0
+    )
     assert load_state_file(run / "state_000003.pt")["config"]["model"]["hidden_dim"] == 16
 
 

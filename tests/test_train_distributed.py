@@ -1,9 +1,10 @@
-"""Two CPU processes under torchrun (gloo): disjoint data, identical weights and sampler state;
-and scripts/train.sh launched from another directory."""
+"""Two CPU processes under torchrun (gloo): disjoint data, identical weights and sampler state,
+exact resume; and scripts/train.sh launched from another directory."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,14 @@ from diffuseq.checkpoint import load_state_file
 from tests.train_helpers import REPO_ROOT, make_tiny_data, tiny_argv
 
 STEPS, BSZ, N_TRAIN = 6, 8, 48
+TORCHRUN_2 = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+]
 
 
 def _env() -> dict[str, str]:
@@ -23,44 +32,60 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
-    done = subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+def _assert_same(a, b, where: str) -> None:
+    """Recursive exact equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
+    """A 2-process run of STEPS steps (states at STEPS/2 and STEPS) and what each rank saw."""
     root = tmp_path_factory.mktemp("ddp")
     data = make_tiny_data(root / "data", n_train=N_TRAIN)
     out = root / "out"
     out.mkdir()
-    argv = tiny_argv(data, learning_steps=STEPS, bsz=BSZ, save_interval=STEPS, diff_steps=100,
-                     ema_rate="0.9", checkpoint_path=root / "run")
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-          str(REPO_ROOT / "tests" / "dist_probe.py"), str(out), *argv], cwd=root)
+    argv = tiny_argv(data, learning_steps=STEPS, bsz=BSZ, save_interval=STEPS // 2, keep_states=0,
+                     diff_steps=100, ema_rate="0.9")  # fmt: skip
+    probe_script = str(REPO_ROOT / "tests" / "dist_probe.py")
+    _run([*TORCHRUN_2, probe_script, str(out), *argv, "--checkpoint_path", str(root / "run")], root)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    return root, data, ranks
+    return root, argv, ranks
 
 
 def test_each_rank_sees_disjoint_data(probe):
-    _, data, (r0, r1) = probe
+    _, _, (r0, r1) = probe
     assert r0["world_size"] == r1["world_size"] == 2
     per_epoch = N_TRAIN // 2  # examples per rank and epoch (48 divides evenly)
     assert len(r0["rows"]) == len(r1["rows"]) == STEPS * BSZ
     for epoch in range(STEPS * BSZ // per_epoch):
-        a = {tuple(x) for x in r0["rows"][epoch * per_epoch:(epoch + 1) * per_epoch]}
-        b = {tuple(x) for x in r1["rows"][epoch * per_epoch:(epoch + 1) * per_epoch]}
+        a = {tuple(x) for x in r0["rows"][epoch * per_epoch : (epoch + 1) * per_epoch]}
+        b = {tuple(x) for x in r1["rows"][epoch * per_epoch : (epoch + 1) * per_epoch]}
         assert len(a) == len(b) == per_epoch and not a & b  # together: the whole split, once
-    assert r0["rows"][:per_epoch] != r0["rows"][per_epoch:2 * per_epoch]  # reshuffled per epoch
+    assert r0["rows"][:per_epoch] != r0["rows"][per_epoch : 2 * per_epoch]  # reshuffled per epoch
 
 
 def test_ranks_end_with_identical_weights_ema_and_sampler(probe):
     _, _, (r0, r1) = probe
-    for key, value in r0["model"].items():
-        assert torch.equal(value, r1["model"][key]), key
-    for a, b in zip(r0["ema"]["0.9"], r1["ema"]["0.9"]):
-        assert torch.equal(a, b)
-    for key in ("loss_history", "loss_counts"):
-        assert torch.equal(r0["sampler"][key], r1["sampler"][key]), key
+    _assert_same(r0["model"], r1["model"], "model")
+    _assert_same(r0["ema"], r1["ema"], "ema")
+    _assert_same(r0["sampler"], r1["sampler"], "sampler")
     # every micro-batch loss of both ranks went into the (all-gathered) loss-aware history
     assert int(r0["sampler"]["loss_counts"].sum()) == 2 * STEPS * BSZ
     # noise/dropout streams differ per rank (seed + rank) by default
@@ -72,8 +97,23 @@ def test_state_records_every_rank(probe):
     state = load_state_file(root / "run" / f"state_{STEPS:06d}.pt")
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
-    for key, value in r0["model"].items():
-        assert torch.equal(value, state["model"][key]), key
+    _assert_same(r0["model"], state["model"], "model")
+
+
+def test_two_process_exact_resume(probe):
+    """Resume the 2-process run from its half-way state (copied to a new folder): the end state
+    equals the uninterrupted one bit for bit, both ranks' RNG states and data positions included."""
+    root, argv, _ = probe
+    split = root / "split"
+    split.mkdir()
+    for name in (f"state_{STEPS // 2:06d}.pt", "vocab.json", "config.yaml"):
+        shutil.copy(root / "run" / name, split / name)
+    resume = ["--checkpoint_path", str(split), "--resume_checkpoint", "auto"]
+    _run([*TORCHRUN_2, str(REPO_ROOT / "run_train.py"), *argv, *resume], root)
+    a = load_state_file(root / "run" / f"state_{STEPS:06d}.pt")
+    b = load_state_file(split / f"state_{STEPS:06d}.pt")
+    for key in ("model", "ema", "optimizer", "sampler", "ranks"):
+        _assert_same(a[key], b[key], key)
 
 
 def test_train_sh_from_another_directory(tmp_path):
@@ -81,7 +121,12 @@ def test_train_sh_from_another_directory(tmp_path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     overrides = tiny_argv(data, learning_steps=2, save_interval=2, data_dir=None)
-    env = {**_env(), "NPROC": "1", "DATA_DIR": str(data), "TORCHRUN": f"{sys.executable} -m torch.distributed.run"}
+    env = {
+        **_env(),
+        "NPROC": "1",
+        "DATA_DIR": str(data),
+        "TORCHRUN": f"{sys.executable} -m torch.distributed.run",
+    }
     _run(["bash", str(REPO_ROOT / "scripts" / "train.sh"), *overrides], cwd=workdir, env=env)
     (run,) = (workdir / "diffusion_models").iterdir()
     assert run.name.startswith("diffuseq_tiny_h16_lr0.001_t8_sqrt_lossaware_seed102_test-qqp")

@@ -17,7 +17,14 @@ from diffuseq.errors import ConfigError
 from diffuseq.logger import MetricsWriter
 from diffuseq.timestep_sampler import ScheduleSampler
 from diffuseq.trainer import Trainer, autocast_dtype
-from tests.train_helpers import make_tiny_data, one_thread, read_metrics, tiny_argv  # noqa: F401
+from tests.train_helpers import (
+    make_tiny_data,
+    one_thread,  # noqa: F401  (fixture)
+    read_metrics,
+    tiny_argv,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread in every test
 
 
 def _assert_same(a, b, where="state"):
@@ -36,7 +43,7 @@ def _assert_same(a, b, where="state"):
         assert a == b, where
 
 
-def test_half_resume_half_is_bit_identical(tmp_path, one_thread):
+def test_half_resume_half_is_bit_identical(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     steps, half = 40, 20
     argv = tiny_argv(data, learning_steps=steps, save_interval=half, ema_rate="0.9,0.999")
@@ -106,17 +113,36 @@ class _FixedSampler(ScheduleSampler):
 def _stub_trainer(tmp_path, draws, **train):
     torch.manual_seed(0)
     model = nn.Linear(3, 1, bias=False)
-    config = TrainConfig(**{"lr": 0.1, "batch_size": 4, "microbatch": 2, "learning_steps": 10,
-                            "ema_rate": "0.5", **train})
+    config = TrainConfig(
+        **{
+            "lr": 0.1,
+            "batch_size": 4,
+            "microbatch": 2,
+            "learning_steps": 10,
+            "ema_rate": "0.5",
+            **train,
+        }
+    )
     writer = MetricsWriter(path=tmp_path / "metrics.jsonl", console=False)
-    trainer = Trainer(model=model, diffusion=_StubDiffusion(), sampler=_FixedSampler(draws),
-                      train_batches=iter([]), valid_batches=None, config=config, run_dir=tmp_path,
-                      device=torch.device("cpu"), writer=writer, progress=False)
+    trainer = Trainer(
+        model=model,
+        diffusion=_StubDiffusion(),
+        sampler=_FixedSampler(draws),
+        train_batches=iter([]),
+        valid_batches=None,
+        config=config,
+        run_dir=tmp_path,
+        device=torch.device("cpu"),
+        writer=writer,
+        progress=False,
+    )
     return trainer, model
 
 
-BATCH = {"input_ids": torch.tensor([[1, 0, 2], [0, 1, 1], [3, 1, 0], [1, 1, 1]]),
-         "input_mask": torch.ones(4, 3, dtype=torch.long)}
+BATCH = {
+    "input_ids": torch.tensor([[1, 0, 2], [0, 1, 1], [3, 1, 0], [1, 1, 1]]),
+    "input_mask": torch.ones(4, 3, dtype=torch.long),
+}
 DRAWS = [([0, 1], [1.0, 2.0]), ([2, 7], [3.0, 4.0])]
 
 
@@ -138,10 +164,11 @@ def test_logged_keys_are_weighted_means_and_quartiles(tmp_path):
         losses = ((BATCH["input_ids"].float() @ model.weight.T).squeeze(-1) ** 2).tolist()
     trainer.run_step(BATCH)
     record = trainer.writer.dump()
-    wl = [l * w for l, w in zip(losses, [1.0, 2.0, 3.0, 4.0])]  # importance-weighted losses
+    wl = [loss * w for loss, w in zip(losses, [1.0, 2.0, 3.0, 4.0])]  # importance-weighted losses
     # t = 0, 1, 2, 7 with T = 8 -> quartiles 0, 0, 1, 3 (q2 has no example: no key)
     assert set(record) == {"step", "samples", "grad_norm"} | {
-        f"{k}{s}" for k in ("loss", "mse", "nll") for s in ("", "_q0", "_q1", "_q3")}
+        f"{k}{s}" for k in ("loss", "mse", "nll") for s in ("", "_q0", "_q1", "_q3")
+    }
     assert record["step"] == 0 and record["samples"] == 4
     assert record["loss"] == pytest.approx(((wl[0] + wl[1]) / 2 + (wl[2] + wl[3]) / 2) / 2)
     assert record["loss_q0"] == pytest.approx((wl[0] + wl[1]) / 2)
@@ -171,7 +198,9 @@ def test_gradient_clipping(tmp_path):
     raw = model.weight.grad.norm().item()
     trainer.optimize()
     assert raw > 1e-3
-    assert trainer.writer.dump()["grad_norm"] == pytest.approx(1e-3, rel=1e-4)  # logged after clipping
+    assert trainer.writer.dump()["grad_norm"] == pytest.approx(
+        1e-3, rel=1e-4
+    )  # logged after clipping
 
 
 def test_precision_choices():
@@ -182,7 +211,7 @@ def test_precision_choices():
         autocast_dtype(TrainConfig(use_fp16=True), cpu)
 
 
-def test_bf16_on_cpu_trains(tmp_path, one_thread):
+def test_bf16_on_cpu_trains(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     run = tmp_path / "run"
     assert main(tiny_argv(data, learning_steps=3, bf16="true", checkpoint_path=run)) == 0
@@ -190,11 +219,20 @@ def test_bf16_on_cpu_trains(tmp_path, one_thread):
     assert losses and all(math.isfinite(x) for x in losses)
 
 
-def test_loss_goes_down(tmp_path, one_thread):
+def test_loss_goes_down(tmp_path):
     data = make_tiny_data(tmp_path / "data", n_train=64)
     run = tmp_path / "run"
-    argv = tiny_argv(data, learning_steps=30, log_interval=1, eval_interval=1000, save_interval=1000,
-                     lr=0.01, schedule_sampler="uniform", diff_steps=50, checkpoint_path=run)
+    argv = tiny_argv(
+        data,
+        learning_steps=30,
+        log_interval=1,
+        eval_interval=1000,
+        save_interval=1000,
+        lr=0.01,
+        schedule_sampler="uniform",
+        diff_steps=50,
+        checkpoint_path=run,
+    )
     assert main(argv) == 0
     losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
     assert len(losses) == 30

@@ -50,7 +50,12 @@ def make_tiny_data(folder: Path, *, n_train: int = 48, n_valid: int = 16, n_test
 def tiny_argv(data: Path, **overrides: object) -> list[str]:
     """Command-line flags for a tiny run on the data folder ``data`` (an override of ``None``
     drops a flag, e.g. ``data_dir=None``)."""
-    flags = {**TINY_FLAGS, "data_dir": str(data), "vocab": str(Path(data) / "vocab.txt"), **overrides}
+    flags = {
+        **TINY_FLAGS,
+        "data_dir": str(data),
+        "vocab": str(Path(data) / "vocab.txt"),
+        **overrides,
+    }
     argv: list[str] = []
     for name, value in flags.items():
         if value is not None:

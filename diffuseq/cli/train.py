@@ -3,9 +3,11 @@
 Single process (CPU or one GPU):
     python run_train.py --config configs/demo.yaml
 Several GPUs (or CPU processes, gloo) on one machine:
-    torchrun --standalone --nproc_per_node 4 run_train.py --config configs/qqp.yaml --data_dir datasets/QQP
+    torchrun --standalone --nproc_per_node 4 run_train.py --config configs/qqp.yaml \
+        --data_dir datasets/QQP
 Continue a run exactly where it stopped:
-    python run_train.py --config configs/demo.yaml --checkpoint_path diffusion_models/RUN --resume_checkpoint auto
+    python run_train.py --config configs/demo.yaml --checkpoint_path diffusion_models/RUN \
+        --resume_checkpoint auto
 
 Reimplements the original's `scripts/run_train.py` + `train.py` (spec §2.2, §2.3) with the same
 flag names, meanings and defaults; flags override a ``--config`` YAML preset. The run folder
@@ -68,13 +70,23 @@ RUNS_ROOT = Path("diffusion_models")
 class RuntimeOptions:
     """How this invocation runs; not part of the run's configuration."""
 
-    config: str = opt("", "YAML preset (e.g. configs/qqp.yaml); flags given on the command line override it")
-    device: str = opt("auto", "where to train: auto (CUDA if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    config: str = opt(
+        "", "YAML preset (e.g. configs/qqp.yaml); flags given on the command line override it"
+    )
+    device: str = opt(
+        "auto",
+        "where to train: auto (CUDA if available), cpu or cuda",
+        choices=("auto", "cpu", "cuda"),
+    )
     max_minutes: float = opt(
-        0.0, "wall-clock budget in minutes: when spent, save a checkpoint and stop cleanly (0 = no budget)"
+        0.0,
+        "wall-clock budget in minutes: when spent, save a checkpoint and stop cleanly "
+        "(0 = no budget)",
     )
     keep_states: int = opt(
-        2, "how many full training states (state_*.pt) to keep; 0 keeps all; EMA files are never deleted"
+        2,
+        "how many full training states (state_*.pt) to keep; 0 keeps all; EMA files are "
+        "never deleted",
     )
     progress: bool = opt(True, "show a progress bar on rank 0")
 
@@ -88,7 +100,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of the run configuration (generated from config.py) plus the runtime options."""
-    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_dataclass_flags(parser, RuntimeOptions, title="runtime")
     for name, kind in SECTIONS.items():
         add_dataclass_flags(parser, kind, title=name)
@@ -131,15 +145,21 @@ class Invocation:
 
 
 def parse_invocation(argv: Sequence[str] | None) -> Invocation:
-    """Parse and validate ``argv``: defaults < ``--config`` YAML < flags given on the command line."""
+    """Parse and validate ``argv``: defaults < ``--config`` YAML < flags on the command line."""
     args = build_parser().parse_args(argv)
     options = runtime_options(args)
     preset = read_yaml(options.config) if options.config else {}
-    config = run_config_from_args(args, base=RunConfig.from_dict(preset, source=options.config)).validate()
+    config = run_config_from_args(
+        args, base=RunConfig.from_dict(preset, source=options.config)
+    ).validate()
     if options.keep_states < 0:
-        raise ConfigError(f"--keep_states must be 0 (keep all) or positive, got {options.keep_states}")
+        raise ConfigError(
+            f"--keep_states must be 0 (keep all) or positive, got {options.keep_states}"
+        )
     if options.max_minutes < 0:
-        raise ConfigError(f"--max_minutes must be 0 (no budget) or positive, got {options.max_minutes}")
+        raise ConfigError(
+            f"--max_minutes must be 0 (no budget) or positive, got {options.max_minutes}"
+        )
     return Invocation(config=config, options=options, args=args, preset=preset)
 
 
@@ -174,7 +194,11 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     _on_rank0_or_raise(lambda: _create_run_folder(run_dir, config, training_args, tokenizer))
     setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
     wandb_run = _on_rank0_or_raise(
-        lambda: open_wandb(run_name=str(run_dir), run_dir=run_dir, config=training_args) if tr.log_wandb else None
+        lambda: (
+            open_wandb(run_name=str(run_dir), run_dir=run_dir, config=training_args)
+            if tr.log_wandb
+            else None
+        )
     )
     log = get_logger("train")
     log.info("run folder %s (%d process(es), device %s)", run_dir, dist.world_size(), device)
@@ -182,14 +206,26 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     model = build_model(config.model).to(device)
     log.info("### The parameter count is %d", model.parameter_count())
     diffusion = build_diffusion(config.diffusion)
-    writer = MetricsWriter(path=run_dir / "metrics.jsonl" if rank == 0 else None, enabled=rank == 0,
-                           wandb_run=wandb_run)
+    writer = MetricsWriter(
+        path=run_dir / "metrics.jsonl" if rank == 0 else None,
+        enabled=rank == 0,
+        wandb_run=wandb_run,
+    )
     options = invocation.options
     trainer = Trainer(
-        model=model, diffusion=diffusion, sampler=build_schedule_sampler(config.diffusion, diffusion),
-        train_batches=train_batches, valid_batches=valid_batches, config=tr, run_dir=run_dir,
-        device=device, writer=writer, run_info={"config": config.to_dict(), "training_args": training_args},
-        max_minutes=options.max_minutes or None, keep_states=options.keep_states, progress=options.progress,
+        model=model,
+        diffusion=diffusion,
+        sampler=build_schedule_sampler(config.diffusion, diffusion),
+        train_batches=train_batches,
+        valid_batches=valid_batches,
+        config=tr,
+        run_dir=run_dir,
+        device=device,
+        writer=writer,
+        run_info={"config": config.to_dict(), "training_args": training_args},
+        max_minutes=options.max_minutes or None,
+        keep_states=options.keep_states,
+        progress=options.progress,
     )
     _load_resume(trainer, resume, tr.ema_rates)
     log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
@@ -204,7 +240,9 @@ def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, R
         raise ConfigError("--fixed_data_order is not supported by this version's data loader yet")
     if config.train.log_wandb:
         require_wandb()  # on every rank, so that no rank waits for one that failed
-    resume = resolve_resume(config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path)
+    resume = resolve_resume(
+        config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path
+    )
     if resume.kind == "state":
         config = _config_for_resume(resume, invocation.args, invocation.preset)
     return config, resume
@@ -224,24 +262,42 @@ def _load_data(
         tokenizer = load_tokenizer_from_run(run_dir, da.vocab, config_name=config.model.config_name)
         if tokenizer.vocab_size != config.model.vocab_size:
             raise CheckpointError(
-                f"{resume.path}: trained with a vocabulary of {config.model.vocab_size} tokens, but "
+                f"{resume.path}: trained with a vocabulary of {config.model.vocab_size} tokens, "
+                "but "
                 f"the tokenizer now has {tokenizer.vocab_size}"
             )
     else:
-        tokenizer = load_tokenizer(da.vocab, config_name=config.model.config_name, train_files=[train_path],
-                                   wordpiece_vocab_size=da.wordpiece_vocab_size)
+        tokenizer = load_tokenizer(
+            da.vocab,
+            config_name=config.model.config_name,
+            train_files=[train_path],
+            wordpiece_vocab_size=da.wordpiece_vocab_size,
+        )
     get_logger("train").info("### Creating data loader... (vocab size %d)", tokenizer.vocab_size)
     train_set = build_dataset(train_path, tokenizer, seq_len=da.seq_len)
     valid_set = build_dataset(valid_path, tokenizer, seq_len=da.seq_len)
-    train_batches = infinite_batches(make_loader(
-        train_set, batch_size=tr.batch_size, shuffle=True, seed=tr.seed, rank=rank,
-        world_size=dist.world_size(), num_workers=da.num_workers,
-    ))
+    train_batches = infinite_batches(
+        make_loader(
+            train_set,
+            batch_size=tr.batch_size,
+            shuffle=True,
+            seed=tr.seed,
+            rank=rank,
+            world_size=dist.world_size(),
+            num_workers=da.num_workers,
+        )
+    )
     valid_batches = None
     if rank == 0:
-        valid_batches = infinite_batches(make_loader(
-            valid_set, batch_size=tr.batch_size, shuffle=True, seed=tr.seed, num_workers=da.num_workers,
-        ))
+        valid_batches = infinite_batches(
+            make_loader(
+                valid_set,
+                batch_size=tr.batch_size,
+                shuffle=True,
+                seed=tr.seed,
+                num_workers=da.num_workers,
+            )
+        )
     return tokenizer, train_batches, valid_batches
 
 
@@ -288,7 +344,9 @@ def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
 _FIXED_DATA = ("seq_len", "vocab")
 
 
-def _config_for_resume(resume: ResumeSource, args: argparse.Namespace, preset: Mapping[str, Any]) -> RunConfig:
+def _config_for_resume(
+    resume: ResumeSource, args: argparse.Namespace, preset: Mapping[str, Any]
+) -> RunConfig:
     """The state's config, overridden by the ``--config`` preset and the flags given now.
 
     Raises:
@@ -296,7 +354,9 @@ def _config_for_resume(resume: ResumeSource, args: argparse.Namespace, preset: M
     """
     saved = RunConfig.from_dict(resume.payload["config"], source=str(resume.path))
     merged = {**_flat(saved.to_dict()), **_flat(preset)}
-    config = run_config_from_args(args, base=RunConfig.from_dict(merged, source=str(resume.path))).validate()
+    config = run_config_from_args(
+        args, base=RunConfig.from_dict(merged, source=str(resume.path))
+    ).validate()
     diffs = [
         f"{field}: {old!r} in the state, {new!r} now"
         for section in ("model", "diffusion")
@@ -304,12 +364,14 @@ def _config_for_resume(resume: ResumeSource, args: argparse.Namespace, preset: M
         if field != "vocab_size" and (new := getattr(getattr(config, section), field)) != old
     ] + [
         f"{field}: {getattr(saved.data, field)!r} in the state, {getattr(config.data, field)!r} now"
-        for field in _FIXED_DATA if getattr(saved.data, field) != getattr(config.data, field)
+        for field in _FIXED_DATA
+        if getattr(saved.data, field) != getattr(config.data, field)
     ]
     if diffs:
         raise ConfigError(
             f"cannot continue {resume.path} with a different model, diffusion or tokenization ("
-            + "; ".join(diffs) + "); leave these flags out to use the saved values, or start a new run"
+            + "; ".join(diffs)
+            + "); leave these flags out to use the saved values, or start a new run"
         )
     return config
 
@@ -332,8 +394,9 @@ def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
         raise ConfigError(
             f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
             "them or choose another --checkpoint_path"
-            if tr.resume_checkpoint == "auto" else
-            f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint auto to "
+            if tr.resume_checkpoint == "auto"
+            else f"{run_dir} already holds training states (state_*.pt); pass "
+            "--resume_checkpoint auto to "
             "continue that run, or choose another --checkpoint_path"
         )
     return run_dir, notes
@@ -353,5 +416,9 @@ def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...
             elif sibling.is_file():
                 ema_weights[rate] = load_state_file(sibling)
         trainer.load_weights(resume.payload, step=resume.step, ema_weights=ema_weights)
-        log.info("loaded weights from %s; counting steps from %d with a fresh optimizer", resume.path, resume.step)
+        log.info(
+            "loaded weights from %s; counting steps from %d with a fresh optimizer",
+            resume.path,
+            resume.step,
+        )
     resume.payload = None  # free the loaded tensors
