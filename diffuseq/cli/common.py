@@ -15,7 +15,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         code = main(argv)
     except UserError as err:
         message = " ".join(str(err).split())
-        print(textwrap.fill(f"{prog}: error: {message}", width=100), file=sys.stderr)
+        print(textwrap.fill(
+                f"{prog}: error: {message}", width=100, break_long_words=False, break_on_hyphens=False
+            ), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

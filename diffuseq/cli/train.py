@@ -381,6 +381,11 @@ def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
     original), decided by rank 0 and broadcast (the original computed them on every rank)."""
     tr = config.train
     if resume.kind == "state":
+        if tr.checkpoint_path and Path(tr.checkpoint_path).resolve() != resume.run_dir.resolve():
+            get_logger("train").warning(
+                "continuing in %s, the folder of the training state (not --checkpoint_path %s)",
+                resume.run_dir, tr.checkpoint_path,
+            )  # fmt: skip
         saved = resume.payload.get("training_args") or {}
         return resume.run_dir, str(saved.get("notes", tr.notes))
     proposal = None
