@@ -55,8 +55,12 @@ def _bleu(records: list[list[dict[str, str]]], special_tokens: dict[str, str]) -
     from diffuseq import metrics
     from diffuseq.evaluation import SpecialTokens, clean_example
 
-    tokens = SpecialTokens(sos=special_tokens["sos"], eos=special_tokens["eos"], sep=special_tokens["sep"],
-                           pad=special_tokens["pad"])
+    tokens = SpecialTokens(
+        sos=special_tokens["sos"],
+        eos=special_tokens["eos"],
+        sep=special_tokens["sep"],
+        pad=special_tokens["pad"],
+    )
     cleaned = [clean_example(per_source[0], tokens) for per_source in records]
     return statistics.fmean(metrics.sentence_bleu(e.recover, e.reference) for e in cleaned)
 
@@ -76,11 +80,15 @@ def run_demo(args: argparse.Namespace) -> list[str]:
     configs = [("ancestral", T)] if not args.skip_ancestral else []
     configs += [(s, n) for n in args.steps for s in args.samplers if n <= T]
     warm = type(inputs)(inputs.input_ids[:1], inputs.input_mask[:1])
-    for sampler in {s for s, _ in configs if s != "ancestral"}:  # imports and first-call set-up, untimed
+    for sampler in {
+        s for s, _ in configs if s != "ancestral"
+    }:  # imports and first-call set-up, untimed
         decoder.generate(warm, DecodeSettings(sampler=sampler, steps=2, dtype=args.dtype))
     rows = []
     for sampler, steps in configs:
-        settings = DecodeSettings(sampler=sampler, steps=steps, seed=args.seed, batch_size=args.bsz, dtype=args.dtype)
+        settings = DecodeSettings(
+            sampler=sampler, steps=steps, seed=args.seed, batch_size=args.bsz, dtype=args.dtype
+        )
         seconds, records = [], None
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -90,16 +98,25 @@ def run_demo(args: argparse.Namespace) -> list[str]:
             seconds.append(time.perf_counter() - start)
         bleu = _bleu(records, decoder.tokenizer.special_tokens)
         rows.append((sampler, steps, bleu, statistics.median(seconds)))
-        print(f"{sampler:>13} {steps:>5} steps  BLEU {bleu:.4f}  {statistics.median(seconds):8.2f} s", flush=True)
+        print(
+            f"{sampler:>13} {steps:>5} steps  BLEU {bleu:.4f}  {statistics.median(seconds):8.2f} s",
+            flush=True,
+        )
     base = rows[0][3] if rows and rows[0][0] == "ancestral" else None
     lines = [
-        "# Decoding benchmark: samplers on a trained run", "",
-        f"Command: `{_command()}`", "",
-        f"Run: `{run.path}`, checkpoint `{checkpoint.name}`, split `{args.split}` ({len(inputs)} examples), "
-        f"T = {T}, seed {args.seed}, bsz {args.bsz}, {args.dtype}, device {device} ({_machine()}). "
-        f"BLEU: average sentence BLEU (nltk method4 formula) after the evaluator's clean-up; seconds: median of "
-        f"{args.repeats} repeat(s), whole split.", "",
-        "| sampler | steps | BLEU | seconds | speed-up vs ancestral |", "|---|---:|---:|---:|---:|",
+        "# Decoding benchmark: samplers on a trained run",
+        "",
+        f"Command: `{_command()}`",
+        "",
+        (
+            f"Run: `{run.path}`, checkpoint `{checkpoint.name}`, split `{args.split}` ({len(inputs)} examples), "
+            f"T = {T}, seed {args.seed}, bsz {args.bsz}, {args.dtype}, device {device} ({_machine()}). "
+            f"BLEU: average sentence BLEU (nltk method4 formula) after the evaluator's clean-up; seconds: median of "
+            f"{args.repeats} repeat(s), whole split."
+        ),
+        "",
+        "| sampler | steps | BLEU | seconds | speed-up vs ancestral |",
+        "|---|---:|---:|---:|---:|",
     ]
     for sampler, steps, bleu, sec in rows:
         speed = f"{base / sec:.1f}x" if base else "-"
@@ -116,8 +133,13 @@ def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int):
 
     torch.manual_seed(0)
     bert = build_bert_config("bert-base-uncased", dropout=0.0)
-    model = TransformerNetModel(vocab_size=vocab_size, hidden_dim=hidden_dim, hidden_t_dim=128, dropout=0.0,
-                                bert_config=bert)
+    model = TransformerNetModel(
+        vocab_size=vocab_size,
+        hidden_dim=hidden_dim,
+        hidden_t_dim=128,
+        dropout=0.0,
+        bert_config=bert,
+    )
     return model.eval().requires_grad_(False)
 
 
@@ -148,7 +170,9 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
             t1 = time.perf_counter()
             rounding(out)
             t2 = time.perf_counter()
-            diffusion.p_sample(net, x, t, mask=mask, x_start=x_start, noise=noise.gaussian(), denoised_fn=rounding)
+            diffusion.p_sample(
+                net, x, t, mask=mask, x_start=x_start, noise=noise.gaussian(), denoised_fn=rounding
+            )
             t3 = time.perf_counter()
         return {"forward": t1 - t0, "rounding": t2 - t1, "step": t3 - t2}
 
@@ -160,50 +184,95 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
             results[d].append(step(d))
             print(f"repeat {r}: {d} {results[d][-1]}", flush=True)
     lines = [
-        "# Decoding benchmark: seconds per denoising step, paper-size model", "",
-        f"Command: `{_command()}`", "",
-        f"Model: bert-base encoder (12 × 768), V = {args.vocab_size}, hidden_dim {args.hidden_dim}, random weights; "
-        f"batch {B} × {L} positions; device {device} ({_machine()}). One step = the ancestral step "
-        "`GaussianDiffusion.p_sample` (network forward + nearest-embedding rounding over the whole vocabulary "
-        f"+ posterior update). Medians of {args.repeats} repeat(s) after one warm-up. The original code: "
-        f"{ORIGINAL_S_PER_STEP} s/step (fp32) on this CPU.", "",
-        "| dtype | forward s | rounding s | full step s | vs original |", "|---|---:|---:|---:|---:|",
+        "# Decoding benchmark: seconds per denoising step, paper-size model",
+        "",
+        f"Command: `{_command()}`",
+        "",
+        (
+            f"Model: bert-base encoder (12 × 768), V = {args.vocab_size}, hidden_dim {args.hidden_dim}, random weights; "
+            f"batch {B} × {L} positions; device {device} ({_machine()}). One step = the ancestral step "
+            "`GaussianDiffusion.p_sample` (network forward + nearest-embedding rounding over the whole vocabulary "
+            f"+ posterior update). Medians of {args.repeats} repeat(s) after one warm-up. The original code: "
+            f"{ORIGINAL_S_PER_STEP} s/step (fp32) on this CPU."
+        ),
+        "",
+        "| dtype | forward s | rounding s | full step s | vs original |",
+        "|---|---:|---:|---:|---:|",
     ]
     for d, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in ("forward", "rounding", "step")}
-        lines.append(f"| {d} | {med['forward']:.2f} | {med['rounding']:.2f} | {med['step']:.2f} | "
-                     f"{ORIGINAL_S_PER_STEP / med['step']:.2f}x |")
+        lines.append(
+            f"| {d} | {med['forward']:.2f} | {med['rounding']:.2f} | {med['step']:.2f} | "
+            f"{ORIGINAL_S_PER_STEP / med['step']:.2f}x |"
+        )
     return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench_decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench_decode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="mode", required=True)
     demo = sub.add_parser("demo", help="BLEU and seconds per sampler on a trained run folder")
     demo.add_argument("run_dir", help="run folder written by training (ours or the original's)")
     demo.add_argument("--split", default="test", help="split to decode (default test)")
-    demo.add_argument("--limit", type=int, default=0, help="decode only the first N examples (0 = all)")
-    demo.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50], help="step counts of the fast samplers")
-    demo.add_argument("--samplers", nargs="+", default=["ddim", "dpm-solver++"], help="fast samplers to run")
-    demo.add_argument("--skip_ancestral", action="store_true", help="do not run the full T-step ancestral baseline")
-    demo.add_argument("--pattern", default="ema", help="checkpoint prefix (the newest match is used)")
+    demo.add_argument(
+        "--limit", type=int, default=0, help="decode only the first N examples (0 = all)"
+    )
+    demo.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[5, 10, 20, 50],
+        help="step counts of the fast samplers",
+    )
+    demo.add_argument(
+        "--samplers", nargs="+", default=["ddim", "dpm-solver++"], help="fast samplers to run"
+    )
+    demo.add_argument(
+        "--skip_ancestral",
+        action="store_true",
+        help="do not run the full T-step ancestral baseline",
+    )
+    demo.add_argument(
+        "--pattern", default="ema", help="checkpoint prefix (the newest match is used)"
+    )
     demo.add_argument("--bsz", type=int, default=50, help="sequences per model call")
     demo.add_argument("--seed", type=int, default=101, help="decoding seed")
-    demo.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype")
+    demo.add_argument(
+        "--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype"
+    )
     demo.add_argument("--repeats", type=int, default=3, help="timing repeats (median reported)")
     demo.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
-    demo.add_argument("--out", default="bench/results_decode.md", help="markdown table to write ('' = none)")
+    demo.add_argument(
+        "--out", default="bench/results_decode.md", help="markdown table to write ('' = none)"
+    )
     step = sub.add_parser("per-step", help="seconds per denoising step of the paper-size model")
     step.add_argument("--batch", type=int, default=64, help="sentences per batch")
     step.add_argument("--seq_len", type=int, default=128, help="positions per sentence")
     step.add_argument("--hidden_dim", type=int, default=128, help="word-embedding size h")
-    step.add_argument("--vocab_size", type=int, default=30522, help="vocabulary size (bert-base-uncased)")
-    step.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "fp16"),
-                      help="autocast dtypes to time")
-    step.add_argument("--repeats", type=int, default=3, help="timed steps per dtype (median reported)")
-    step.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    step.add_argument(
+        "--vocab_size", type=int, default=30522, help="vocabulary size (bert-base-uncased)"
+    )
+    step.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=("fp32", "bf16", "fp16"),
+        help="autocast dtypes to time",
+    )
+    step.add_argument(
+        "--repeats", type=int, default=3, help="timed steps per dtype (median reported)"
+    )
+    step.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)"
+    )
     step.add_argument("--device", default="", help="cpu or cuda (default cpu)")
-    step.add_argument("--out", default="bench/results_decode_step.md", help="markdown table to write ('' = none)")
+    step.add_argument(
+        "--out", default="bench/results_decode_step.md", help="markdown table to write ('' = none)"
+    )
     return p
 
 

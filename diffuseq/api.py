@@ -24,7 +24,7 @@ from diffuseq.decoding import Decoder, DecodeSettings, cut_at_sep
 from diffuseq.errors import CheckpointError
 from diffuseq.run_folder import open_run
 
-__all__ = ["load", "TextGenerator"]
+__all__ = ["TextGenerator", "load"]
 
 
 class TextGenerator:
@@ -66,8 +66,16 @@ class TextGenerator:
         if len(references) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(references)} references")
         settings = DecodeSettings(
-            sampler=sampler, steps=steps, clamp_step=clamp_step, top_p=top_p, seed=seed, num_samples=num_samples,
-            batch_size=batch_size, dtype=self.dtype, ddim_adjacent=ddim_adjacent, dpm_v2_variant=dpm_v2_variant,
+            sampler=sampler,
+            steps=steps,
+            clamp_step=clamp_step,
+            top_p=top_p,
+            seed=seed,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            dtype=self.dtype,
+            ddim_adjacent=ddim_adjacent,
+            dpm_v2_variant=dpm_v2_variant,
         )
         inputs = self.decoder.encode(list(zip(sources, references)))
         return self.decoder.generate(inputs, settings, progress=progress)
@@ -78,8 +86,10 @@ class TextGenerator:
         Keyword arguments as :meth:`generate_raw`.
         """
         specials = self.decoder.tokenizer.special_tokens
-        return [[cut_at_sep(r["recover"], specials) for r in per_source]
-                for per_source in self.generate_raw(sources, **kwargs)]
+        return [
+            [cut_at_sep(r["recover"], specials) for r in per_source]
+            for per_source in self.generate_raw(sources, **kwargs)
+        ]
 
 
 def load(

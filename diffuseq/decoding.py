@@ -37,8 +37,17 @@ from diffuseq.samplers import ancestral_sample, ddim_adjacent_sample, ddim_sampl
 from diffuseq.solvers import dpm_solver_v2_sample
 
 __all__ = [
-    "SAMPLERS", "DTYPES", "DecodeSettings", "Decoder", "EncodedInputs", "texts_from_tokens",
-    "cut_at_sep", "read_input_file", "decode_to_files", "samples_dir_name", "output_file_name",
+    "DTYPES",
+    "SAMPLERS",
+    "DecodeSettings",
+    "Decoder",
+    "EncodedInputs",
+    "cut_at_sep",
+    "decode_to_files",
+    "output_file_name",
+    "read_input_file",
+    "samples_dir_name",
+    "texts_from_tokens",
 ]
 
 SAMPLERS = ("auto", "ancestral", "ddim", "dpm-solver++")
@@ -78,16 +87,23 @@ class DecodeSettings:
     def check(self) -> DecodeSettings:
         """Checks that need no model (run at CLI start)."""
         problems = [
-            (self.sampler in SAMPLERS, f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}"),
+            (
+                self.sampler in SAMPLERS,
+                f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}",
+            ),
             (self.num_samples >= 1, f"--num_samples must be at least 1, got {self.num_samples}"),
             (self.batch_size >= 1, f"--bsz must be at least 1, got {self.batch_size}"),
             (self.steps is None or self.steps >= 1, f"--step must be at least 1, got {self.steps}"),
             (self.clamp_step >= 0, f"--clamp_step must be ≥ 0, got {self.clamp_step}"),
             (self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}"),
-            (not (self.ddim_adjacent and self.sampler not in ("ddim", "auto")),
-             "--ddim_adjacent selects the original's pseudo-DDIM: use it with --sampler ddim"),
-            (not (self.dpm_v2_variant and self.sampler != "dpm-solver++"),
-             "--dpm_v2_variant selects DiffuSeq-v2's solver loop: use it with --sampler dpm-solver++"),
+            (
+                not (self.ddim_adjacent and self.sampler not in ("ddim", "auto")),
+                "--ddim_adjacent selects the original's pseudo-DDIM: use it with --sampler ddim",
+            ),
+            (
+                not (self.dpm_v2_variant and self.sampler != "dpm-solver++"),
+                "--dpm_v2_variant selects DiffuSeq-v2's solver loop: use it with --sampler dpm-solver++",
+            ),
         ]
         for ok, message in problems:
             if not ok:
@@ -100,7 +116,9 @@ class DecodeSettings:
         T = num_timesteps
         steps = T if self.steps is None else self.steps
         if steps > T:
-            raise ConfigError(f"--step {steps} is larger than the model's diffusion steps T={T}; pass --step ≤ {T}")
+            raise ConfigError(
+                f"--step {steps} is larger than the model's diffusion steps T={T}; pass --step ≤ {T}"
+            )
         sampler = self.sampler
         if sampler == "auto":
             sampler = "ancestral" if steps == T and not self.ddim_adjacent else "ddim"
@@ -121,7 +139,9 @@ class DecodeSettings:
         return self.sampler
 
 
-def samples_dir_name(checkpoint_name: str, settings: DecodeSettings, *, input_label: str = "") -> str:
+def samples_dir_name(
+    checkpoint_name: str, settings: DecodeSettings, *, input_label: str = ""
+) -> str:
     """``<ckpt>.samples`` for full-step ancestral sampling (the original's folder), else
     ``<ckpt>.samples-<sampler>-<N>steps``; ``input_label`` (non-test split, ad-hoc input) is
     appended as ``-<label>``, so every folder holds the seeds of one configuration only."""
@@ -140,7 +160,9 @@ def output_file_name(seed: int, clamp_step: int, note: str | None = None) -> str
 # ------------------------------------------------------------------------------------- text
 
 
-def texts_from_tokens(tokenizer, input_ids: torch.Tensor, input_mask: torch.Tensor, tokens: torch.Tensor) -> list[dict[str, str]]:
+def texts_from_tokens(
+    tokenizer, input_ids: torch.Tensor, input_mask: torch.Tensor, tokens: torch.Tensor
+) -> list[dict[str, str]]:
     """The original's three strings per row (spec §5.13), special tokens kept.
 
     Args:
@@ -152,8 +174,13 @@ def texts_from_tokens(tokenizer, input_ids: torch.Tensor, input_mask: torch.Tens
     out = []
     for ids, mask, toks in zip(input_ids.tolist(), input_mask.tolist(), tokens.tolist()):
         len_x = len(mask) - sum(mask)
-        out.append({"recover": tokenizer.decode(toks[len_x:]), "reference": tokenizer.decode(ids[len_x:]),
-                    "source": tokenizer.decode(ids[:len_x])})
+        out.append(
+            {
+                "recover": tokenizer.decode(toks[len_x:]),
+                "reference": tokenizer.decode(ids[len_x:]),
+                "source": tokenizer.decode(ids[:len_x]),
+            }
+        )
     return out
 
 
@@ -163,7 +190,11 @@ def cut_at_sep(text: str, special_tokens: dict[str, str]) -> str:
     >>> cut_at_sep("[CLS] how old are you? [SEP] [PAD] you [PAD]", {"sos": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "pad": "[PAD]"})
     'how old are you?'
     """
-    stops = [special_tokens[k] for k in ("sep", "eos") if special_tokens.get(k) and special_tokens[k] in text]
+    stops = [
+        special_tokens[k]
+        for k in ("sep", "eos")
+        if special_tokens.get(k) and special_tokens[k] in text
+    ]
     if stops:
         text = text[: min(text.index(s) for s in stops)]
     for token in set(special_tokens.values()):
@@ -187,9 +218,13 @@ def read_input_file(path: str | Path) -> list[tuple[str, str]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(str(path), line_no, None, f"invalid JSON ({err.msg}); expected {{\"src\": \"...\"}}") from None
+            raise DataError(
+                str(path), line_no, None, f'invalid JSON ({err.msg}); expected {{"src": "..."}}'
+            ) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("src"), str):
-            raise DataError(str(path), line_no, "src", 'every line needs a string "src" (and optionally "trg")')
+            raise DataError(
+                str(path), line_no, "src", 'every line needs a string "src" (and optionally "trg")'
+            )
         trg = obj.get("trg", "")
         if not isinstance(trg, str):
             raise DataError(str(path), line_no, "trg", "must be a string")
@@ -210,15 +245,25 @@ class EncodedInputs:
         return self.input_ids.shape[0]
 
     @classmethod
-    def from_pairs(cls, pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int) -> EncodedInputs:
+    def from_pairs(
+        cls, pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int
+    ) -> EncodedInputs:
         sources = tokenizer.encode([s for s, _ in pairs])
         targets = tokenizer.encode([t for _, t in pairs])
         merged = [
-            merge_and_mask(x, y, seq_len=seq_len, sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+            merge_and_mask(
+                x,
+                y,
+                seq_len=seq_len,
+                sep_token_id=tokenizer.sep_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             for x, y in zip(sources, targets)
         ]
-        return cls(torch.tensor([ids for ids, _ in merged], dtype=torch.long),
-                   torch.tensor([mask for _, mask in merged], dtype=torch.long))
+        return cls(
+            torch.tensor([ids for ids, _ in merged], dtype=torch.long),
+            torch.tensor([mask for _, mask in merged], dtype=torch.long),
+        )
 
 
 # ----------------------------------------------------------------------------------- decoder
@@ -238,12 +283,16 @@ class _Autocast:
 class Decoder:
     """A loaded model ready to decode: model (eval, frozen, on ``device``), diffusion, tokenizer."""
 
-    def __init__(self, *, model, diffusion, tokenizer, seq_len: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, *, model, diffusion, tokenizer, seq_len: int, device: torch.device | str = "cpu"
+    ) -> None:
         self.model, self.diffusion, self.tokenizer = model, diffusion, tokenizer
         self.seq_len, self.device = seq_len, torch.device(device)
 
     @classmethod
-    def from_checkpoint(cls, run, checkpoint: str | Path, *, device: torch.device | str = "cpu") -> Decoder:
+    def from_checkpoint(
+        cls, run, checkpoint: str | Path, *, device: torch.device | str = "cpu"
+    ) -> Decoder:
         """Build from a :class:`~diffuseq.run_folder.RunFolder` and one of its ``.pt`` files."""
         from diffuseq.checkpoint import is_train_state, load_state_file
         from diffuseq.factory import build_diffusion, build_model
@@ -251,25 +300,40 @@ class Decoder:
         tokenizer = run.tokenizer
         vocab_size = run.config.model.vocab_size or tokenizer.vocab_size
         if vocab_size != tokenizer.vocab_size:
-            raise ConfigError(f"{run.path}: the run's vocab_size is {vocab_size} but its tokenizer has "
-                              f"{tokenizer.vocab_size} tokens; the saved tokenizer does not belong to this run")
+            raise ConfigError(
+                f"{run.path}: the run's vocab_size is {vocab_size} but its tokenizer has "
+                f"{tokenizer.vocab_size} tokens; the saved tokenizer does not belong to this run"
+            )
         state = load_state_file(checkpoint)
         if is_train_state(state):
-            raise CheckpointError(f"{checkpoint} is a full training state; decode an ema_*.pt file "
-                                  "(--pattern ema) or pass one with --model_dir path/to/ema_<rate>_<step>.pt")
+            raise CheckpointError(
+                f"{checkpoint} is a full training state; decode an ema_*.pt file "
+                "(--pattern ema) or pass one with --model_dir path/to/ema_<rate>_<step>.pt"
+            )
         model = build_model(run.config.model, vocab_size=vocab_size)
         model.load_state_dict(state)
         model.eval().requires_grad_(False).to(device)
-        return cls(model=model, diffusion=build_diffusion(run.config.diffusion), tokenizer=tokenizer,
-                   seq_len=run.config.data.seq_len, device=device)
+        return cls(
+            model=model,
+            diffusion=build_diffusion(run.config.diffusion),
+            tokenizer=tokenizer,
+            seq_len=run.config.data.seq_len,
+            device=device,
+        )
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedInputs:
         return EncodedInputs.from_pairs(pairs, self.tokenizer, seq_len=self.seq_len)
 
     @torch.no_grad()
     def sample_tokens(
-        self, input_ids: torch.Tensor, input_mask: torch.Tensor, *, seeds: Sequence[int], indices: Sequence[int],
-        settings: DecodeSettings, progress: bool = False,
+        self,
+        input_ids: torch.Tensor,
+        input_mask: torch.Tensor,
+        *,
+        seeds: Sequence[int],
+        indices: Sequence[int],
+        settings: DecodeSettings,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Sample one batch of rows and return their tokens ``[B, L]`` (CPU).
 
@@ -281,26 +345,45 @@ class Decoder:
         x_start = self.model.get_embeds(ids).float()  # x̄_0 [B, L, h]
         noise = NoiseSource(seeds, indices, shape=tuple(x_start.shape[1:]), device=self.device)
         x_T = torch.where(mask.unsqueeze(-1) == 0, x_start, noise.gaussian())
-        model = self.model if s.dtype == "fp32" else _Autocast(self.model, DTYPES[s.dtype], self.device)
+        model = (
+            self.model if s.dtype == "fp32" else _Autocast(self.model, DTYPES[s.dtype], self.device)
+        )
         mean_embed = getattr(self.model, "mean_embed", None)
-        common = dict(input_mask=mask, x_start=x_start, clamp_step=s.clamp_step, noise=noise, progress=progress,
-                      denoised_fn=make_rounding_fn(self.model.word_embedding.weight))
+        common = {
+            "input_mask": mask,
+            "x_start": x_start,
+            "clamp_step": s.clamp_step,
+            "noise": noise,
+            "progress": progress,
+            "denoised_fn": make_rounding_fn(self.model.word_embedding.weight),
+        }
         if s.sampler == "ancestral":
             top_p = s.top_p if s.top_p is not None and s.top_p > 0 else None
-            x0 = ancestral_sample(model, self.diffusion, x_T, top_p=top_p, mean_embed=mean_embed, **common)
+            x0 = ancestral_sample(
+                model, self.diffusion, x_T, top_p=top_p, mean_embed=mean_embed, **common
+            )
         elif s.sampler == "ddim" and s.ddim_adjacent:
             x0 = ddim_adjacent_sample(model, self.diffusion, x_T, steps=s.steps, **common)
         elif s.sampler == "ddim":
-            x0 = ddim_sample(model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common)
+            x0 = ddim_sample(
+                model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common
+            )
         elif s.dpm_v2_variant:
             x0 = dpm_solver_v2_sample(model, self.diffusion, x_T, steps=s.steps, **common)
         else:
-            x0 = dpm_solver_sample(model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common)
+            x0 = dpm_solver_sample(
+                model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common
+            )
         logits = self.model.get_logits(x0.float())  # fp32, outside autocast
         return torch.topk(logits, k=1, dim=-1).indices[..., 0].cpu()
 
     def decode_rows(
-        self, inputs: EncodedInputs, rows: Sequence[tuple[int, int]], settings: DecodeSettings, *, progress: bool = False,
+        self,
+        inputs: EncodedInputs,
+        rows: Sequence[tuple[int, int]],
+        settings: DecodeSettings,
+        *,
+        progress: bool = False,
     ) -> list[tuple[int, int, str]]:
         """``(example index, candidate k, recover)`` for each row, in batches of ``batch_size``."""
         out: list[tuple[int, int, str]] = []
@@ -309,32 +392,58 @@ class Decoder:
             batch = rows[start : start + settings.batch_size]
             index = torch.tensor([i for i, _ in batch], dtype=torch.long)
             ids, mask = inputs.input_ids[index], inputs.input_mask[index]
-            tokens = self.sample_tokens(ids, mask, seeds=[settings.seed + k for _, k in batch],
-                                        indices=[i for i, _ in batch], settings=settings, progress=progress)
+            tokens = self.sample_tokens(
+                ids,
+                mask,
+                seeds=[settings.seed + k for _, k in batch],
+                indices=[i for i, _ in batch],
+                settings=settings,
+                progress=progress,
+            )
             texts = texts_from_tokens(self.tokenizer, ids, mask, tokens)
             out.extend((i, k, text["recover"]) for (i, k), text in zip(batch, texts))
         return out
 
-    def generate(self, inputs: EncodedInputs, settings: DecodeSettings, *, progress: bool = False) -> list[list[dict[str, str]]]:
+    def generate(
+        self, inputs: EncodedInputs, settings: DecodeSettings, *, progress: bool = False
+    ) -> list[list[dict[str, str]]]:
         """All candidates of all examples in this process: ``result[i][k]`` = record of example
         ``i``, candidate ``k`` (keys ``recover, reference, source``)."""
         settings = settings.resolve(self.diffusion.num_timesteps)
         rows = [(i, k) for i in range(len(inputs)) for k in range(settings.num_samples)]
-        return _assemble(inputs, self.tokenizer, self.decode_rows(inputs, rows, settings, progress=progress),
-                         settings.num_samples)
+        return _assemble(
+            inputs,
+            self.tokenizer,
+            self.decode_rows(inputs, rows, settings, progress=progress),
+            settings.num_samples,
+        )
 
 
-def _assemble(inputs: EncodedInputs, tokenizer, rows: Sequence[tuple[int, int, str]], num_samples: int) -> list[list[dict[str, str]]]:
+def _assemble(
+    inputs: EncodedInputs, tokenizer, rows: Sequence[tuple[int, int, str]], num_samples: int
+) -> list[list[dict[str, str]]]:
     refs = texts_from_tokens(tokenizer, inputs.input_ids, inputs.input_mask, inputs.input_ids)
-    result: list[list[dict[str, str]]] = [[{} for _ in range(num_samples)] for _ in range(len(inputs))]
+    result: list[list[dict[str, str]]] = [
+        [{} for _ in range(num_samples)] for _ in range(len(inputs))
+    ]
     for i, k, recover in rows:
-        result[i][k] = {"recover": recover, "reference": refs[i]["reference"], "source": refs[i]["source"]}
+        result[i][k] = {
+            "recover": recover,
+            "reference": refs[i]["reference"],
+            "source": refs[i]["source"],
+        }
     return result
 
 
 def decode_to_files(
-    decoder: Decoder, inputs: EncodedInputs, settings: DecodeSettings, *, out_folder: str | Path,
-    note: str | None = None, append: bool = False, clean: bool = False,
+    decoder: Decoder,
+    inputs: EncodedInputs,
+    settings: DecodeSettings,
+    *,
+    out_folder: str | Path,
+    note: str | None = None,
+    append: bool = False,
+    clean: bool = False,
 ) -> list[Path]:
     """Decode ``inputs`` on every rank (strided shard) and let rank 0 write one file per seed.
 
@@ -354,7 +463,10 @@ def decode_to_files(
     local = decoder.decode_rows(inputs, rows, settings, progress=rank == 0)
     gathered = [row for part in dist.all_gather_object(local) for row in part]
     folder = Path(out_folder)
-    paths = [folder / output_file_name(settings.seed + k, settings.clamp_step, note) for k in range(settings.num_samples)]
+    paths = [
+        folder / output_file_name(settings.seed + k, settings.clamp_step, note)
+        for k in range(settings.num_samples)
+    ]
     if rank == 0:
         records = _assemble(inputs, decoder.tokenizer, gathered, settings.num_samples)
         folder.mkdir(parents=True, exist_ok=True)
@@ -366,7 +478,12 @@ def decode_to_files(
                     if clean:
                         record = {key: cut_at_sep(value, specials) for key, value in record.items()}
                     handle.write(json.dumps(record) + "\n")
-        log.info("decoded %d example(s) x %d candidate(s) in %.1f s -> %s", len(inputs), settings.num_samples,
-                 time.perf_counter() - start, folder)
+        log.info(
+            "decoded %d example(s) x %d candidate(s) in %.1f s -> %s",
+            len(inputs),
+            settings.num_samples,
+            time.perf_counter() - start,
+            folder,
+        )
     dist.barrier()
     return paths

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["training_losses", "token_nll", "linear_cross_entropy"]
 
-# Rows of logits computed at once by `linear_cross_entropy`: chunks of about 2**22 floats (16 MiB)
-# stay in the last-level cache, where a full [B·L, V] fp32 tensor (1 GiB for the paper's
-# B·L = 8192, V = 30522) would not.
+# Logits blocks of `linear_cross_entropy` hold about 2**22 floats (16 MiB, rows x V forward,
+# N x columns backward): they stay in the last-level cache, where a full [B·L, V] fp32 tensor
+# (1 GiB for the paper's B·L = 8192, V = 30522) would not.
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -60,74 +60,88 @@ def _matmul_dtype(z: torch.Tensor) -> torch.dtype:
     return z.dtype
 
 
-def _chunk_rows(vocab_size: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(1, vocab_size))
-
-
 def _row_cross_entropy(
     z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
-    dtype: torch.dtype, chunk: int,
-) -> torch.Tensor:
-    """``CE(z·Wᵀ + b, target)`` per row, float32 ``[N]``, computed ``chunk`` rows at a time.
+    dtype: torch.dtype, with_lse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``CE(z·Wᵀ + b, target)`` per row (float32 ``[N]``), a block of rows at a time.
 
-    Each chunk goes through the same ops as ``F.cross_entropy(linear(z), target)`` (log-softmax,
-    then the target entry), so every row gets the same value as the unchunked computation.
+    Each block goes through the ops of ``F.cross_entropy(F.linear(z, W, b), target)``
+    (log-softmax, then the target entry), so every row gets the unchunked value. With
+    ``with_lse`` also returns the row statistics of the log-softmax, float32 ``[2, N]``: the
+    logits' maximum ``m`` and ``log Σ exp(x − m)`` (so that ``softmax = exp((x − m) − that)``
+    is the log-softmax's own rounding).
     """
-    out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    n = z.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=z.device)
+    lse = torch.empty(2, n, dtype=torch.float32, device=z.device) if with_lse else None
     w = weight.to(dtype)
     b = None if bias is None else bias.to(dtype)
-    for start in range(0, z.shape[0], chunk):
-        rows = slice(start, start + chunk)
+    step = max(1, _CHUNK_ELEMENTS // max(1, weight.shape[0]))
+    for start in range(0, n, step):
+        rows = slice(start, start + step)
         logits = F.linear(z[rows].to(dtype), w, b).float()  # [c, V]
         logp = torch.log_softmax(logits, dim=-1)
         out[rows] = -logp.gather(1, target[rows, None]).squeeze(1)
-    return out
+        if with_lse:
+            lse[0, rows] = logits.amax(dim=-1)
+            lse[1, rows] = logp.amax(dim=-1).neg_()  # log-softmax at the argmax is exactly −log Σ
+    return out, lse
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Row-wise ``CE(z·Wᵀ + b, target)`` whose autograd graph holds no ``[N, V]`` tensor.
 
-    Forward keeps only the inputs; backward recomputes each chunk's logits (one extra
-    ``[c, h] × [h, V]`` product) and accumulates ``∂z``, ``∂W``, ``∂b`` chunk by chunk.
+    Forward keeps the inputs and the row log-normalisers ``[2, N]``. Backward recomputes the
+    logits a block of vocabulary columns at a time, ``G = g·(softmax − onehot)`` ``[N, c]``,
+    and accumulates ``∂z += G·W_c`` while writing ``∂W_c = Gᵀ·z`` and ``∂b_c = Σ_rows G`` once
+    (one extra ``[N, h] × [h, V]`` product compared with autograd through full logits).
     """
 
     @staticmethod
-    def forward(ctx, z, weight, bias, target, dtype, chunk):  # noqa: D102
-        ctx.save_for_backward(z, weight, bias, target)
-        ctx.dtype, ctx.chunk = dtype, chunk
-        return _row_cross_entropy(z, weight, bias, target, dtype, chunk)
+    def forward(ctx, z, weight, bias, target, dtype):  # noqa: D102
+        out, lse = _row_cross_entropy(z, weight, bias, target, dtype, with_lse=True)
+        ctx.save_for_backward(z, weight, bias, target, lse)
+        ctx.dtype = dtype
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        z, weight, bias, target = ctx.saved_tensors
-        dtype, chunk = ctx.dtype, ctx.chunk
-        w = weight.to(dtype)
-        b = None if bias is None else bias.to(dtype)
+        z, weight, bias, target, lse = ctx.saved_tensors
+        dtype = ctx.dtype
         need_z, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_z = torch.empty_like(z) if need_z else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-        grad_out = grad_out.float()
-        for start in range(0, z.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            zc = z[rows].to(dtype)
-            # ∂CE/∂logits = softmax − onehot(target), scaled by the incoming gradient.
-            probs = torch.softmax(F.linear(zc, w, b).float(), dim=-1)  # [c, V]
-            probs[torch.arange(probs.shape[0], device=probs.device), target[rows]] -= 1.0
-            probs.mul_(grad_out[rows, None])
-            g = probs.to(dtype)
+        n, vocab = z.shape[0], weight.shape[0]
+        g = grad_out.float()  # [N]
+        zd = z.to(dtype)
+        grad_z = torch.zeros(z.shape, dtype=torch.float32, device=z.device) if need_z else None
+        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=z.device) if need_w else None
+        grad_b = torch.empty(vocab, dtype=torch.float32, device=z.device) if need_b else None
+        step = max(1, _CHUNK_ELEMENTS // max(1, n))
+        for start in range(0, vocab, step):
+            cols = slice(start, start + step)
+            w = weight[cols].to(dtype)  # [c, h]
+            b = None if bias is None else bias[cols].to(dtype)
+            grad = F.linear(zd, w, b).float().sub_(lse[0, :, None]).sub_(lse[1, :, None]).exp_()  # softmax [N, c]
+            hit = ((target >= start) & (target < start + w.shape[0])).nonzero().squeeze(1)
+            grad[hit, target[hit] - start] -= 1.0
+            grad.mul_(g[:, None])
+            gd = grad.to(dtype)
             if need_z:
-                grad_z[rows] = g @ w  # [c, h]
-            if need_w:
                 if dtype == torch.float32:
-                    grad_w.addmm_(g.t(), zc)  # [V, h] += [V, c] @ [c, h]
+                    grad_z.addmm_(gd, w)  # [N, h] += [N, c] @ [c, h]
                 else:
-                    grad_w += (g.t() @ zc).float()
+                    grad_z += (gd @ w).float()
+            if need_w:
+                grad_w[cols] = gd.t() @ zd  # [c, h]
             if need_b:
-                grad_b += probs.sum(dim=0)
-        grad_w = grad_w.to(weight.dtype) if need_w else None
-        grad_b = grad_b.to(bias.dtype) if need_b else None
-        return grad_z, grad_w, grad_b, None, None, None
+                grad_b[cols] = grad.sum(dim=0)
+        return (
+            grad_z.to(z.dtype) if need_z else None,
+            grad_w.to(weight.dtype) if need_w else None,
+            grad_b.to(bias.dtype) if need_b else None,
+            None,
+            None,
+        )
 
 
 def linear_cross_entropy(
@@ -149,14 +163,13 @@ def linear_cross_entropy(
     flat_z = z.reshape(-1, z.shape[-1])
     flat_t = target.reshape(-1)
     dtype = _matmul_dtype(z)
-    chunk = _chunk_rows(weight.shape[0])
-    if torch.is_grad_enabled() and (z.requires_grad or weight.requires_grad or
-                                    (bias is not None and bias.requires_grad)):
-        with torch.autocast(z.device.type, enabled=False):
-            ce = _LinearCrossEntropy.apply(flat_z, weight, bias, flat_t, dtype, chunk)
-    else:
-        ce = _row_cross_entropy(flat_z.detach(), weight.detach(), None if bias is None else bias.detach(),
-                                flat_t, dtype, chunk)
+    with torch.autocast(z.device.type, enabled=False):
+        if torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (z, weight, bias)
+        ):
+            ce = _LinearCrossEntropy.apply(flat_z, weight, bias, flat_t, dtype)
+        else:
+            ce, _ = _row_cross_entropy(flat_z, weight, bias, flat_t, dtype)
     return ce.view(target.shape)
 
 

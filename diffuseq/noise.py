@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["NoiseStream", "NoiseSource", "ReplayNoise", "example_seed"]
+__all__ = ["NoiseSource", "NoiseStream", "ReplayNoise", "example_seed"]
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -32,7 +32,9 @@ def example_seed(seed: int, index: int) -> int:
     >>> example_seed(101, 0) == example_seed(101, 0) != example_seed(102, 0)
     True
     """
-    digest = hashlib.blake2b(f"diffuseq-noise:{int(seed)}:{int(index)}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(
+        f"diffuseq-noise:{int(seed)}:{int(index)}".encode(), digest_size=8
+    ).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -68,7 +70,8 @@ class NoiseSource:
             raise ValueError(f"{len(seeds)} seeds for {len(indices)} indices")
         self.shape, self.device, self.dtype = tuple(shape), torch.device(device), dtype
         self._generators = [
-            torch.Generator(device=self.device).manual_seed(example_seed(s, i)) for s, i in zip(seeds, indices)
+            torch.Generator(device=self.device).manual_seed(example_seed(s, i))
+            for s, i in zip(seeds, indices)
         ]
 
     def __len__(self) -> int:
@@ -84,7 +87,10 @@ class NoiseSource:
                 outside = row.abs() > top_p
                 while outside.any():
                     row[outside] = torch.randn(
-                        int(outside.sum()), generator=generator, device=self.device, dtype=self.dtype
+                        int(outside.sum()),
+                        generator=generator,
+                        device=self.device,
+                        dtype=self.dtype,
                     )
                     outside = row.abs() > top_p
         return out

@@ -55,9 +55,13 @@ def _read_config(run_dir: Path) -> RunConfig:
         try:
             args = json.loads((run_dir / TRAINING_ARGS).read_text())
         except (OSError, ValueError) as err:
-            raise ConfigError(f"{run_dir / TRAINING_ARGS}: cannot read it as JSON ({err})") from None
+            raise ConfigError(
+                f"{run_dir / TRAINING_ARGS}: cannot read it as JSON ({err})"
+            ) from None
         if not isinstance(args, dict):
-            raise ConfigError(f"{run_dir / TRAINING_ARGS}: expected a JSON object of training arguments")
+            raise ConfigError(
+                f"{run_dir / TRAINING_ARGS}: expected a JSON object of training arguments"
+            )
         return RunConfig.from_training_args(args, source=str(run_dir / TRAINING_ARGS))
     raise CheckpointError(
         f"{run_dir} is not a training run folder: it has neither {CONFIG_YAML} nor {TRAINING_ARGS}. "
@@ -108,7 +112,9 @@ class RunFolder:
         """The run's tokenizer, read from the files saved in the folder where possible."""
         from diffuseq.tokenizer import load_tokenizer_from_run
 
-        return load_tokenizer_from_run(self.path, self.config.data.vocab, config_name=self.config.model.config_name)
+        return load_tokenizer_from_run(
+            self.path, self.config.data.vocab, config_name=self.config.model.config_name
+        )
 
     def split_path(self, split: str) -> Path:
         """The run's ``{data_dir}/{split}.jsonl`` (DataError if missing)."""
@@ -117,7 +123,9 @@ class RunFolder:
         data_dir = self.config.data.data_dir
         if not data_dir or not Path(data_dir).is_dir():
             raise DataError(
-                data_dir or "data_dir", None, None,
+                data_dir or "data_dir",
+                None,
+                None,
                 f"the data folder of run {self.name} (data_dir in its config) was not found, so --split "
                 f"{split} cannot be read; decode other inputs with --input FILE.jsonl or --text",
             )
@@ -136,7 +144,11 @@ def open_run(path: str | os.PathLike) -> RunFolder:
         raise CheckpointError(f"run folder {run_dir} does not exist")
     config = _read_config(run_dir)
     m, d = config.model, config.data
-    vocab = d.vocab if d.vocab in ("bert", "wordpiece") or d.vocab.startswith("hf:") else resolve_run_path(d.vocab, run_dir)
+    vocab = (
+        d.vocab
+        if d.vocab in ("bert", "wordpiece") or d.vocab.startswith("hf:")
+        else resolve_run_path(d.vocab, run_dir)
+    )
     config = config.replace("model", config_name=resolve_run_path(m.config_name, run_dir))
     config = config.replace("data", vocab=vocab, data_dir=resolve_run_path(d.data_dir, run_dir))
     return RunFolder(path=run_dir, config=config)
@@ -151,8 +163,11 @@ def resolve_model_dirs(pattern: str) -> list[tuple[Path, Path | None]]:
         CheckpointError: nothing matches.
     """
     if not pattern:
-        raise CheckpointError("--model_dir is required: pass diffusion_models/<run folder> (a glob is allowed)")
-    matches = sorted(glob.glob(pattern))
+        raise CheckpointError(
+            "--model_dir is required: pass diffusion_models/<run folder> (a glob is allowed)"
+        )
+    # an existing path is taken literally (run names may contain glob characters such as [ ])
+    matches = [pattern] if Path(pattern).exists() else sorted(glob.glob(pattern))
     if not matches:
         raise CheckpointError(
             f"--model_dir {pattern!r} matches no folder; pass the run folder written by training "
@@ -166,5 +181,7 @@ def resolve_model_dirs(pattern: str) -> list[tuple[Path, Path | None]]:
         elif p.is_dir():
             out.append((p, None))
     if not out:
-        raise CheckpointError(f"--model_dir {pattern!r} matches no run folder or .pt file: {', '.join(matches)}")
+        raise CheckpointError(
+            f"--model_dir {pattern!r} matches no run folder or .pt file: {', '.join(matches)}"
+        )
     return out

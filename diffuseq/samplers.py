@@ -33,16 +33,16 @@ from diffuseq.noise import NoiseStream
 from diffuseq.respace import respaced_betas, space_timesteps
 
 __all__ = [
-    "Model",
     "Callback",
-    "anchor_source",
-    "progress_steps",
-    "ancestral_sample",
-    "ddim_timesteps",
-    "ddim_sample",
-    "ddim_adjacent_sample",
+    "Model",
     "adjacent_timesteps",
+    "ancestral_sample",
+    "anchor_source",
+    "ddim_adjacent_sample",
+    "ddim_sample",
+    "ddim_timesteps",
     "dpm_solver_sample",
+    "progress_steps",
 ]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,14 +59,18 @@ def anchor_source(x: torch.Tensor, input_mask: torch.Tensor, x_start: torch.Tens
     return torch.where(input_mask.unsqueeze(-1) == 0, x_start, x)
 
 
-def _target_shift(input_mask: torch.Tensor, mean_embed: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+def _target_shift(
+    input_mask: torch.Tensor, mean_embed: torch.Tensor | None, like: torch.Tensor
+) -> torch.Tensor:
     """v2 soft absorbing state ``μ·m`` ``[B,L,h]`` (zero without μ, spec §5.11.3)."""
     if mean_embed is None:
         return torch.zeros_like(like)
     return mean_embed.to(like.dtype) * input_mask.unsqueeze(-1).to(like.dtype)
 
 
-def _round(denoised_fn: DenoisedFn | None, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _round(
+    denoised_fn: DenoisedFn | None, x0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     if denoised_fn is None:
         return x0, None
     out = denoised_fn(x0)
@@ -116,9 +120,15 @@ def ancestral_sample(
         if diffusion.denoise:
             draw = (noise.uniform() < diffusion.reverse_mask_prob(tt, x.shape[:-1])).to(x.dtype)
         out = diffusion.p_sample(
-            model, x, tt, mask=input_mask, x_start=x_start, noise=eps,
+            model,
+            x,
+            tt,
+            mask=input_mask,
+            x_start=x_start,
+            noise=eps,
             denoised_fn=denoised_fn if t >= clamp_step else None,
-            mean_embed=mean_embed, bernoulli_draw=draw,
+            mean_embed=mean_embed,
+            bernoulli_draw=draw,
         )
         x = out["sample"]
         if callback is not None:
@@ -145,9 +155,20 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> list[int]:
 
 
 def _x0_scheduler_loop(
-    model: Model, diffusion: GaussianDiffusion, scheduler: Any, levels: list[int], x_T: torch.Tensor, *,
-    input_mask: torch.Tensor, x_start: torch.Tensor, denoised_fn: DenoisedFn | None, clamp_step: int,
-    callback: Callback | None, progress: bool, mean_embed: torch.Tensor | None, desc: str,
+    model: Model,
+    diffusion: GaussianDiffusion,
+    scheduler: Any,
+    levels: list[int],
+    x_T: torch.Tensor,
+    *,
+    input_mask: torch.Tensor,
+    x_start: torch.Tensor,
+    denoised_fn: DenoisedFn | None,
+    clamp_step: int,
+    callback: Callback | None,
+    progress: bool,
+    mean_embed: torch.Tensor | None,
+    desc: str,
 ) -> torch.Tensor:
     """Drive a diffusers scheduler with an x_0-predicting model (``prediction_type="sample"``).
 
@@ -159,9 +180,14 @@ def _x0_scheduler_loop(
     """
     shift = _target_shift(input_mask, mean_embed, x_T)
     y = x_T
-    for step, (k, t) in enumerate(progress_steps(list(zip(scheduler.timesteps.tolist(), levels)), progress, desc)):
+    for step, (k, t) in enumerate(
+        progress_steps(list(zip(scheduler.timesteps.tolist(), levels)), progress, desc)
+    ):
         tt = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
-        x0, tokens = _round(denoised_fn if t >= clamp_step else None, model(y + shift, diffusion.scale_timesteps(tt)))
+        x0, tokens = _round(
+            denoised_fn if t >= clamp_step else None,
+            model(y + shift, diffusion.scale_timesteps(tt)),
+        )
         x0 = anchor_source(x0, input_mask, x_start)
         y = anchor_source(scheduler.step(x0 - shift, k, y).prev_sample, input_mask, x_start)
         if callback is not None:
@@ -202,14 +228,29 @@ def ddim_sample(
     levels = ddim_timesteps(diffusion.num_timesteps, steps)
     betas, _ = respaced_betas(diffusion.betas, levels)
     scheduler = DDIMScheduler(
-        num_train_timesteps=len(levels), trained_betas=betas, prediction_type="sample", clip_sample=False,
-        set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
+        num_train_timesteps=len(levels),
+        trained_betas=betas,
+        prediction_type="sample",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
     )
     scheduler.set_timesteps(len(levels))
     return _x0_scheduler_loop(
-        model, diffusion, scheduler, levels, x_T, input_mask=input_mask, x_start=x_start,
-        denoised_fn=denoised_fn, clamp_step=clamp_step, callback=callback, progress=progress,
-        mean_embed=mean_embed, desc="ddim",
+        model,
+        diffusion,
+        scheduler,
+        levels,
+        x_T,
+        input_mask=input_mask,
+        x_start=x_start,
+        denoised_fn=denoised_fn,
+        clamp_step=clamp_step,
+        callback=callback,
+        progress=progress,
+        mean_embed=mean_embed,
+        desc="ddim",
     )
 
 
@@ -248,9 +289,15 @@ def ddim_adjacent_sample(
     level ᾱ_{t_last−1}, not at a clean x_0. ``noise`` is unused (η = 0).
     """
     x = x_T
-    for step, t in enumerate(progress_steps(adjacent_timesteps(diffusion.num_timesteps, steps), progress, "ddim-adjacent")):
+    for step, t in enumerate(
+        progress_steps(
+            adjacent_timesteps(diffusion.num_timesteps, steps), progress, "ddim-adjacent"
+        )
+    ):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        out = diffusion.ddim_sample(model, x, tt, t_prev=None, mask=input_mask, x_start=x_start, denoised_fn=denoised_fn)
+        out = diffusion.ddim_sample(
+            model, x, tt, t_prev=None, mask=input_mask, x_start=x_start, denoised_fn=denoised_fn
+        )
         x = out["sample"]
         if callback is not None:
             callback({"step": step, "t": t, **out})
@@ -287,20 +334,40 @@ def dpm_solver_sample(
     from diffusers import DPMSolverMultistepScheduler
 
     scheduler = DPMSolverMultistepScheduler(
-        num_train_timesteps=diffusion.num_timesteps, trained_betas=diffusion.betas,
-        algorithm_type="dpmsolver++", solver_order=2, prediction_type="sample", thresholding=False,
-        lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace",
+        num_train_timesteps=diffusion.num_timesteps,
+        trained_betas=diffusion.betas,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        prediction_type="sample",
+        thresholding=False,
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="linspace",
     )
     T = diffusion.num_timesteps
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in [1, {T}], got {steps}")
     with warnings.catch_warnings():  # diffusers calls np.array on a tensor (numpy 2 notice)
-        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="__array__ implementation", category=DeprecationWarning
+        )
         # linspace levels are distinct for steps ≤ T−1; steps = T visits every level.
-        scheduler.set_timesteps(steps) if steps < T else scheduler.set_timesteps(timesteps=list(range(T))[::-1])
+        scheduler.set_timesteps(steps) if steps < T else scheduler.set_timesteps(
+            timesteps=list(range(T))[::-1]
+        )
     levels = scheduler.timesteps.tolist()
     return _x0_scheduler_loop(
-        model, diffusion, scheduler, levels, x_T, input_mask=input_mask, x_start=x_start,
-        denoised_fn=denoised_fn, clamp_step=clamp_step, callback=callback, progress=progress,
-        mean_embed=mean_embed, desc="dpm-solver++",
+        model,
+        diffusion,
+        scheduler,
+        levels,
+        x_T,
+        input_mask=input_mask,
+        x_start=x_start,
+        denoised_fn=denoised_fn,
+        clamp_step=clamp_step,
+        callback=callback,
+        progress=progress,
+        mean_embed=mean_embed,
+        desc="dpm-solver++",
     )

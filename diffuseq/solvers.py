@@ -62,8 +62,12 @@ class DiscreteVPSchedule:
 
 
 def _update(
-    vp: DiscreteVPSchedule, x: torch.Tensor, prev_d: list[torch.Tensor], prev_t: list[torch.Tensor],
-    t: torch.Tensor, order: int,
+    vp: DiscreteVPSchedule,
+    x: torch.Tensor,
+    prev_d: list[torch.Tensor],
+    prev_t: list[torch.Tensor],
+    t: torch.Tensor,
+    order: int,
 ) -> torch.Tensor:
     """DPM-Solver++ multistep update to ``t`` (``h = λ_t − λ_s``, ``φ₁ = expm1(−h)``).
 

@@ -24,7 +24,27 @@ from diffuseq.model import TransformerNetModel, state_dict_for_saving
 from diffuseq.run_folder import open_run
 from diffuseq.tokenizer import VocabFileTokenizer
 
-WORDS = "the a cat dog is big small red where what how can i find old you are ? .".split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "is",
+    "big",
+    "small",
+    "red",
+    "where",
+    "what",
+    "how",
+    "can",
+    "i",
+    "find",
+    "old",
+    "you",
+    "are",
+    "?",
+    ".",
+]
 PAIRS = [
     ("where is the cat ?", "the cat is where ?"),
     ("what is big", "big is what"),
@@ -50,14 +70,27 @@ def make_run(root: Path, *, learned_mean_embed: bool = False, denoise: bool = Fa
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     (root / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    (data / "test.jsonl").write_text("".join(json.dumps({"src": s, "trg": t}) + "\n" for s, t in PAIRS))
+    (data / "test.jsonl").write_text(
+        "".join(json.dumps({"src": s, "trg": t}) + "\n" for s, t in PAIRS)
+    )
     tokenizer = VocabFileTokenizer.from_vocab_file(root / "vocab.txt")
-    model_config = ModelConfig(hidden_dim=8, hidden_t_dim=8, dropout=0.0, config_name="bert-base-uncased",
-                               num_layers=1, num_heads=2, bert_hidden_size=16, intermediate_size=32,
-                               learned_mean_embed=learned_mean_embed, vocab_size=tokenizer.vocab_size)
+    model_config = ModelConfig(
+        hidden_dim=8,
+        hidden_t_dim=8,
+        dropout=0.0,
+        config_name="bert-base-uncased",
+        num_layers=1,
+        num_heads=2,
+        bert_hidden_size=16,
+        intermediate_size=32,
+        learned_mean_embed=learned_mean_embed,
+        vocab_size=tokenizer.vocab_size,
+    )
     config = RunConfig(
         model=model_config,
-        diffusion=DiffusionConfig(diffusion_steps=T, noise_schedule="sqrt", denoise=denoise, denoise_rate=0.5),
+        diffusion=DiffusionConfig(
+            diffusion_steps=T, noise_schedule="sqrt", denoise=denoise, denoise_rate=0.5
+        ),
         data=DataConfig(dataset="tiny", data_dir="data", seq_len=16, vocab="vocab.txt"),
     )
     run = root / "diffusion_models" / RUN_NAME
@@ -65,10 +98,22 @@ def make_run(root: Path, *, learned_mean_embed: bool = False, denoise: bool = Fa
     config.save_yaml(run / "config.yaml")
     tokenizer.save(run)
     torch.manual_seed(0)
-    bert = build_bert_config("bert-base-uncased", dropout=0.0, num_layers=1, num_heads=2, hidden_size=16,
-                             intermediate_size=32)
-    model = TransformerNetModel(vocab_size=tokenizer.vocab_size, hidden_dim=8, hidden_t_dim=8, dropout=0.0,
-                                bert_config=bert, learned_mean_embed=learned_mean_embed)
+    bert = build_bert_config(
+        "bert-base-uncased",
+        dropout=0.0,
+        num_layers=1,
+        num_heads=2,
+        hidden_size=16,
+        intermediate_size=32,
+    )
+    model = TransformerNetModel(
+        vocab_size=tokenizer.vocab_size,
+        hidden_dim=8,
+        hidden_t_dim=8,
+        dropout=0.0,
+        bert_config=bert,
+        learned_mean_embed=learned_mean_embed,
+    )
     for step in (5, 10):
         with torch.no_grad():
             for p in model.parameters():
@@ -101,7 +146,9 @@ def test_default_decode_layout_and_texts(run_dir, tmp_path):
     out = tmp_path / "out"
     assert _decode(run_dir, out, "--seed", "123") == 0
     path = _folder(out) / "seed123_step0.json"
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == [path.relative_to(out).as_posix()]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == [
+        path.relative_to(out).as_posix()
+    ]
     raw = path.read_text().splitlines()
     assert len(raw) == len(PAIRS)
     records = [json.loads(line) for line in raw]
@@ -122,19 +169,35 @@ def test_checkpoint_all_newest_first_and_note(run_dir, tmp_path):
     out = tmp_path / "out"
     assert _decode(run_dir, out, "--checkpoint", "all", "--note", "v2") == 0
     found = sorted(p.relative_to(out / RUN_NAME).as_posix() for p in out.rglob("*.json"))
-    assert found == ["ema_0.9999_000005.pt.samples/seed101_step0_v2.json",
-                     "ema_0.9999_000010.pt.samples/seed101_step0_v2.json"]
-    assert [p.name for p in open_run(run_dir).checkpoints()] == ["ema_0.9999_000010.pt", "ema_0.9999_000005.pt"]
+    assert found == [
+        "ema_0.9999_000005.pt.samples/seed101_step0_v2.json",
+        "ema_0.9999_000010.pt.samples/seed101_step0_v2.json",
+    ]
+    assert [p.name for p in open_run(run_dir).checkpoints()] == [
+        "ema_0.9999_000010.pt",
+        "ema_0.9999_000005.pt",
+    ]
 
 
-@pytest.mark.parametrize("flags, folder", [
-    (["--sampler", "dpm-solver++", "--step", "3"], "ema_0.9999_000010.pt.samples-dpm-solver++-3steps"),
-    (["--sampler", "dpm-solver++", "--step", "3", "--dpm_v2_variant"],
-     "ema_0.9999_000010.pt.samples-dpm-solver++-v2-3steps"),
-    (["--step", "4"], "ema_0.9999_000010.pt.samples-ddim-4steps"),
-    (["--sampler", "ddim", "--step", "4", "--ddim_adjacent"], "ema_0.9999_000010.pt.samples-ddim-adjacent-4steps"),
-    (["--sampler", "ddim", "--step", str(T)], f"ema_0.9999_000010.pt.samples-ddim-{T}steps"),
-])
+@pytest.mark.parametrize(
+    "flags, folder",
+    [
+        (
+            ["--sampler", "dpm-solver++", "--step", "3"],
+            "ema_0.9999_000010.pt.samples-dpm-solver++-3steps",
+        ),
+        (
+            ["--sampler", "dpm-solver++", "--step", "3", "--dpm_v2_variant"],
+            "ema_0.9999_000010.pt.samples-dpm-solver++-v2-3steps",
+        ),
+        (["--step", "4"], "ema_0.9999_000010.pt.samples-ddim-4steps"),
+        (
+            ["--sampler", "ddim", "--step", "4", "--ddim_adjacent"],
+            "ema_0.9999_000010.pt.samples-ddim-adjacent-4steps",
+        ),
+        (["--sampler", "ddim", "--step", str(T)], f"ema_0.9999_000010.pt.samples-ddim-{T}steps"),
+    ],
+)
 def test_fast_samplers_write_their_own_folder(run_dir, tmp_path, flags, folder):
     out = tmp_path / "out"
     assert _decode(run_dir, out, *flags) == 0
@@ -151,15 +214,23 @@ def test_cut_at_sep(run_dir, tmp_path):
     for p, c, (src, trg) in zip(plain, clean, PAIRS):
         assert c == {k: cut_at_sep(v, specials) for k, v in p.items()}
         assert c["source"] == src and c["reference"] == trg
-    assert cut_at_sep("[CLS] hello [PAD] world [SEP] junk", {"sos": "[CLS]", "eos": "[SEP]", "sep": "[SEP]",
-                                                               "pad": "[PAD]"}) == "hello world"
+    assert (
+        cut_at_sep(
+            "[CLS] hello [PAD] world [SEP] junk",
+            {"sos": "[CLS]", "eos": "[SEP]", "sep": "[SEP]", "pad": "[PAD]"},
+        )
+        == "hello world"
+    )
 
 
 def test_adhoc_inputs(run_dir, tmp_path):
     out = tmp_path / "out"
     assert _decode(run_dir, out, "--text", "where is the dog ?", "--text", "how big") == 0
     lines = _lines(_folder(out, "ema_0.9999_000010.pt.samples-text") / "seed101_step0.json")
-    assert [r["source"] for r in lines] == ["[START] where is the dog ? [END] [END]", "[START] how big [END] [END]"]
+    assert [r["source"] for r in lines] == [
+        "[START] where is the dog ? [END] [END]",
+        "[START] how big [END] [END]",
+    ]
     assert [r["reference"] for r in lines] == ["[START] [END]"] * 2
     jsonl = tmp_path / "mine.jsonl"
     jsonl.write_text('{"src": "what is red"}\n{"src": "the cat", "trg": "a cat"}\n')
@@ -184,12 +255,20 @@ def test_num_samples_equals_single_runs_and_batch_size_independent(run_dir, tmp_
 
 def test_api_matches_cli(run_dir, tmp_path):
     out = tmp_path / "out"
-    assert _decode(run_dir, out, "--sampler", "dpm-solver++", "--step", "3", "--num_samples", "2") == 0
+    assert (
+        _decode(run_dir, out, "--sampler", "dpm-solver++", "--step", "3", "--num_samples", "2") == 0
+    )
     gen = api.load(run_dir, device="cpu")
     assert gen.checkpoint.name == "ema_0.9999_000010.pt"
     sources = [s for s, _ in PAIRS]
-    raw = gen.generate_raw(sources, references=[t for _, t in PAIRS], sampler="dpm-solver++", steps=3,
-                           num_samples=2, seed=101)
+    raw = gen.generate_raw(
+        sources,
+        references=[t for _, t in PAIRS],
+        sampler="dpm-solver++",
+        steps=3,
+        num_samples=2,
+        seed=101,
+    )
     folder = _folder(out, "ema_0.9999_000010.pt.samples-dpm-solver++-3steps")
     for k in range(2):
         assert [r[k] for r in raw] == _lines(folder / f"seed{101 + k}_step0.json")
@@ -208,9 +287,58 @@ def test_v2_run_decodes(tmp_path):
     """A v2 run (learned μ, discrete noise) decodes with every sampler."""
     run = make_run(tmp_path / "v2", learned_mean_embed=True, denoise=True)
     out = tmp_path / "out"
-    for flags in ([], ["--sampler", "ddim", "--step", "3"], ["--sampler", "dpm-solver++", "--step", "3"]):
+    for flags in (
+        [],
+        ["--sampler", "ddim", "--step", "3"],
+        ["--sampler", "dpm-solver++", "--step", "3"],
+    ):
         assert _decode(run, out, *flags) == 0
     assert len(list(out.rglob("*.json"))) == 3
+
+
+def test_decode_run_written_by_our_trainer(tmp_path, monkeypatch):
+    """A run folder written by run_train.py (config.yaml, vocab.json, EMA and state files) decodes;
+    the full training states are not picked up by the default --pattern ema."""
+    from diffuseq.cli.train import main as train_main
+
+    root = make_run(tmp_path / "work").parent.parent  # reuse its data/ and vocab.txt
+    (root / "data" / "train.jsonl").write_text((root / "data" / "test.jsonl").read_text() * 4)
+    (root / "data" / "valid.jsonl").write_text((root / "data" / "test.jsonl").read_text())
+    monkeypatch.chdir(root)
+    flags = {
+        "dataset": "tiny",
+        "data_dir": "data",
+        "vocab": "vocab.txt",
+        "hidden_dim": 8,
+        "hidden_t_dim": 8,
+        "bert_hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "intermediate_size": 16,
+        "seq_len": 16,
+        "diff_steps": 6,
+        "bsz": 4,
+        "microbatch": 4,
+        "learning_steps": 2,
+        "save_interval": 2,
+        "log_interval": 1,
+        "eval_interval": 100,
+        "checkpoint_path": "diffusion_models/ours",
+        "progress": "false",
+    }
+    assert train_main([x for k, v in flags.items() for x in (f"--{k}", str(v))]) == 0
+    out = tmp_path / "out"
+    assert (
+        main(["--model_dir", "diffusion_models/ours", "--out_dir", str(out), "--num_samples", "2"])
+        == 0
+    )
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json"))
+    assert files == [
+        "ours/ema_0.9999_000002.pt.samples/seed101_step0.json",
+        "ours/ema_0.9999_000002.pt.samples/seed102_step0.json",
+    ]
+    lines = _lines(out / files[0])
+    assert [r["source"] for r in lines] == [f"[START] {s} [END] [END]" for s, _ in PAIRS]
 
 
 # ------------------------------------------------------------------------------ G9: the original's run folder
@@ -221,13 +349,33 @@ def test_g9_original_run_folder(golden_dir, tmp_path):
     and sources (the recover text depends on the original's RNG stream: format only)."""
     info = json.loads((golden_dir / "g9_run_info.json").read_text())
     decode_args = shlex.split(info["decode_command"])
-    arg = lambda name: decode_args[decode_args.index(name) + 1]  # noqa: E731
+
+    def arg(name: str) -> str:
+        return decode_args[decode_args.index(name) + 1]
+
     ckpt = Path(arg("--model_path"))
     g9 = golden_dir / "g9_run"
     expected_file = g9 / info["decode_output"]  # relative to g9_run/, like every path in the file
     out = tmp_path / "generation_outputs"
-    assert main(["--model_dir", str(g9 / ckpt.parent), "--seed", arg("--seed2"), "--split", arg("--split"),
-                 "--bsz", arg("--batch_size"), "--out_dir", str(out), "--step", arg("--step")]) == 0
+    assert (
+        main(
+            [
+                "--model_dir",
+                str(g9 / ckpt.parent),
+                "--seed",
+                arg("--seed2"),
+                "--split",
+                arg("--split"),
+                "--bsz",
+                arg("--batch_size"),
+                "--out_dir",
+                str(out),
+                "--step",
+                arg("--step"),
+            ]
+        )
+        == 0
+    )
     ours = sorted(p.relative_to(out) for p in out.rglob("*.json"))
     assert ours == [expected_file.relative_to(g9 / "generation_outputs")]
     theirs = _lines(expected_file)
@@ -244,16 +392,40 @@ def test_g9_original_run_folder(golden_dir, tmp_path):
     run = open_run(copy / ckpt.parent)
     assert Path(run.config.model.config_name).is_dir() and Path(run.config.data.data_dir).is_dir()
     out2 = tmp_path / "again"
-    assert main(["--model_dir", str(copy / ckpt.parent), "--seed", arg("--seed2"), "--bsz", "3",
-                 "--out_dir", str(out2)]) == 0
+    assert (
+        main(
+            [
+                "--model_dir",
+                str(copy / ckpt.parent),
+                "--seed",
+                arg("--seed2"),
+                "--bsz",
+                "3",
+                "--out_dir",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     assert (out2 / ours[0]).read_text() == (out / ours[0]).read_text()  # also: bsz-independent
 
 
 # ------------------------------------------------------------------------------ user errors
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "no_checkpoint", "missing_split", "corrupt", "step_too_large",
-                                  "num_samples_zero", "ancestral_few_steps", "adjacent_without_ddim"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_dir",
+        "no_checkpoint",
+        "missing_split",
+        "corrupt",
+        "step_too_large",
+        "num_samples_zero",
+        "ancestral_few_steps",
+        "adjacent_without_ddim",
+    ],
+)
 def test_user_errors_exit_2_without_traceback(run_dir, tmp_path, capsys, case):
     argv = ["--model_dir", str(run_dir), "--out_dir", str(tmp_path / "out")]
     expect = {
@@ -264,7 +436,10 @@ def test_user_errors_exit_2_without_traceback(run_dir, tmp_path, capsys, case):
         "step_too_large": (["--step", str(T + 1)], "larger than"),
         "num_samples_zero": (["--num_samples", "0"], "--num_samples"),
         "ancestral_few_steps": (["--sampler", "ancestral", "--step", "3"], "ancestral"),
-        "adjacent_without_ddim": (["--sampler", "dpm-solver++", "--ddim_adjacent"], "--ddim_adjacent"),
+        "adjacent_without_ddim": (
+            ["--sampler", "dpm-solver++", "--ddim_adjacent"],
+            "--ddim_adjacent",
+        ),
     }[case]
     if case == "corrupt":
         (run_dir / "ema_0.9999_000099.pt").write_bytes(b"not a checkpoint")
@@ -278,6 +453,11 @@ def test_settings_and_folder_names():
     assert (s.sampler, s.steps) == ("ancestral", 2000)
     assert samples_dir_name("ema_0.9999_050000.pt", s) == "ema_0.9999_050000.pt.samples"
     s = DecodeSettings(steps=200).resolve(2000)
-    assert samples_dir_name("ema_0.9999_050000.pt", s, input_label="valid") == "ema_0.9999_050000.pt.samples-ddim-200steps-valid"
-    assert re.fullmatch(r".*\.samples-dpm-solver\+\+-10steps",
-                        samples_dir_name("x.pt", DecodeSettings(sampler="dpm-solver++", steps=10).resolve(2000)))
+    assert (
+        samples_dir_name("ema_0.9999_050000.pt", s, input_label="valid")
+        == "ema_0.9999_050000.pt.samples-ddim-200steps-valid"
+    )
+    assert re.fullmatch(
+        r".*\.samples-dpm-solver\+\+-10steps",
+        samples_dir_name("x.pt", DecodeSettings(sampler="dpm-solver++", steps=10).resolve(2000)),
+    )

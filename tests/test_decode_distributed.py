@@ -20,8 +20,13 @@ def _free_port() -> int:
 
 def _worker(rank: int, world_size: int, port: int, argv: list[str]) -> None:
     """One torchrun-like process: the rendezvous variables dist.init() reads, then the CLI."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     code = main(argv)
     if code != 0:
@@ -36,7 +41,12 @@ def test_two_processes_equal_one(tmp_path):
         # 5 inputs over 2 ranks: uneven shards (3 + 2), two candidates each, batches of 3 rows
         flags = ["--model_dir", str(run), "--num_samples", "2", "--bsz", "3", "--checkpoint", "all"]
         assert main(flags + ["--out_dir", str(tmp_path / "one")]) == 0
-        mp.spawn(_worker, args=(2, _free_port(), flags + ["--out_dir", str(tmp_path / "two")]), nprocs=2, join=True)
+        mp.spawn(
+            _worker,
+            args=(2, _free_port(), flags + ["--out_dir", str(tmp_path / "two")]),
+            nprocs=2,
+            join=True,
+        )
     finally:
         torch.set_num_threads(threads)
     one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.json"))

@@ -17,7 +17,12 @@ from diffuseq.model import TransformerNetModel
 from diffuseq.noise import NoiseSource, ReplayNoise, example_seed
 from diffuseq.rounding import make_rounding_fn
 from diffuseq.samplers import (
-    adjacent_timesteps, ancestral_sample, ddim_adjacent_sample, ddim_sample, ddim_timesteps, dpm_solver_sample,
+    adjacent_timesteps,
+    ancestral_sample,
+    ddim_adjacent_sample,
+    ddim_sample,
+    ddim_timesteps,
+    dpm_solver_sample,
 )
 from diffuseq.solvers import DiscreteVPSchedule, dpm_solver_v2_sample
 
@@ -36,10 +41,23 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(1)
-    bert = build_bert_config("bert-base-uncased", dropout=0.0, num_layers=1, num_heads=2, hidden_size=16,
-                             intermediate_size=32, max_position_embeddings=L)
-    model = TransformerNetModel(vocab_size=30, hidden_dim=H, hidden_t_dim=8, dropout=0.0, bert_config=bert,
-                                learned_mean_embed=True).eval()
+    bert = build_bert_config(
+        "bert-base-uncased",
+        dropout=0.0,
+        num_layers=1,
+        num_heads=2,
+        hidden_size=16,
+        intermediate_size=32,
+        max_position_embeddings=L,
+    )
+    model = TransformerNetModel(
+        vocab_size=30,
+        hidden_dim=H,
+        hidden_t_dim=8,
+        dropout=0.0,
+        bert_config=bert,
+        learned_mean_embed=True,
+    ).eval()
     diffusion = GaussianDiffusion.from_schedule(noise_schedule="sqrt", diffusion_steps=T)
     ids = torch.randint(4, 30, (B, L))
     mask = torch.tensor([[0] * 3 + [1] * (L - 3), [0] * 4 + [1] * (L - 4), [0] * 2 + [1] * (L - 2)])
@@ -62,8 +80,9 @@ class Spy:
 
 
 def _kwargs(setup, **extra):
-    model, diffusion, mask, x_start, x_T = setup
-    return dict(input_mask=mask, x_start=x_start, denoised_fn=make_rounding_fn(model.word_embedding.weight), **extra)
+    model, _, mask, x_start, _ = setup
+    rounding = make_rounding_fn(model.word_embedding.weight)
+    return {"input_mask": mask, "x_start": x_start, "denoised_fn": rounding, **extra}
 
 
 # ------------------------------------------------------------------------------ timestep grids
@@ -101,10 +120,16 @@ def test_ddim_visits_requested_levels_and_is_deterministic(setup):
         out2 = ddim_sample(model, diffusion, x_T, steps=steps, **_kwargs(setup))
         assert torch.equal(out1, out2)
         # ends at the clean level: the output is the (anchored) rounded x̂_0 of the last call
-        rounded, _ = make_rounding_fn(model.word_embedding.weight)(model(spy.inputs[-1], spy.times[-1]))
+        rounded, _ = make_rounding_fn(model.word_embedding.weight)(
+            model(spy.inputs[-1], spy.times[-1])
+        )
         target = mask.unsqueeze(-1) == 1
-        torch.testing.assert_close(out1[target.expand_as(out1)], rounded[target.expand_as(rounded)], rtol=0, atol=1e-5)
-        torch.testing.assert_close(out1[~target.expand_as(out1)], x_start[~target.expand_as(x_start)], rtol=0, atol=0)
+        torch.testing.assert_close(
+            out1[target.expand_as(out1)], rounded[target.expand_as(rounded)], rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            out1[~target.expand_as(out1)], x_start[~target.expand_as(x_start)], rtol=0, atol=0
+        )
 
 
 def test_ddim_step_equals_eq12_on_our_tables(setup):
@@ -113,28 +138,43 @@ def test_ddim_step_equals_eq12_on_our_tables(setup):
     steps = 5
     levels = ddim_timesteps(T, steps)
     states = []
-    ddim_sample(model, diffusion, x_T, steps=steps, callback=lambda info: states.append(info["sample"]),
-                **_kwargs(setup))
+    ddim_sample(
+        model,
+        diffusion,
+        x_T,
+        steps=steps,
+        callback=lambda info: states.append(info["sample"]),
+        **_kwargs(setup),
+    )
     prev = x_T
     rounding = make_rounding_fn(model.word_embedding.weight)
     for k, level in enumerate(levels):
         t_prev = levels[k + 1] if k + 1 < steps else -1
-        ref = diffusion.ddim_sample(model, prev, torch.full((B,), level), t_prev=t_prev, mask=mask,
-                                    x_start=x_start, denoised_fn=rounding)
+        ref = diffusion.ddim_sample(
+            model,
+            prev,
+            torch.full((B,), level),
+            t_prev=t_prev,
+            mask=mask,
+            x_start=x_start,
+            denoised_fn=rounding,
+        )
         torch.testing.assert_close(states[k], ref["sample"], rtol=1e-5, atol=1e-5)
         prev = states[k]
 
 
 def test_ddim_clamp_step_gates_rounding(setup):
-    model, diffusion, mask, x_start, x_T = setup
+    model, diffusion, _, _, x_T = setup
     seen = []
-    ddim_sample(model, diffusion, x_T, steps=T, clamp_step=7, callback=seen.append, **_kwargs(setup))
+    ddim_sample(
+        model, diffusion, x_T, steps=T, clamp_step=7, callback=seen.append, **_kwargs(setup)
+    )
     assert [("tokens" in info) for info in seen] == [info["t"] >= 7 for info in seen]
 
 
 def test_ddim_v2_mean_shift(setup):
     """With μ the network's first input is x_T + μ·m (the v2 start), as in the ancestral loop."""
-    model, diffusion, mask, x_start, x_T = setup
+    model, diffusion, mask, _, x_T = setup
     mu = model.mean_embed.detach()
     spy = Spy(model)
     ddim_sample(spy, diffusion, x_T, steps=3, mean_embed=mu, **_kwargs(setup))
@@ -142,11 +182,13 @@ def test_ddim_v2_mean_shift(setup):
 
 
 def test_ddim_adjacent_calls(setup):
-    model, diffusion, mask, x_start, x_T = setup
+    model, diffusion, _, _, x_T = setup
     spy = Spy(model)
     ddim_adjacent_sample(spy, diffusion, x_T, steps=6, **_kwargs(setup))
     expected = adjacent_timesteps(T, 6)
-    assert [float(t[0]) for t in spy.times] == [float(diffusion.scale_timesteps(torch.tensor([t]))) for t in expected]
+    assert [float(t[0]) for t in spy.times] == [
+        float(diffusion.scale_timesteps(torch.tensor([t]))) for t in expected
+    ]
 
 
 # ------------------------------------------------------------------------------ DPM-Solver++
@@ -169,8 +211,9 @@ def test_dpm_solver_final_is_rounded_prediction(setup):
     seen = []
     out = dpm_solver_sample(model, diffusion, x_T, steps=4, callback=seen.append, **_kwargs(setup))
     E = model.word_embedding.weight.detach()
-    torch.testing.assert_close(out, torch.where(mask.unsqueeze(-1) == 0, x_start, E[seen[-1]["tokens"]]),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        out, torch.where(mask.unsqueeze(-1) == 0, x_start, E[seen[-1]["tokens"]]), rtol=0, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------ ancestral
@@ -181,7 +224,9 @@ def test_ancestral_calls_clamp_and_final(setup):
     spy = Spy(model)
     seen = []
     noise = NoiseSource([5] * B, range(B), shape=(L, H))
-    out = ancestral_sample(spy, diffusion, x_T, noise=noise, clamp_step=4, callback=seen.append, **_kwargs(setup))
+    out = ancestral_sample(
+        spy, diffusion, x_T, noise=noise, clamp_step=4, callback=seen.append, **_kwargs(setup)
+    )
     assert [info["t"] for info in seen] == list(range(T))[::-1]
     assert [("tokens" in info) for info in seen] == [t >= 4 for t in range(T)[::-1]]
     assert len(spy.times) == T
@@ -190,7 +235,7 @@ def test_ancestral_calls_clamp_and_final(setup):
 
 def test_ancestral_top_p_reaches_noise(setup):
     """--top_p truncates every step's noise (|ε| ≤ top_p)."""
-    model, diffusion, mask, x_start, x_T = setup
+    model, diffusion, _, _, x_T = setup
 
     class Watch(NoiseSource):
         biggest = 0.0
@@ -200,7 +245,14 @@ def test_ancestral_top_p_reaches_noise(setup):
             Watch.biggest = max(Watch.biggest, float(out.abs().max()))
             return out
 
-    ancestral_sample(model, diffusion, x_T, noise=Watch([1] * B, range(B), shape=(L, H)), top_p=0.5, **_kwargs(setup))
+    ancestral_sample(
+        model,
+        diffusion,
+        x_T,
+        noise=Watch([1] * B, range(B), shape=(L, H)),
+        top_p=0.5,
+        **_kwargs(setup),
+    )
     assert 0.4 < Watch.biggest <= 0.5
 
 
@@ -214,7 +266,12 @@ def test_noise_source_rows_are_independent_streams():
     assert torch.equal(first_a[1], first_b[0])
     assert not torch.equal(first_a[0], first_a[1]) and not torch.equal(first_a[0], first_a[2])
     u_a, u_b = a.uniform(), b.uniform()
-    assert torch.equal(u_a[1], u_b[0]) and u_a.shape == (3, 4) and 0 <= float(u_a.min()) and float(u_a.max()) < 1
+    assert (
+        torch.equal(u_a[1], u_b[0])
+        and u_a.shape == (3, 4)
+        and 0 <= float(u_a.min())
+        and float(u_a.max()) < 1
+    )
     truncated = NoiseSource([1], [0], shape=(50, 50)).gaussian(top_p=1.0)
     assert float(truncated.abs().max()) <= 1.0
     assert example_seed(101, 3) != example_seed(101, 4) != example_seed(102, 3)
@@ -234,9 +291,31 @@ def test_vp_schedule_matches_discrete_definition():
     vp = DiscreteVPSchedule(betas)
     n = torch.arange(T)
     log_alpha = 0.5 * np.cumsum(np.log(1 - betas))
-    torch.testing.assert_close(vp.log_alpha((n + 1) / T), torch.tensor(log_alpha, dtype=torch.float32), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        vp.log_alpha((n + 1) / T),
+        torch.tensor(log_alpha, dtype=torch.float32),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     mid = torch.tensor([(2.5) / T])  # halfway between t_1 and t_2
     assert float(vp.log_alpha(mid)) == pytest.approx(0.5 * (log_alpha[1] + log_alpha[2]), rel=1e-5)
+
+
+def _reference_schedule(betas):
+    """α(t), σ(t), λ(t) of spec §8.1 in float64 (numpy interpolation on t_n = (n+1)/N)."""
+    log_alpha = 0.5 * np.cumsum(np.log(1 - betas))
+    t_grid = np.arange(1, len(betas) + 1) / len(betas)
+
+    def alpha(t):
+        return math.exp(np.interp(t, t_grid, log_alpha))
+
+    def sigma(t):
+        return math.sqrt(1 - alpha(t) ** 2)
+
+    def lam(t):
+        return math.log(alpha(t)) - math.log(sigma(t))
+
+    return alpha, sigma, lam
 
 
 @pytest.mark.parametrize("steps", [2, 3, 12])
@@ -244,7 +323,7 @@ def test_dpm_v2_variant_hand_checked(setup, steps):
     """A network that always predicts c: every data prediction is c, so D₁ = 0 and the final
     state is the closed form [α_t + (σ_t/σ_s)(1 − α_s)]·c of spec §8.4 (s = t_{steps−1}, t = 1/N);
     the network sees t·1000 on the grid linspace(1, 1/N, steps+1) (steps calls, last point unused)."""
-    model, diffusion, mask, x_start, x_T = setup
+    _, diffusion, mask, x_start, x_T = setup
     c = torch.randn(B, L, H)
     times = []
 
@@ -256,12 +335,11 @@ def test_dpm_v2_variant_hand_checked(setup, steps):
     grid = np.linspace(1.0, 1.0 / T, steps + 1)
     assert len(times) == steps
     for t_in, g in zip(times, grid[:-1]):
-        torch.testing.assert_close(t_in, torch.full((B,), g * 1000, dtype=torch.float32), rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(
+            t_in, torch.full((B,), g * 1000, dtype=torch.float32), rtol=1e-6, atol=1e-4
+        )
     # closed form in float64, independent of the solver code
-    log_alpha = 0.5 * np.cumsum(np.log(1 - diffusion.betas))
-    t_grid = np.arange(1, T + 1) / T
-    alpha = lambda t: math.exp(np.interp(t, t_grid, log_alpha))  # noqa: E731
-    sigma = lambda t: math.sqrt(1 - alpha(t) ** 2)  # noqa: E731
+    alpha, sigma, _ = _reference_schedule(diffusion.betas)
     s, t = grid[-2], grid[-1]
     factor = alpha(t) + sigma(t) / sigma(s) * (1 - alpha(s))
     expected = torch.where(mask.unsqueeze(-1) == 0, x_start, factor * c)
@@ -270,28 +348,40 @@ def test_dpm_v2_variant_hand_checked(setup, steps):
 
 def test_dpm_v2_variant_second_order_update(setup):
     """A network predicting c·(1 + t_in/1000): checks the order-2 term −½ α_t φ₁ D₁ against float64."""
-    model, diffusion, mask, x_start, x_T = setup
+    _, diffusion, mask, x_start, x_T = setup
     c = torch.randn(B, L, H)
     steps = 3
-    out = dpm_solver_v2_sample(lambda x, t: c * (1 + t[:, None, None] / 1000), diffusion, x_T, steps=steps,
-                               input_mask=mask, x_start=torch.zeros_like(x_start), order=2)
-    log_alpha = 0.5 * np.cumsum(np.log(1 - diffusion.betas))
-    t_grid = np.arange(1, T + 1) / T
-    la = lambda t: np.interp(t, t_grid, log_alpha)  # noqa: E731
-    alpha = lambda t: math.exp(la(t))  # noqa: E731
-    sigma = lambda t: math.sqrt(1 - alpha(t) ** 2)  # noqa: E731
-    lam = lambda t: la(t) - math.log(sigma(t))  # noqa: E731
+    out = dpm_solver_v2_sample(
+        lambda x, t: c * (1 + t[:, None, None] / 1000),
+        diffusion,
+        x_T,
+        steps=steps,
+        input_mask=mask,
+        x_start=torch.zeros_like(x_start),
+        order=2,
+    )
+    alpha, sigma, lam = _reference_schedule(diffusion.betas)
     grid = np.linspace(1.0, 1.0 / T, steps + 1)
     d = [1 + g for g in grid]  # D at each grid point, in units of c
     x = d[0]
     # k = 1: first order; then D; k = 2: second order (steps < 10: order min(2, 2) = 2); k = 3: first order
-    x = sigma(grid[1]) / sigma(grid[0]) * x - alpha(grid[1]) * math.expm1(-(lam(grid[1]) - lam(grid[0]))) * d[0]
+    x = (
+        sigma(grid[1]) / sigma(grid[0]) * x
+        - alpha(grid[1]) * math.expm1(-(lam(grid[1]) - lam(grid[0]))) * d[0]
+    )
     x = d[1]
     h = lam(grid[2]) - lam(grid[1])
     r0 = (lam(grid[1]) - lam(grid[0])) / h
     phi = math.expm1(-h)
-    x = sigma(grid[2]) / sigma(grid[1]) * x - alpha(grid[2]) * phi * d[1] - 0.5 * alpha(grid[2]) * phi * (d[1] - d[0]) / r0
+    x = (
+        sigma(grid[2]) / sigma(grid[1]) * x
+        - alpha(grid[2]) * phi * d[1]
+        - 0.5 * alpha(grid[2]) * phi * (d[1] - d[0]) / r0
+    )
     x = d[2]
-    x = sigma(grid[3]) / sigma(grid[2]) * x - alpha(grid[3]) * math.expm1(-(lam(grid[3]) - lam(grid[2]))) * d[2]
+    x = (
+        sigma(grid[3]) / sigma(grid[2]) * x
+        - alpha(grid[3]) * math.expm1(-(lam(grid[3]) - lam(grid[2]))) * d[2]
+    )
     expected = torch.where(mask.unsqueeze(-1) == 0, torch.zeros_like(c), x * c)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)

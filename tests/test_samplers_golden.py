@@ -22,9 +22,9 @@ from diffuseq.samplers import adjacent_timesteps, ancestral_sample, ddim_adjacen
 from diffuseq.tokenizer import VocabFileTokenizer
 from tests.conftest import load_golden
 
-TEACHER_TOL = dict(rtol=0, atol=1e-5)
-FREE_TOL = dict(rtol=0, atol=1e-4)
-LOGIT_TOL = dict(rtol=1e-5, atol=5e-5)
+TEACHER_TOL = {"rtol": 0, "atol": 1e-5}
+FREE_TOL = {"rtol": 0, "atol": 1e-4}
+LOGIT_TOL = {"rtol": 1e-5, "atol": 5e-5}
 
 
 @pytest.fixture(autouse=True)
@@ -42,11 +42,19 @@ def _model(golden_dir: Path, *, v2: bool) -> TransformerNetModel:
         pytest.skip("g3_model_config.json not found")
     args = json.loads(path.read_text())["constructor_args"]
     model = TransformerNetModel(
-        vocab_size=args["vocab_size"], hidden_dim=args["input_dims"], hidden_t_dim=args["hidden_t_dim"],
-        dropout=args["dropout"], learned_mean_embed=v2, init_pretrained=args["init_pretrained"],
-        bert_config=build_bert_config(str(golden_dir / "g3_tiny_bert_config"), dropout=args["dropout"]),
+        vocab_size=args["vocab_size"],
+        hidden_dim=args["input_dims"],
+        hidden_t_dim=args["hidden_t_dim"],
+        dropout=args["dropout"],
+        learned_mean_embed=v2,
+        init_pretrained=args["init_pretrained"],
+        bert_config=build_bert_config(
+            str(golden_dir / "g3_tiny_bert_config"), dropout=args["dropout"]
+        ),
     )
-    model.load_state_dict(load_golden(golden_dir, "g6_model_state_v2.pt" if v2 else "g3_model_state.pt"))
+    model.load_state_dict(
+        load_golden(golden_dir, "g6_model_state_v2.pt" if v2 else "g3_model_state.pt")
+    )
     return model.eval()
 
 
@@ -97,8 +105,13 @@ def test_g4_ancestral_teacher_forced(g4):
     prev = loop["x_noised"]
     for k, t in enumerate(loop["visited_t"].tolist()):
         out = diffusion.p_sample(
-            model, prev, torch.full((prev.shape[0],), t), mask=case["input_mask"],
-            x_start=case["x_start_mean"], noise=loop["step_noise"][k], denoised_fn=rounding,
+            model,
+            prev,
+            torch.full((prev.shape[0],), t),
+            mask=case["input_mask"],
+            x_start=case["x_start_mean"],
+            noise=loop["step_noise"][k],
+            denoised_fn=rounding,
         )
         torch.testing.assert_close(out["sample"], loop["samples"][k], **TEACHER_TOL)
         assert torch.equal(out["tokens"], loop["rounded_tokens"][k]), f"step {k} (t={t})"
@@ -112,8 +125,13 @@ def test_g4_ancestral_free_running(g4, tokenizer):
     diffusion = GaussianDiffusion.from_schedule(noise_schedule="sqrt", diffusion_steps=T)
     rec = Recorder()
     final = ancestral_sample(
-        model, diffusion, loop["x_noised"], input_mask=case["input_mask"], x_start=case["x_start_mean"],
-        denoised_fn=make_rounding_fn(model.word_embedding.weight), noise=ReplayNoise(loop["step_noise"]),
+        model,
+        diffusion,
+        loop["x_noised"],
+        input_mask=case["input_mask"],
+        x_start=case["x_start_mean"],
+        denoised_fn=make_rounding_fn(model.word_embedding.weight),
+        noise=ReplayNoise(loop["step_noise"]),
         callback=rec,
     )
     assert rec.t == loop["visited_t"].tolist()
@@ -138,8 +156,12 @@ def test_g4_pseudo_ddim_loop(g4, tokenizer):
     prev = loop["x_noised"]
     for k, t in enumerate(loop["visited_t"].tolist()):
         out = diffusion.ddim_sample(
-            model, prev, torch.full((prev.shape[0],), t), mask=case["input_mask"],
-            x_start=case["x_start_mean"], denoised_fn=rounding,
+            model,
+            prev,
+            torch.full((prev.shape[0],), t),
+            mask=case["input_mask"],
+            x_start=case["x_start_mean"],
+            denoised_fn=rounding,
         )
         torch.testing.assert_close(out["sample"], loop["samples"][k], **TEACHER_TOL)
         assert torch.equal(out["tokens"], loop["rounded_tokens"][k])
@@ -147,8 +169,15 @@ def test_g4_pseudo_ddim_loop(g4, tokenizer):
     # free-running; clamp_step must be ignored on this path (the original ignores it)
     rec = Recorder()
     final = ddim_adjacent_sample(
-        model, diffusion, loop["x_noised"], input_mask=case["input_mask"], x_start=case["x_start_mean"],
-        denoised_fn=rounding, clamp_step=T, steps=loop["step"], callback=rec,
+        model,
+        diffusion,
+        loop["x_noised"],
+        input_mask=case["input_mask"],
+        x_start=case["x_start_mean"],
+        denoised_fn=rounding,
+        clamp_step=T,
+        steps=loop["step"],
+        callback=rec,
     )
     assert rec.t == loop["visited_t"].tolist()
     for k in range(len(rec.t)):
@@ -173,14 +202,21 @@ def test_g6_v2_loop(golden_dir, tokenizer):
     )
     # our Bernoulli rule (uniform < p) gives the original's draws at every step
     for k, t in enumerate(loop["visited_t"].tolist()):
-        p = diffusion.reverse_mask_prob(torch.full((case["input_mask"].shape[0],), t), case["input_mask"].shape)
+        p = diffusion.reverse_mask_prob(
+            torch.full((case["input_mask"].shape[0],), t), case["input_mask"].shape
+        )
         assert torch.equal((loop["bernoulli_uniform"][k] < p).float(), loop["bernoulli_draw"][k])
     rec = Recorder()
     x_start = model.get_embeds(case["input_ids"]).detach()
     final = ancestral_sample(
-        model, diffusion, loop["x_noised"], input_mask=case["input_mask"], x_start=x_start,
+        model,
+        diffusion,
+        loop["x_noised"],
+        input_mask=case["input_mask"],
+        x_start=x_start,
         denoised_fn=make_rounding_fn(model.word_embedding.weight),
-        noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]), callback=rec,
+        noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]),
+        callback=rec,
         mean_embed=model.mean_embed.detach(),
     )
     assert rec.t == loop["visited_t"].tolist()
@@ -210,8 +246,13 @@ def test_g6_v2_start_point(golden_dir):
         noise_schedule="sqrt", diffusion_steps=T, denoise=True, denoise_rate=data["denoise_rate"]
     )
     ancestral_sample(
-        spy, diffusion, loop["x_noised"], input_mask=case["input_mask"],
-        x_start=model.get_embeds(case["input_ids"]).detach(), noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]),
-        mean_embed=model.mean_embed.detach(), denoised_fn=make_rounding_fn(model.word_embedding.weight),
+        spy,
+        diffusion,
+        loop["x_noised"],
+        input_mask=case["input_mask"],
+        x_start=model.get_embeds(case["input_ids"]).detach(),
+        noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]),
+        mean_embed=model.mean_embed.detach(),
+        denoised_fn=make_rounding_fn(model.word_embedding.weight),
     )
     torch.testing.assert_close(seen[0], loop["x_start_point_after_mean_shift"], rtol=0, atol=1e-6)
