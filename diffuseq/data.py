@@ -424,8 +424,16 @@ class InfiniteBatches:
     sampler they are loaded and discarded.
     """
 
-    def __init__(self, loader: DataLoader, *, start_epoch: int = 0, skip_batches: int = 0) -> None:
+    def __init__(
+        self,
+        loader: DataLoader,
+        *,
+        start_epoch: int = 0,
+        skip_batches: int = 0,
+        fixed_order: bool = False,
+    ) -> None:
         self.loader = loader
+        self.fixed_order = fixed_order  # the original: same permutation every epoch
         self.epoch = start_epoch
         self.batch_in_epoch = skip_batches
         self._iterator: Iterator[Any] | None = None
@@ -451,11 +459,12 @@ class InfiniteBatches:
 
     def _start_epoch(self) -> Iterator[Any]:
         sampler = self.loader.sampler
+        order_epoch = 0 if self.fixed_order else self.epoch
         if isinstance(sampler, ShardedBatchSampler):
-            sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            sampler.set_epoch(order_epoch, start_batch=self.batch_in_epoch)
             return iter(self.loader)
         if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
+            sampler.set_epoch(order_epoch)
         iterator = iter(self.loader)
         for _ in range(self.batch_in_epoch):  # any other sampler: load and discard
             next(iterator, None)
@@ -473,7 +482,13 @@ class InfiniteBatches:
 
 
 def infinite_batches(
-    loader: DataLoader, *, start_epoch: int = 0, skip_batches: int = 0
+    loader: DataLoader, *, start_epoch: int = 0, skip_batches: int = 0, fixed_order: bool = False
 ) -> InfiniteBatches:
-    """Endless iterator over ``loader`` for training (see :class:`InfiniteBatches`)."""
-    return InfiniteBatches(loader, start_epoch=start_epoch, skip_batches=skip_batches)
+    """Endless iterator over ``loader`` for training (see :class:`InfiniteBatches`).
+
+    ``fixed_order=True`` reproduces the original, which never called ``set_epoch``: every epoch
+    visits the data in the same order.
+    """
+    return InfiniteBatches(
+        loader, start_epoch=start_epoch, skip_batches=skip_batches, fixed_order=fixed_order
+    )

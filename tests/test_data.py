@@ -289,6 +289,17 @@ def test_set_epoch_changes_order_deterministically() -> None:
     assert first_epochs(4)[0] != epochs[0]
 
 
+def test_fixed_order_repeats_the_first_epoch() -> None:
+    """``--fixed_data_order``: the original never called set_epoch, so every epoch is the same."""
+    dataset = _index_dataset(20)
+    loader = make_loader(dataset, batch_size=5, shuffle=True, seed=3)
+    stream = infinite_batches(loader, fixed_order=True)
+    flat = [i for batch in itertools.islice(stream, 12) for i in _indices(batch)]
+    epochs = [flat[k : k + 20] for k in range(0, 60, 20)]
+    assert epochs[0] == epochs[1] == epochs[2] != list(range(20))
+    assert sorted(epochs[0]) == list(range(20))
+
+
 @pytest.mark.parametrize("plain_sampler", [False, True])
 def test_resume_fast_forward_matches_uninterrupted(plain_sampler: bool) -> None:
     dataset = _index_dataset(11)

@@ -236,8 +236,6 @@ def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, R
     """The run's config and what to resume from; rejects what cannot run here."""
     config = invocation.config
     autocast_dtype(config.train, device)  # fp16 on CPU: fail before any work
-    if config.train.fixed_data_order:
-        raise ConfigError("--fixed_data_order is not supported by this version's data loader yet")
     if config.train.log_wandb:
         require_wandb()  # on every rank, so that no rank waits for one that failed
     resume = resolve_resume(
@@ -285,7 +283,8 @@ def _load_data(
             rank=rank,
             world_size=dist.world_size(),
             num_workers=da.num_workers,
-        )
+        ),
+        fixed_order=tr.fixed_data_order,
     )
     valid_batches = None
     if rank == 0:
