@@ -1,0 +1,51 @@
+"""The memory-lean CPU training forward of the encoder equals transformers' own layers:
+same dropout masks (same random draws), same outputs, same gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffuseq.bert_config import build_bert_config
+from diffuseq.model import TransformerNetModel
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lean_training_forward_matches_transformers(monkeypatch, dropout):
+    torch.manual_seed(0)
+    config = build_bert_config(
+        "bert-base-uncased", dropout=dropout, num_layers=2, num_heads=2, hidden_size=32,
+        intermediate_size=64,
+    )
+    model = TransformerNetModel(
+        vocab_size=50, hidden_dim=16, hidden_t_dim=16, dropout=dropout, bert_config=config
+    ).train()
+    x = torch.randn(3, 10, 16)
+    t = torch.tensor([0.0, 5.0, 999.5])
+
+    def run(lean: bool):
+        monkeypatch.setattr(TransformerNetModel, "_lean_training", lambda self, emb: lean)
+        torch.manual_seed(1)
+        model.zero_grad()
+        out = model(x, t)
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    lean_out, lean_grads = run(True)
+    ref_out, ref_grads = run(False)
+    assert torch.equal(lean_out, ref_out)
+    assert lean_grads.keys() == ref_grads.keys()
+    for name, grad in lean_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_lean_forward_used_only_when_training():
+    config = build_bert_config("bert-base-uncased", dropout=0.1, num_layers=1, num_heads=2,
+                               hidden_size=32, intermediate_size=64)
+    model = TransformerNetModel(vocab_size=20, hidden_dim=8, hidden_t_dim=8, dropout=0.1,
+                                bert_config=config)
+    emb = torch.zeros(1, 2, 32)
+    assert model.train()._lean_training(emb)
+    assert not model.eval()._lean_training(emb)
+    with torch.no_grad():
+        assert not model.train()._lean_training(emb)
