@@ -25,7 +25,9 @@ Variants (``--variants``, dash-separated tokens, e.g. ``bf16-sdpa-compile``):
   fusedadam | foreachadam | loopadam
                      replace the trainer's AdamW by the fused / foreach / for-loop implementation;
   naiveloss          the original's loss memory profile: full [B*L, V] log-softmax for both
-                     vocabulary projections and the logged nll with autograd (see naive_losses).
+                     vocabulary projections and the logged nll with autograd (see naive_losses);
+  mmap<N>m           run the child with MALLOC_MMAP_THRESHOLD_=N MiB (glibc): tensors of N MiB
+                     and more are returned to the OS when freed, so RSS follows live memory.
 
 Examples (from the repository root):
   python -m bench.bench_train --configs tiny --variants fp32-sdpa,bf16-sdpa --repeats 2
@@ -122,8 +124,9 @@ def _demo_config() -> BenchConfig:
         name="demo", seq_len=run.data.seq_len, batch_size=run.train.batch_size,
         microbatch=run.train.effective_microbatch, vocab_size=tokenizer.vocab_size, model=run.model,
         diffusion=run.diffusion, seed=run.train.seed, cls_id=ids[0], sep_id=tokenizer.sep_token_id,
-        pad_id=tokenizer.pad_token_id, first_word_id=max(tokenizer.special_ids()) + 1
-        if hasattr(tokenizer, "special_ids") else 5, src_len=(6, 14), trg_len=(6, 14),
+        pad_id=tokenizer.pad_token_id, src_len=(6, 14), trg_len=(6, 14),
+        # word ids drawn above the special tokens (which come first in the built vocabularies)
+        first_word_id=1 + max(ids[0], ids[-1], tokenizer.pad_token_id, tokenizer.sep_token_id),
     )
 
 
@@ -137,6 +140,7 @@ class Variant:
     threads: int = 0  # 0: one per core
     adam: str = ""  # "", "fused", "foreach", "loop"
     naive_loss: bool = False
+    mmap_threshold_mib: int = 0  # 0: glibc's default (dynamic) mmap threshold
 
 
 def parse_variant(name: str) -> Variant:
@@ -154,6 +158,8 @@ def parse_variant(name: str) -> Variant:
             fields["adam"] = token[: -len("adam")]
         elif token == "naiveloss":
             fields["naive_loss"] = True
+        elif token.startswith("mmap") and token.endswith("m") and token[4:-1].isdigit():
+            fields["mmap_threshold_mib"] = int(token[4:-1])
         else:
             raise SystemExit(f"variant {name!r}: unknown token {token!r} (see --help)")
     return Variant(name=name, **fields)
@@ -314,6 +320,8 @@ def run_one(args: argparse.Namespace, config: str, variant: str) -> dict:
     v = parse_variant(variant)
     if v.threads:
         env["OMP_NUM_THREADS"] = str(v.threads)
+    if v.mmap_threshold_mib:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(v.mmap_threshold_mib * 2**20)
     load = os.getloadavg()[0]
     proc = subprocess.run(child_command(args, config, variant), cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=args.timeout)

@@ -110,13 +110,25 @@ def plot_decode(plt, path: Path, out: Path) -> None:
     by_sampler: dict[str, list[tuple[float, float]]] = {}
     for row in table:
         by_sampler.setdefault(row["sampler"], []).append((_number(row["steps"]), _number(row["BLEU"])))
+    styles = iter([("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")])
+    steps, values = set(), []
     for sampler, points in by_sampler.items():
         points = sorted(p for p in points if not math.isnan(p[0]))
+        values += [p[1] for p in points]
         if len(points) == 1:
             ax.axhline(points[0][1], linestyle="--", color="gray", label=f"{sampler} ({points[0][0]:g} steps)")
         else:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=sampler)
+            marker, line = next(styles, ("o", "-"))
+            steps.update(p[0] for p in points)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, linestyle=line,
+                    markersize=7 if marker == "o" else 5, label=sampler)
     ax.set_xscale("log")
+    if steps:
+        ax.set_xticks(sorted(steps), [f"{s:g}" for s in sorted(steps)])
+        ax.minorticks_off()
+    low, high = min(values), max(values)
+    pad = max(0.02, (high - low) * 0.2)
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high) + pad / 2)
     ax.set_xlabel("denoising steps (model calls)")
     ax.set_ylabel("BLEU")
     ax.set_title("Demo model: BLEU vs number of steps", fontsize=10)

@@ -271,19 +271,35 @@ class TransformerNetModel(nn.Module):
 # size [B, L, 768] at seq_len 64, and from about 24 to 13 at seq_len 128.
 
 
-def _dropout_scale(p: float, like: torch.Tensor) -> torch.Tensor:
+def _dropout_scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``1/(1-p)`` rounded exactly as ATen's dropout computes its noise (``noise.div_(1-p)``)."""
-    return torch.ones((), dtype=like.dtype, device=like.device).div_(1 - p)
+    return torch.ones((), dtype=dtype, device=device).div_(1 - p)
 
 
-def _dropout_noise(like: torch.Tensor, p: float) -> torch.Tensor:
-    """ATen's CPU dropout noise: ``bernoulli(1-p)`` then ``/(1-p)`` (same random draws)."""
-    noise = torch.empty_like(like).bernoulli_(1 - p)
-    return noise.div_(1 - p)
+def _dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """The keep-mask of ATen's CPU dropout, drawn directly as booleans.
+
+    ATen draws ``noise = bernoulli(1-p)`` in ``like``'s dtype, then ``noise /= 1-p`` and
+    ``x * noise``; a boolean ``bernoulli_`` consumes the generator identically and gives the
+    same mask (checked for fp32 and bf16), and ``(x * mask) * (1/(1-p))`` equals ``x * noise``
+    bit for bit. The boolean draw is about twice as fast and needs no conversion.
+    """
+    return torch.empty(like.shape, dtype=torch.bool, device=like.device).bernoulli_(1 - p)
+
+
+def _apply_mask(x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """``x * noise`` of ATen's dropout, from the boolean mask."""
+    return (x * keep).mul_(_dropout_scale(p, x.dtype, x.device))
 
 
 _fwd = torch.amp.custom_fwd(device_type="cpu")
 _bwd = torch.amp.custom_bwd(device_type="cpu")
+
+
+def _attention_probs(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``softmax(q·kᵀ·scaling)`` as eager attention computes it (the in-place scaling gives the
+    same values as its out-of-place ``* scaling``)."""
+    return torch.softmax(torch.matmul(q, k.transpose(2, 3)).mul_(scaling), dim=-1)
 
 
 class _DropoutAttention(torch.autograd.Function):
@@ -292,12 +308,11 @@ class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     @_fwd
     def forward(ctx, q, k, v, p, scaling):  # noqa: D102
-        probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * scaling, dim=-1)  # [B,n,L,L]
+        probs = _attention_probs(q, k, scaling)  # [B, n, L, L]
         keep = None
         if p > 0:
-            noise = _dropout_noise(probs, p)
-            keep = noise.ne(0)
-            probs = probs * noise
+            keep = _dropout_mask(probs, p)
+            probs.mul_(keep).mul_(_dropout_scale(p, probs.dtype, probs.device))
         ctx.save_for_backward(q, k, v, keep)
         ctx.p, ctx.scaling = p, scaling
         return torch.matmul(probs, v)  # [B, n, L, d]
@@ -306,16 +321,16 @@ class _DropoutAttention(torch.autograd.Function):
     @_bwd
     def backward(ctx, grad_out):  # noqa: D102
         q, k, v, keep = ctx.saved_tensors
-        probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * ctx.scaling, dim=-1)
-        dropped = probs
-        if keep is not None:
-            noise = keep.to(probs.dtype) * _dropout_scale(ctx.p, probs)
-            dropped = probs * noise
+        probs = _attention_probs(q, k, ctx.scaling)
+        dropped = probs if keep is None else _apply_mask(probs, keep, ctx.p)
         grad_v = torch.matmul(dropped.transpose(2, 3), grad_out)
+        del dropped
         grad_probs = torch.matmul(grad_out, v.transpose(2, 3))
         if keep is not None:
-            grad_probs = grad_probs * noise
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype) * ctx.scaling
+            grad_probs.mul_(keep).mul_(_dropout_scale(ctx.p, grad_probs.dtype, grad_probs.device))
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        del grad_probs, probs
+        grad_scores.mul_(ctx.scaling)
         return torch.matmul(grad_scores, k), torch.matmul(grad_scores.transpose(2, 3), q), grad_v, None, None
 
 
@@ -325,19 +340,20 @@ class _DropoutAdd(torch.autograd.Function):
     @staticmethod
     @_fwd
     def forward(ctx, y, residual, p):  # noqa: D102
-        noise = _dropout_noise(y, p)
-        ctx.save_for_backward(noise.ne(0))
+        keep = _dropout_mask(y, p)
+        ctx.save_for_backward(keep)
         ctx.p, ctx.dtypes = p, (y.dtype, residual.dtype)
-        return y * noise + residual
+        dropped = _apply_mask(y, keep, p)
+        # in place only without type promotion (under autocast y is bf16, the residual fp32)
+        return dropped.add_(residual) if y.dtype == residual.dtype else dropped + residual
 
     @staticmethod
     @_bwd
     def backward(ctx, grad):  # noqa: D102
         (keep,) = ctx.saved_tensors
         y_dtype, residual_dtype = ctx.dtypes
-        grad_y = grad.to(y_dtype)  # the mul ran in y's dtype (bf16 under autocast)
-        noise = keep.to(y_dtype) * _dropout_scale(ctx.p, grad_y)
-        return grad_y * noise, grad.to(residual_dtype), None
+        grad_y = _apply_mask(grad.to(y_dtype), keep, ctx.p)  # the mul ran in y's dtype
+        return grad_y, grad.to(residual_dtype), None
 
 
 class _GeluLinear(torch.autograd.Function):

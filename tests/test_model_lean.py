@@ -10,8 +10,9 @@ from diffuseq.bert_config import build_bert_config
 from diffuseq.model import TransformerNetModel
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_lean_training_forward_matches_transformers(monkeypatch, dropout):
+def test_lean_training_forward_matches_transformers(monkeypatch, dropout, autocast):
     torch.manual_seed(0)
     config = build_bert_config(
         "bert-base-uncased", dropout=dropout, num_layers=2, num_heads=2, hidden_size=32,
@@ -24,11 +25,15 @@ def test_lean_training_forward_matches_transformers(monkeypatch, dropout):
     t = torch.tensor([0.0, 5.0, 999.5])
 
     def run(lean: bool):
+        # the reference: transformers' own layers with eager attention (under bf16 autocast,
+        # SDPA's fused kernel accumulates differently; in fp32 the two are equal)
+        model.config._attn_implementation = "sdpa" if lean else "eager"
         monkeypatch.setattr(TransformerNetModel, "_lean_training", lambda self, emb: lean)
         torch.manual_seed(1)
         model.zero_grad()
-        out = model(x, t)
-        out.square().mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x, t)
+        out.float().square().mean().backward()
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     lean_out, lean_grads = run(True)
