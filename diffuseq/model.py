@@ -287,9 +287,17 @@ def _dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     return torch.empty(like.shape, dtype=torch.bool, device=like.device).bernoulli_(1 - p)
 
 
-def _apply_mask(x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
-    """``x * noise`` of ATen's dropout, from the boolean mask."""
-    return (x * keep).mul_(_dropout_scale(p, x.dtype, x.device))
+def _apply_mask(x: torch.Tensor, keep: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
+    """``x * noise`` of ATen's dropout from the boolean mask: ``x·(1/(1-p))`` where kept, 0 where
+    dropped.
+
+    Kept entries are bit-identical to ATen's ``x * noise`` (``x·1·s == x·s``); dropped ones are
+    +0 where ATen gives ±0. A ``masked_fill_`` instead of ``x * keep``, because multiplying by a
+    boolean tensor first converts the whole mask to ``x``'s dtype (a full-size copy).
+    """
+    scale = _dropout_scale(p, x.dtype, x.device)
+    scaled = x.mul_(scale) if inplace else x * scale
+    return scaled.masked_fill_(keep.logical_not(), 0)
 
 
 _fwd = torch.amp.custom_fwd(device_type="cpu")
@@ -312,7 +320,7 @@ class _DropoutAttention(torch.autograd.Function):
         keep = None
         if p > 0:
             keep = _dropout_mask(probs, p)
-            probs.mul_(keep).mul_(_dropout_scale(p, probs.dtype, probs.device))
+            _apply_mask(probs, keep, p, inplace=True)
         ctx.save_for_backward(q, k, v, keep)
         ctx.p, ctx.scaling = p, scaling
         return torch.matmul(probs, v)  # [B, n, L, d]
@@ -327,7 +335,7 @@ class _DropoutAttention(torch.autograd.Function):
         del dropped
         grad_probs = torch.matmul(grad_out, v.transpose(2, 3))
         if keep is not None:
-            grad_probs.mul_(keep).mul_(_dropout_scale(ctx.p, grad_probs.dtype, grad_probs.device))
+            _apply_mask(grad_probs, keep, ctx.p, inplace=True)
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
         del grad_probs, probs
         grad_scores.mul_(ctx.scaling)
