@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench.bench_train import REPO, machine_info, parse_variant
 
-DEFAULT_OUT = REPO / "bench" / "out" / "model.json"
+DEFAULT_OUT = REPO / "bench" / "data" / "model.json"
 # The original code on this machine: seconds per denoising step for 64 x 128 positions.
 REFERENCE = {"v1_ddim_step_s": 12.9, "v2_dpm_step_s": 9.6, "v1_peak_rss_gib": 4.0, "v2_peak_rss_gib": 2.1}
 TARGET_STEP_RATIO = 0.6

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "bench" / "out" / "train.json"
+DEFAULT_OUT = REPO / "bench" / "data" / "train.json"
 
 # The original code on this machine (2 cores, torch 2.13 CPU, fp32): s/step and peak RSS (GiB).
 REFERENCE = {

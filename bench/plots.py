@@ -1,11 +1,11 @@
 """PNG plots for bench/RESULTS.md from the files the benchmarks write (matplotlib, optional).
 
 Inputs (each optional; a missing one is skipped with a note):
-  --train   bench/out/train.json         (bench_train)   -> bench/train_step_time.png
-  --model   bench/out/model.json         (bench_model)   -> bench/decode_step_time.png
+  --train   bench/data/train.json        (bench_train)   -> bench/train_step_time.png
+  --model   bench/data/model.json        (bench_model)   -> bench/decode_step_time.png
   --decode  bench/results_decode.md      (bench_decode demo: | sampler | steps | BLEU | ...)
                                                            -> bench/decode_bleu_vs_steps.png
-  --metrics <demo run>/metrics.jsonl     (run_train.py)  -> bench/demo_loss_curve.png
+  --metrics bench/data/demo_metrics.jsonl (a demo run's metrics.jsonl) -> bench/demo_loss_curve.png
 
     pip install matplotlib   # the optional "plots" extra
     python -m bench.plots --metrics diffusion_models/<demo run>/metrics.jsonl
@@ -160,10 +160,10 @@ def plot_loss(plt, path: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.plots", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", default=str(BENCH / "out" / "train.json"), help="bench_train JSON")
-    parser.add_argument("--model", default=str(BENCH / "out" / "model.json"), help="bench_model JSON")
+    parser.add_argument("--train", default=str(BENCH / "data" / "train.json"), help="bench_train JSON")
+    parser.add_argument("--model", default=str(BENCH / "data" / "model.json"), help="bench_model JSON")
     parser.add_argument("--decode", default=str(BENCH / "results_decode.md"), help="bench_decode demo table")
-    parser.add_argument("--metrics", default="", help="metrics.jsonl of the demo training run")
+    parser.add_argument("--metrics", default=str(BENCH / "data" / "demo_metrics.jsonl"), help="metrics.jsonl of the demo training run")
     parser.add_argument("--outdir", default=str(BENCH), help="where the PNG files go")
     args = parser.parse_args(argv)
     try:

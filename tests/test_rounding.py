@@ -42,6 +42,18 @@ def test_equals_brute_force_argmin():
     assert torch.equal(tokens, _original_formula(x, E))
 
 
+def test_bert_size_vocabulary_gives_the_original_tokens():
+    """At the paper's size (V = 30522, h = 128) the cache-sized blocks, the fused
+    ``a + (−2)·b`` and ``argmin`` give the original one-shot ``topk`` tokens, position by
+    position, also for positions far from every embedding (distances near each other)."""
+    g = torch.Generator().manual_seed(4)
+    E = torch.randn(30522, 128, generator=g) * 0.3
+    near = E[torch.randint(0, 30522, (3, 50), generator=g)] + 0.2 * torch.randn(3, 50, 128, generator=g)
+    far = torch.randn(3, 50, 128, generator=g) * 3.0
+    for x in (near, far):
+        assert torch.equal(nearest_tokens(x, E), _original_formula(x, E))
+
+
 def test_chunked_equals_unchunked():
     g = torch.Generator().manual_seed(1)
     E = torch.randn(300, 8, generator=g)
