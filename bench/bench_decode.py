@@ -165,23 +165,28 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     t = torch.full((B,), 1000, device=device)
     noise = NoiseSource(list(range(B)), list(range(B)), shape=(L, args.hidden_dim), device=device)
 
+    def clock() -> float:  # CUDA runs asynchronously: wait for the queued kernels first
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     def step(dtype: str) -> dict[str, float]:
         net = model if dtype == "fp32" else _Autocast(model, DTYPES[dtype], device)
-        t0 = time.perf_counter()
+        t0 = clock()
         with torch.no_grad():
             out = net(x, diffusion.scale_timesteps(t))
-            t1 = time.perf_counter()
+            t1 = clock()
             rounding(out)
-            t2 = time.perf_counter()
+            t2 = clock()
             diffusion.p_sample(
                 net, x, t, mask=mask, x_start=x_start, noise=noise.gaussian(), denoised_fn=rounding
             )
-            t3 = time.perf_counter()
+            t3 = clock()
             dpm_solver_sample(
                 net, diffusion, x, input_mask=mask, x_start=x_start, denoised_fn=rounding,
                 steps=DPM_STEPS,
             )
-            t4 = time.perf_counter()
+            t4 = clock()
         return {"forward": t1 - t0, "rounding": t2 - t1, "step": t3 - t2,
                 "dpm_step": (t4 - t3) / DPM_STEPS}
 

@@ -14,10 +14,11 @@ if ! "$PYTHON" -c "import torch, transformers, diffusers, nltk, torchmetrics, ya
     bash scripts/install.sh
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# The demo model is small (2 layers x 128): one intra-op thread is as fast as several and cannot be
-# slowed down by oversubscribed cores (measured: 0.13 s/step vs 4 s/step with 2 threads on a busy
-# 2-core machine). Override with OMP_NUM_THREADS=N.
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# Two intra-op threads: on a quiet 2-core machine 1.6x faster per step than one for this small
+# model (bench/data/train_demo.md: 0.069 vs 0.109 s/step). On a machine whose cores are shared
+# with other jobs, run with OMP_NUM_THREADS=1: oversubscribed cores made a 2-thread step 30x
+# slower there (4 s vs 0.13 s).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 RUN="${RUN:-diffusion_models/demo}"
 STEPS=10
 SAMPLES=5

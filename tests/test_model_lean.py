@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffuseq.bert_config import build_bert_config
+import diffuseq.model as model_module
 from diffuseq.model import TransformerNetModel
 
 
@@ -44,12 +45,14 @@ def test_lean_training_forward_matches_transformers(monkeypatch, dropout, autoca
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_lean_forward_used_only_when_training():
+def test_lean_forward_used_only_when_training(monkeypatch):
     config = build_bert_config("bert-base-uncased", dropout=0.1, num_layers=1, num_heads=2,
                                hidden_size=32, intermediate_size=64)
     model = TransformerNetModel(vocab_size=20, hidden_dim=8, hidden_t_dim=8, dropout=0.1,
                                 bert_config=config)
     emb = torch.zeros(1, 2, 32)
+    assert not model.train()._lean_training(emb)  # small activations: transformers' layers
+    monkeypatch.setattr(model_module, "_LEAN_MIN_ELEMENTS", emb.numel())
     assert model.train()._lean_training(emb)
     assert not model.eval()._lean_training(emb)
     with torch.no_grad():
