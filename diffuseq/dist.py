@@ -8,6 +8,7 @@ process and every collective below is a no-op. Backend: NCCL on CUDA, gloo on CP
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -105,6 +106,22 @@ def all_reduce_max(value: int) -> int:
     return max(all_gather_object(value))
 
 
+#: Seconds ``cleanup`` releases the GIL before the process group goes away (see there).
+_GLOO_DRAIN_SECONDS = 0.2
+
+
 def cleanup() -> None:
+    """Leave the process group.
+
+    With gloo, first sleep briefly: gloo's worker threads destroy finished collectives
+    themselves, and doing so may need the GIL (the collectives of ``broadcast_object`` /
+    ``all_gather_object`` hold Python tensors). The group's C++ destructor, which runs when its
+    last owner goes (here, or later with the DDP wrapper), joins those threads while holding the
+    GIL, so a thread still waiting for it deadlocks the process after its last collective
+    (seen with torch 2.13: rank 1 hung in ``~ProcessGroupGloo`` after training finished). The
+    sleep lets them finish first; nothing is queued after the last collective.
+    """
     if is_initialized():
+        if torch_dist.get_backend() == "gloo" and torch_dist.get_world_size() > 1:
+            time.sleep(_GLOO_DRAIN_SECONDS)
         torch_dist.destroy_process_group()

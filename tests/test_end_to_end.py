@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.evaluate import main as eval_main
 from diffuseq.cli.train import main as train_main
 from tests.conftest import REPO_ROOT
-from tests.train_helpers import make_tiny_data, tiny_argv
+from tests.train_helpers import make_tiny_data, run_command, tiny_argv
 
 N_TEST = 6
 SAMPLES = 3
@@ -76,7 +75,7 @@ def _torchrun(script: str, argv: list[str], cwd: Path) -> None:
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO_ROOT / script), *argv]
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_command(cmd, cwd=cwd, env=env, timeout=300)
     if done.returncode != 0:
         pytest.fail(f"{script} under torchrun failed ({done.returncode}):\n{done.stderr[-3000:]}")
 

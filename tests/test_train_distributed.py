@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from diffuseq.checkpoint import load_state_file
-from tests.train_helpers import REPO_ROOT, make_tiny_data, tiny_argv
+from tests.train_helpers import REPO_ROOT, make_tiny_data, run_command, tiny_argv
 
 STEPS, BSZ, N_TRAIN = 6, 8, 48
 TORCHRUN_2 = [
@@ -32,9 +31,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
-    done = subprocess.run(
-        cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=240
-    )
+    done = run_command(cmd, cwd=cwd, env=env or _env(), timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
 
