@@ -56,12 +56,19 @@ def run_child(args: argparse.Namespace) -> dict:
     torch.manual_seed(102)
     cfg = ModelConfig(hidden_dim=128, hidden_t_dim=128, dropout=0.1, config_name="bert-base-uncased",
                       attention=variant.attention)
-    model = build_model(cfg, vocab_size=args.vocab_size).eval()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model = build_model(cfg, vocab_size=args.vocab_size).to(device).eval()
     perf.maybe_compile(model, variant.compile)
     rounding = make_rounding_fn(model.lm_head.weight)
-    x = torch.randn(args.batch, args.seq_len, cfg.hidden_dim)
-    t = torch.full((args.batch,), 500.0)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext())
+    x = torch.randn(args.batch, args.seq_len, cfg.hidden_dim).to(device)
+    t = torch.full((args.batch,), 500.0, device=device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext())
+
+    def clock() -> float:  # CUDA kernels run asynchronously: wait for them first
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
     def forward():
         with torch.no_grad(), autocast:
@@ -78,22 +85,23 @@ def run_child(args: argparse.Namespace) -> dict:
     timings: dict[str, list[float]] = {}
     first = {}
     for name, fn in (("forward", forward), ("rounding", round_), ("step", step)):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        first[name] = time.perf_counter() - start
+        first[name] = clock() - start
         for _ in range(args.warmup):
             fn()
         times = []
         for _ in range(args.iters):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
         timings[name] = times
     return {
         "variant": variant.name, "threads": threads, "batch": args.batch, "seq_len": args.seq_len,
         "times": timings, "first_call_s": first,
         "median_s": {k: statistics.median(v) for k, v in timings.items()},
-        "peak_rss_bytes": perf.peak_rss_bytes(),
+        "peak_rss_bytes": perf.peak_rss_bytes(), "device": device.type,
+        "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
     }
 
 
@@ -110,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="child runs per variant, interleaved")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per child run")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written next to it)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the model")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -123,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
         parse_variant(v)
-    info = machine_info()
+    if args.device == "cuda" and not __import__("torch").cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible")
+    info = machine_info(args.device)
     print(f"machine: {json.dumps(info)}", flush=True)
-    child_args = ["--batch", str(args.batch), "--seq_len", str(args.seq_len), "--vocab_size", str(args.vocab_size),
+    child_args = ["--device", args.device, "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--vocab_size", str(args.vocab_size),
                   "--warmup", str(args.warmup), "--iters", str(args.iters)]
     runs = []
     for repeat in range(args.repeats):
@@ -158,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"variant": variant, "runs": len(ok), **{f"{k}_s": v for k, v in med.items()},
                      "per_sentence_s": med["step"] / args.batch,
                      "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
+                     **({"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
+                        if ok[0].get("peak_device_bytes") is not None else {}),
                      "compile_or_first_call_s": statistics.median(r["first_call_s"]["forward"] for r in ok)})
     base = next((r for r in rows if "error" not in r), None)
     for row in rows:
         if "error" not in row and base:
             row["step_speedup_vs_first"] = base["step_s"] / row["step_s"]
-            row["step_vs_original_v1"] = row["step_s"] / REFERENCE["v1_ddim_step_s"]
+            if args.device == "cpu":  # the original's figures are CPU figures
+                row["step_vs_original_v1"] = row["step_s"] / REFERENCE["v1_ddim_step_s"]
     head = ("| variant | runs | forward s | rounding s | step s | s/sentence | peak RSS GiB | x first variant "
             "| step / original v1 (12.9 s) |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
@@ -172,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {r['variant']} | failed |")
             continue
         lines.append(f"| {r['variant']} | {r['runs']} | {r['forward_s']:.3f} | {r['rounding_s']:.3f} | {r['step_s']:.3f} "
-                     f"| {r['per_sentence_s']:.4f} | {r['peak_rss_gib']:.2f} | {r['step_speedup_vs_first']:.2f} "
-                     f"| {r['step_vs_original_v1']:.2f} |")
+                     f"| {r['per_sentence_s']:.4f} | {r['peak_rss_gib']:.2f}"
+                     + (f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else "")
+                     + f" | {r['step_speedup_vs_first']:.2f} "
+                     f"| {format(r['step_vs_original_v1'], '.2f') if 'step_vs_original_v1' in r else '-'} |")
     table = head + "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out)

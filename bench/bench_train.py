@@ -237,8 +237,9 @@ def run_child(args: argparse.Namespace) -> dict:
     model_cfg = replace(cfg.model, attention=variant.attention)
     train_cfg = TrainConfig(batch_size=cfg.batch_size, microbatch=cfg.microbatch, lr=1e-4,
                             learning_steps=10_000, bf16=variant.bf16, seed=cfg.seed)
+    device = torch.device(args.device)
     t_build = time.perf_counter()
-    model = build_model(model_cfg, vocab_size=cfg.vocab_size)
+    model = build_model(model_cfg, vocab_size=cfg.vocab_size).to(device)
     diffusion = build_diffusion(cfg.diffusion)
     sampler = build_schedule_sampler(cfg.diffusion, diffusion)
     perf.maybe_compile(model, variant.compile)
@@ -249,17 +250,24 @@ def run_child(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(model=model, diffusion=diffusion, sampler=sampler, train_batches=iter(batches),
                           valid_batches=None, config=train_cfg, run_dir=run_dir,
-                          device=torch.device("cpu"), writer=writer, progress=False)
+                          device=device, writer=writer, progress=False)
         if variant.adam:
             kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[variant.adam]
             trainer.opt = torch.optim.AdamW(trainer.params, lr=train_cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                             weight_decay=train_cfg.weight_decay, **kind)
         build_s = time.perf_counter() - t_build
         rss_built = perf.peak_rss_bytes()
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         times, losses = [], []
         for i, batch in enumerate(batches):
+            if cuda:  # kernels run asynchronously: time whole steps
+                torch.cuda.synchronize(device)
             start = time.perf_counter()
             trainer.run_step(batch)
+            if cuda:
+                torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - start
             record = writer.dump()
             losses.append(float(record.get("loss", float("nan"))))
@@ -272,12 +280,13 @@ def run_child(args: argparse.Namespace) -> dict:
         "median_s": statistics.median(measured) if measured else float("nan"),
         "step0_loss": losses[0], "losses": losses,
         "peak_rss_bytes": perf.peak_rss_bytes(), "rss_after_build_bytes": rss_built,
-        "params": model.parameter_count(),
+        "params": model.parameter_count(), "device": device.type,
+        "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
     }
 
 
 # ----------------------------------------------------------------------------------- parent
-def machine_info() -> dict:
+def machine_info(device: str = "cpu") -> dict:
     import torch
 
     from diffuseq import perf
@@ -293,6 +302,7 @@ def machine_info() -> dict:
         "torch": torch.__version__, "python": platform.python_version(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "matmul_fp32_gflops": round(matmul_gflops(), 1),
+        **({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
     }
 
 
@@ -312,7 +322,7 @@ def matmul_gflops(seconds: float = 1.0) -> float:
 
 def child_command(args: argparse.Namespace, config: str, variant: str) -> list[str]:
     return [sys.executable, "-m", "bench.bench_train", "--child", "--config", config, "--variant", variant,
-            "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device]
 
 
 def run_one(args: argparse.Namespace, config: str, variant: str) -> dict:
@@ -350,6 +360,9 @@ def summarise(runs: list[dict], cells: list[tuple[str, str]]) -> list[dict]:
             "tokens_per_s": ok[0]["tokens_per_step"] / med,
             "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
             "step0_loss": ok[0]["step0_loss"],
+            "device": ok[0].get("device", "cpu"),
+            **({"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
+               if ok[0].get("peak_device_bytes") is not None else {}),
             "first_step_s": statistics.median(r["step_times"][0] for r in ok),
         })
     # Ratios: against the first variant of the same config, and against the original's figures.
@@ -358,7 +371,7 @@ def summarise(runs: list[dict], cells: list[tuple[str, str]]) -> list[dict]:
             continue
         base = next(r for r in rows if r["config"] == row["config"] and "error" not in r)
         row["speedup_vs_first"] = base["s_per_step"] / row["s_per_step"]
-        ref = REFERENCE.get(row["config"])
+        ref = REFERENCE.get(row["config"]) if row["device"] == "cpu" else None  # CPU figures
         if ref:
             row["speedup_vs_original"] = ref["s_per_step"] / row["s_per_step"]
             row["rss_vs_original"] = row["peak_rss_gib"] / ref["peak_rss_gib"]
@@ -375,9 +388,10 @@ def markdown_table(rows: list[dict]) -> str:
             lines.append(f"| {r['config']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} |")
             continue
         fmt = lambda key, spec: format(r[key], spec) if key in r else "-"  # noqa: E731
+        gpu = f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else ""
         lines.append(
             f"| {r['config']} | {r['variant']} | {r['runs']} | {r['s_per_step']:.3f} | {r['s_per_step_min']:.3f} "
-            f"| {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['step0_loss']:.4f} "
+            f"| {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f}{gpu} | {r['step0_loss']:.4f} "
             f"| {r['speedup_vs_first']:.2f} | {fmt('speedup_vs_original', '.2f')} | {fmt('rss_vs_original', '.2f')} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -394,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per (config, variant), interleaved")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per child run")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written next to it)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="device of the trained model (cuda: peak GPU memory is added to the table; "
+                             "the ratios against the original's CPU figures are left out)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -409,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         parse_variant(v)
     cells = [(c, v) for c in configs for v in variants]
-    info = machine_info()
+    if args.device == "cuda" and not __import__("torch").cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible")
+    info = machine_info(args.device)
     print(f"machine: {json.dumps(info)}", flush=True)
     runs = []
     for repeat in range(args.repeats):

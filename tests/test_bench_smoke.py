@@ -1,0 +1,42 @@
+"""The benchmark scripts still run end to end (tiny sizes; no timing is asserted, only that each
+script measures, summarises and writes its files)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import bench_model, bench_train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_bench_train_tiny(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    assert bench_train.main(["--configs", "tiny", "--variants", "fp32-sdpa,fp32-eager-naiveloss-loopadam",
+                             "--repeats", "1", "--warmup", "1", "--steps", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in data["summary"]}
+    assert set(rows) == {"fp32-sdpa", "fp32-eager-naiveloss-loopadam"}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["s_per_step"] > 0 and row["peak_rss_gib"] > 0 and row["device"] == "cpu"
+        assert math.isfinite(row["step0_loss"])
+    # the original's loss profile and ours give the same step-0 loss on the same batch
+    assert rows["fp32-sdpa"]["step0_loss"] == pytest.approx(
+        rows["fp32-eager-naiveloss-loopadam"]["step0_loss"], rel=1e-5)
+    assert "| tiny | fp32-sdpa | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_model_small(tmp_path):
+    out = tmp_path / "model.json"
+    assert bench_model.main(["--variants", "fp32-sdpa", "--batch", "2", "--seq_len", "8", "--vocab_size", "500",
+                             "--repeats", "1", "--warmup", "0", "--iters", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["summary"]
+    assert "error" not in row, row
+    assert row["forward_s"] > 0 and row["rounding_s"] > 0 and row["step_vs_original_v1"] > 0
