@@ -149,6 +149,7 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     from diffuseq.decoding import DTYPES, _Autocast
     from diffuseq.diffusion import GaussianDiffusion
     from diffuseq.noise import NoiseSource
+    from diffuseq.perf import device_clock
     from diffuseq.rounding import make_rounding_fn
     from diffuseq.samplers import dpm_solver_sample
 
@@ -165,10 +166,7 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     t = torch.full((B,), 1000, device=device)
     noise = NoiseSource(list(range(B)), list(range(B)), shape=(L, args.hidden_dim), device=device)
 
-    def clock() -> float:  # CUDA runs asynchronously: wait for the queued kernels first
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
+    clock = device_clock(device)
 
     def step(dtype: str) -> dict[str, float]:
         net = model if dtype == "fp32" else _Autocast(model, DTYPES[dtype], device)

@@ -64,11 +64,7 @@ def run_child(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch, args.seq_len, cfg.hidden_dim).to(device)
     t = torch.full((args.batch,), 500.0, device=device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext())
-
-    def clock() -> float:  # CUDA kernels run asynchronously: wait for them first
-        if cuda:
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
+    clock = perf.device_clock(device)
 
     def forward():
         with torch.no_grad(), autocast:
@@ -132,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
         parse_variant(v)
-    if args.device == "cuda" and not __import__("torch").cuda.is_available():
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
     info = machine_info(args.device)
     print(f"machine: {json.dumps(info)}", flush=True)

@@ -260,15 +260,12 @@ def run_child(args: argparse.Namespace) -> dict:
         cuda = device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
+        clock = perf.device_clock(device)
         times, losses = [], []
         for i, batch in enumerate(batches):
-            if cuda:  # kernels run asynchronously: time whole steps
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             trainer.run_step(batch)
-            if cuda:
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             record = writer.dump()
             losses.append(float(record.get("loss", float("nan"))))
             times.append(elapsed)
@@ -426,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         parse_variant(v)
     cells = [(c, v) for c in configs for v in variants]
-    if args.device == "cuda" and not __import__("torch").cuda.is_available():
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
     info = machine_info(args.device)
     print(f"machine: {json.dumps(info)}", flush=True)

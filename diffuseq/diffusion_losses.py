@@ -101,8 +101,8 @@ def _softmax_from_log(logp: torch.Tensor) -> torch.Tensor:
     """``exp(logp)`` in place, with entries below the smallest normal float32 set to 0.
 
     Those entries (probabilities under 1.2e-38, common for a 30522-word softmax) would be
-    denormals, which CPU ``exp`` computes about 20× slower than normal values, and which slow
-    the gradient GEMMs they enter; every other entry is bit-identical to ``exp(logp)``.
+    denormals, which CPU ``exp`` computes about 20× slower than normal values; every other
+    entry is bit-identical to ``exp(logp)``.
     """
     tiny = logp < _LOG_TINY
     return logp.masked_fill_(tiny, 0.0).exp_().masked_fill_(tiny, 0.0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -63,6 +65,19 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far, in bytes (``ru_maxrss``)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+def device_clock(device: torch.device) -> Callable[[], float]:
+    """``time.perf_counter`` that first waits for the device's queued kernels (CUDA runs
+    asynchronously), so that differences of its readings time whole operations."""
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return clock
 
 
 def maybe_compile(module: torch.nn.Module, enabled: bool, **compile_kwargs) -> torch.nn.Module:

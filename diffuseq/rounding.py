@@ -37,14 +37,14 @@ __all__ = [
 
 #: Default budget for the float32 ``[V, n]`` intermediates (two live at once) on CPU: 16 MiB,
 #: so that each block (about 68 positions × 30522 words, 8 MiB) stays in the last-level cache
-#: through its passes; 2.9× faster than 64 MiB blocks for 64 × 128 positions (bench_model).
+#: through its passes (bench/bench_kernels.py times the rounding against the original's).
 DEFAULT_MAX_BYTES = 16 * 2**20
 
 #: Default budget on accelerators, where fewer, larger blocks mean fewer kernel launches.
 DEFAULT_MAX_BYTES_ACCELERATOR = 1 * 2**30
 
-#: Number of ``[V, n]`` float32 tensors alive at the same time inside one chunk (one, plus
-#: headroom for the GEMM's own workspace).
+#: Number of ``[V, n]`` float32 tensors alive at the same time inside one chunk (the products
+#: ``E·xᵀ`` and the distances).
 _LIVE_TENSORS = 2
 
 #: From this vocabulary size on, CPU ``torch.topk(k=1)`` breaks exact ties towards the lowest

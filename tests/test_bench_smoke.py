@@ -40,3 +40,15 @@ def test_bench_model_small(tmp_path):
     (row,) = json.loads(out.read_text())["summary"]
     assert "error" not in row, row
     assert row["forward_s"] > 0 and row["rounding_s"] > 0 and row["step_vs_original_v1"] > 0
+
+
+def test_bench_kernels_small(tmp_path):
+    """Tiny sizes: the script checks that both roundings and both losses agree before timing."""
+    from bench import bench_kernels
+
+    out = tmp_path / "kernels.md"
+    assert bench_kernels.main(["--positions", "40", "--vocab_size", "300", "--hidden_dim", "8",
+                               "--repeats", "1", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| rounding")
+            or line.startswith("| token")]
+    assert len(rows) == 3 and all(row.endswith("x |") for row in rows)
