@@ -5,7 +5,7 @@ Two modes (from the repository root):
 ``demo RUN_DIR``: decode a split of a trained run with full-step ancestral sampling (the
 original's setting, T model calls) and with DDIM and DPM-Solver++ at ``--steps`` (default 5, 10,
 20, 50). Reports BLEU (``diffuseq.metrics`` sentence BLEU averaged over sentences, after the
-evaluator's clean-up, spec §7) and wall-clock seconds (median over ``--repeats``), prints the
+evaluator's clean-up, docs/original.md §7) and wall-clock seconds (median over ``--repeats``), prints the
 exact command and writes a markdown table::
 
     python -m bench.bench_decode demo diffusion_models/<demo run> --out bench/results_decode.md
@@ -147,11 +147,11 @@ def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int):
 
 def run_per_step(args: argparse.Namespace) -> list[str]:
     from diffuseq.decoding import DTYPES, _Autocast
-    from diffuseq.diffusion import GaussianDiffusion
-    from diffuseq.noise import NoiseSource
+    from diffuseq.diffusion.gaussian import GaussianDiffusion
     from diffuseq.perf import device_clock
-    from diffuseq.rounding import make_rounding_fn
-    from diffuseq.samplers import dpm_solver_sample
+    from diffuseq.sampling.dpm_solver import dpm_solver_sample
+    from diffuseq.sampling.noise import NoiseSource
+    from diffuseq.sampling.rounding import make_rounding_fn
 
     device = torch.device(args.device or "cpu")
     model = _paper_model(args.hidden_dim, args.vocab_size, args.seq_len).to(device)
@@ -181,12 +181,21 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
             )
             t3 = clock()
             dpm_solver_sample(
-                net, diffusion, x, input_mask=mask, x_start=x_start, denoised_fn=rounding,
+                net,
+                diffusion,
+                x,
+                input_mask=mask,
+                x_start=x_start,
+                denoised_fn=rounding,
                 steps=DPM_STEPS,
             )
             t4 = clock()
-        return {"forward": t1 - t0, "rounding": t2 - t1, "step": t3 - t2,
-                "dpm_step": (t4 - t3) / DPM_STEPS}
+        return {
+            "forward": t1 - t0,
+            "rounding": t2 - t1,
+            "step": t3 - t2,
+            "dpm_step": (t4 - t3) / DPM_STEPS,
+        }
 
     results: dict[str, list[dict[str, float]]] = {d: [] for d in args.dtypes}
     for d in args.dtypes:  # warm-up

@@ -1,4 +1,4 @@
-"""Benchmark of the evaluator (spec §7): fast metrics vs the original nltk/torchmetrics loop.
+"""Benchmark of the evaluator (docs/original.md §7): fast metrics vs the original nltk/torchmetrics loop.
 
 Builds realistic decode outputs in a temporary folder from QQP validation pairs (reference =
 ``trg``; recover = ``trg`` with deterministic word drops/swaps/repeats, wrapped in

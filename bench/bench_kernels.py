@@ -3,10 +3,10 @@ original code's algorithms, side by side in one process (interleaved repeats, me
 
 * rounding of B·L positions to V embeddings: the original's one-shot ``[V, B·L]`` distance
   matrix with ``topk(−d)`` (``diffuseq/rounding.py`` in the original) vs
-  ``diffuseq.rounding.nearest_tokens`` (cache-sized blocks, fused distance, argmin);
+  ``diffuseq.sampling.rounding.nearest_tokens`` (cache-sized blocks, fused distance, argmin);
 * the token cross-entropy of the vocabulary read-out, forward + backward: full ``[N, V]``
   logits through ``F.cross_entropy`` with autograd (what the original does) vs
-  ``diffuseq.diffusion_losses.linear_cross_entropy``, for logits of two spreads (the wider one
+  ``diffuseq.diffusion.losses.linear_cross_entropy``, for logits of two spreads (the wider one
   puts many softmax entries below the smallest normal float32).
 
 Both pairs are checked to agree (same tokens; losses and gradients within float32 summation
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffuseq.diffusion_losses import linear_cross_entropy
-from diffuseq.rounding import nearest_tokens
+from diffuseq.ops.linear_cross_entropy import linear_cross_entropy
+from diffuseq.sampling.rounding import nearest_tokens
 
 
 def original_rounding(x: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
@@ -56,13 +56,18 @@ def _timed(fn) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_kernels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_kernels",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--positions", type=int, default=64 * 128, help="B·L positions / loss rows")
     parser.add_argument("--vocab_size", type=int, default=30522)
     parser.add_argument("--hidden_dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
-    parser.add_argument("--out", default="bench/results_kernels.md", help="markdown table ('' = none)")
+    parser.add_argument(
+        "--out", default="bench/results_kernels.md", help="markdown table ('' = none)"
+    )
     args = parser.parse_args(argv)
 
     g = torch.Generator().manual_seed(0)
@@ -75,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
     assert torch.equal(nearest_tokens(x, E), original_rounding(x, E)), "rounding differs"
     for z in z_by_spread.values():
-        for got, want in zip(_loss_and_grads(linear_cross_entropy, z, E, bias, target),
-                             _loss_and_grads(_full_logits, z, E, bias, target)):
+        for got, want in zip(
+            _loss_and_grads(linear_cross_entropy, z, E, bias, target),
+            _loss_and_grads(_full_logits, z, E, bias, target),
+        ):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
     cases = {("rounding", "-"): (lambda: original_rounding(x, E), lambda: nearest_tokens(x, E))}

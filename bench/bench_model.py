@@ -2,7 +2,7 @@
 
 One denoising step of the decoder costs one model forward on ``[B, L, h]`` (eval mode, no
 dropout, no autograd) plus the rounding of ``B·L`` positions to the nearest of ``V`` word
-embeddings (:func:`diffuseq.rounding.make_rounding_fn`). This script times both separately
+embeddings (:func:`diffuseq.sampling.rounding.make_rounding_fn`). This script times both separately
 and together for the paper's model (bert-base-uncased encoder, V=30522, h=128) on
 ``--batch`` x ``--seq_len`` positions (default 64 x 128, the issue's decode reference), with
 random weights and inputs (speed does not depend on the values).
@@ -29,14 +29,18 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from bench.bench_train import REPO, machine_info, parse_variant
 
 DEFAULT_OUT = REPO / "bench" / "data" / "model.json"
 # The original code on this machine: seconds per denoising step for 64 x 128 positions.
-REFERENCE = {"v1_ddim_step_s": 12.9, "v2_dpm_step_s": 9.6, "v1_peak_rss_gib": 4.0, "v2_peak_rss_gib": 2.1}
+REFERENCE = {
+    "v1_ddim_step_s": 12.9,
+    "v2_dpm_step_s": 9.6,
+    "v1_peak_rss_gib": 4.0,
+    "v2_peak_rss_gib": 2.1,
+}
 TARGET_STEP_RATIO = 0.6
 
 
@@ -51,11 +55,16 @@ def run_child(args: argparse.Namespace) -> dict:
 
     from diffuseq.config import ModelConfig
     from diffuseq.factory import build_model
-    from diffuseq.rounding import make_rounding_fn
+    from diffuseq.sampling.rounding import make_rounding_fn
 
     torch.manual_seed(102)
-    cfg = ModelConfig(hidden_dim=128, hidden_t_dim=128, dropout=0.1, config_name="bert-base-uncased",
-                      attention=variant.attention)
+    cfg = ModelConfig(
+        hidden_dim=128,
+        hidden_t_dim=128,
+        dropout=0.1,
+        config_name="bert-base-uncased",
+        attention=variant.attention,
+    )
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     model = build_model(cfg, vocab_size=args.vocab_size).to(device).eval()
@@ -63,7 +72,11 @@ def run_child(args: argparse.Namespace) -> dict:
     rounding = make_rounding_fn(model.lm_head.weight)
     x = torch.randn(args.batch, args.seq_len, cfg.hidden_dim).to(device)
     t = torch.full((args.batch,), 500.0, device=device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if variant.bf16
+        else contextlib.nullcontext()
+    )
     clock = perf.device_clock(device)
 
     def forward():
@@ -93,28 +106,51 @@ def run_child(args: argparse.Namespace) -> dict:
             times.append(clock() - start)
         timings[name] = times
     return {
-        "variant": variant.name, "threads": threads, "batch": args.batch, "seq_len": args.seq_len,
-        "times": timings, "first_call_s": first,
+        "variant": variant.name,
+        "threads": threads,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "times": timings,
+        "first_call_s": first,
         "median_s": {k: statistics.median(v) for k, v in timings.items()},
-        "peak_rss_bytes": perf.peak_rss_bytes(), "device": device.type,
+        "peak_rss_bytes": perf.peak_rss_bytes(),
+        "device": device.type,
         "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_model", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="fp32-eager,fp32-sdpa,bf16-sdpa",
-                        help="comma-separated variants; ratios are reported against the first one")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--variants",
+        default="fp32-eager,fp32-sdpa,bf16-sdpa",
+        help="comma-separated variants; ratios are reported against the first one",
+    )
     parser.add_argument("--batch", type=int, default=64, help="sentences per step")
     parser.add_argument("--seq_len", type=int, default=128, help="positions per sentence")
-    parser.add_argument("--vocab_size", type=int, default=30522, help="rows of the embedding to round to")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured calls after the first one")
+    parser.add_argument(
+        "--vocab_size", type=int, default=30522, help="rows of the embedding to round to"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="unmeasured calls after the first one"
+    )
     parser.add_argument("--iters", type=int, default=3, help="measured calls per child run")
-    parser.add_argument("--repeats", type=int, default=3, help="child runs per variant, interleaved")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per child run")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written next to it)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the model")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="child runs per variant, interleaved"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds allowed per child run"
+    )
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written next to it)"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="device of the model"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -123,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     command = "python -m bench.bench_model " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     print(f"command: {command}", flush=True)
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
@@ -134,28 +171,59 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda: no CUDA GPU is visible")
     info = machine_info(args.device)
     print(f"machine: {json.dumps(info)}", flush=True)
-    child_args = ["--device", args.device, "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--vocab_size", str(args.vocab_size),
-                  "--warmup", str(args.warmup), "--iters", str(args.iters)]
+    child_args = [
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--seq_len",
+        str(args.seq_len),
+        "--vocab_size",
+        str(args.vocab_size),
+        "--warmup",
+        str(args.warmup),
+        "--iters",
+        str(args.iters),
+    ]
     runs = []
     for repeat in range(args.repeats):
-        for variant in (variants if repeat % 2 == 0 else variants[::-1]):
+        for variant in variants if repeat % 2 == 0 else variants[::-1]:
             env = dict(os.environ)
             threads = parse_variant(variant).threads
             if threads:
                 env["OMP_NUM_THREADS"] = str(threads)
-            proc = subprocess.run([sys.executable, "-m", "bench.bench_model", "--child", "--variant", variant,
-                                   *child_args], cwd=REPO, env=env, capture_output=True, text=True,
-                                  timeout=args.timeout)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.bench_model",
+                    "--child",
+                    "--variant",
+                    variant,
+                    *child_args,
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+            )
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
-                print(f"  [{repeat}] {variant}: FAILED {(proc.stderr or proc.stdout)[-2000:]}", flush=True)
+                print(
+                    f"  [{repeat}] {variant}: FAILED {(proc.stderr or proc.stdout)[-2000:]}",
+                    flush=True,
+                )
                 runs.append({"variant": variant, "error": (proc.stderr or proc.stdout)[-3000:]})
                 continue
-            result = json.loads(lines[-1][len("RESULT "):])
+            result = json.loads(lines[-1][len("RESULT ") :])
             runs.append(result)
             m = result["median_s"]
-            print(f"  [{repeat}] {variant}: forward {m['forward']:.3f} s, rounding {m['rounding']:.3f} s, "
-                  f"step {m['step']:.3f} s, peak {result['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+            print(
+                f"  [{repeat}] {variant}: forward {m['forward']:.3f} s, rounding {m['rounding']:.3f} s, "
+                f"step {m['step']:.3f} s, peak {result['peak_rss_bytes'] / 2**30:.2f} GiB",
+                flush=True,
+            )
 
     rows = []
     for variant in variants:
@@ -163,39 +231,70 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             rows.append({"variant": variant, "error": "all runs failed"})
             continue
-        med = {k: statistics.median(r["median_s"][k] for r in ok) for k in ("forward", "rounding", "step")}
-        rows.append({"variant": variant, "runs": len(ok), **{f"{k}_s": v for k, v in med.items()},
-                     "per_sentence_s": med["step"] / args.batch,
-                     "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
-                     **({"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
-                        if ok[0].get("peak_device_bytes") is not None else {}),
-                     "compile_or_first_call_s": statistics.median(r["first_call_s"]["forward"] for r in ok)})
+        med = {
+            k: statistics.median(r["median_s"][k] for r in ok)
+            for k in ("forward", "rounding", "step")
+        }
+        rows.append(
+            {
+                "variant": variant,
+                "runs": len(ok),
+                **{f"{k}_s": v for k, v in med.items()},
+                "per_sentence_s": med["step"] / args.batch,
+                "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
+                **(
+                    {"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
+                    if ok[0].get("peak_device_bytes") is not None
+                    else {}
+                ),
+                "compile_or_first_call_s": statistics.median(
+                    r["first_call_s"]["forward"] for r in ok
+                ),
+            }
+        )
     base = next((r for r in rows if "error" not in r), None)
     for row in rows:
         if "error" not in row and base:
             row["step_speedup_vs_first"] = base["step_s"] / row["step_s"]
             if args.device == "cpu":  # the original's figures are CPU figures
                 row["step_vs_original_v1"] = row["step_s"] / REFERENCE["v1_ddim_step_s"]
-    head = ("| variant | runs | forward s | rounding s | step s | s/sentence | peak RSS GiB | x first variant "
-            "| step / original v1 (12.9 s) |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| variant | runs | forward s | rounding s | step s | s/sentence | peak RSS GiB | x first variant "
+        "| step / original v1 (12.9 s) |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed |")
             continue
-        lines.append(f"| {r['variant']} | {r['runs']} | {r['forward_s']:.3f} | {r['rounding_s']:.3f} | {r['step_s']:.3f} "
-                     f"| {r['per_sentence_s']:.4f} | {r['peak_rss_gib']:.2f}"
-                     + (f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else "")
-                     + f" | {r['step_speedup_vs_first']:.2f} "
-                     f"| {format(r['step_vs_original_v1'], '.2f') if 'step_vs_original_v1' in r else '-'} |")
+        lines.append(
+            f"| {r['variant']} | {r['runs']} | {r['forward_s']:.3f} | {r['rounding_s']:.3f} | {r['step_s']:.3f} "
+            f"| {r['per_sentence_s']:.4f} | {r['peak_rss_gib']:.2f}"
+            + (f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else "")
+            + f" | {r['step_speedup_vs_first']:.2f} "
+            f"| {format(r['step_vs_original_v1'], '.2f') if 'step_vs_original_v1' in r else '-'} |"
+        )
     table = head + "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "machine": info, "reference": REFERENCE, "args": vars(args),
-                               "summary": rows, "runs": runs, "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
-                              indent=1))
-    out.with_suffix(".md").write_text(f"command: `{command}`\n\nmachine: {json.dumps(info)}\n\n{table}")
+    out.write_text(
+        json.dumps(
+            {
+                "command": command,
+                "machine": info,
+                "reference": REFERENCE,
+                "args": vars(args),
+                "summary": rows,
+                "runs": runs,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+            indent=1,
+        )
+    )
+    out.with_suffix(".md").write_text(
+        f"command: `{command}`\n\nmachine: {json.dumps(info)}\n\n{table}"
+    )
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

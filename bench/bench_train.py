@@ -88,19 +88,42 @@ class BenchConfig:
 def make_config(name: str) -> BenchConfig:
     from diffuseq.config import DiffusionConfig, ModelConfig
 
-    paper_diffusion = DiffusionConfig(diffusion_steps=2000, noise_schedule="sqrt", schedule_sampler="lossaware")
+    paper_diffusion = DiffusionConfig(
+        diffusion_steps=2000, noise_schedule="sqrt", schedule_sampler="lossaware"
+    )
     if name in ("paper64", "paper128"):
         return BenchConfig(
-            name=name, seq_len=int(name[5:]), batch_size=64, microbatch=64, vocab_size=30522,
-            model=ModelConfig(hidden_dim=128, hidden_t_dim=128, dropout=0.1, config_name="bert-base-uncased"),
-            diffusion=paper_diffusion, seed=102,
+            name=name,
+            seq_len=int(name[5:]),
+            batch_size=64,
+            microbatch=64,
+            vocab_size=30522,
+            model=ModelConfig(
+                hidden_dim=128, hidden_t_dim=128, dropout=0.1, config_name="bert-base-uncased"
+            ),
+            diffusion=paper_diffusion,
+            seed=102,
         )
     if name == "tiny":
         return BenchConfig(
-            name=name, seq_len=32, batch_size=16, microbatch=16, vocab_size=1000,
-            model=ModelConfig(hidden_dim=32, hidden_t_dim=32, num_layers=2, num_heads=2,
-                              bert_hidden_size=64, intermediate_size=256),
-            diffusion=paper_diffusion, seed=102, first_word_id=5, src_len=(4, 10), trg_len=(4, 10),
+            name=name,
+            seq_len=32,
+            batch_size=16,
+            microbatch=16,
+            vocab_size=1000,
+            model=ModelConfig(
+                hidden_dim=32,
+                hidden_t_dim=32,
+                num_layers=2,
+                num_heads=2,
+                bert_hidden_size=64,
+                intermediate_size=256,
+            ),
+            diffusion=paper_diffusion,
+            seed=102,
+            first_word_id=5,
+            src_len=(4, 10),
+            trg_len=(4, 10),
         )
     if name == "demo":
         return _demo_config()
@@ -117,14 +140,24 @@ def _demo_config() -> BenchConfig:
     run = RunConfig.load_yaml(path)
     data_dir = Path(run.data.data_dir)
     data_dir = data_dir if data_dir.is_absolute() else REPO / data_dir
-    tokenizer = load_tokenizer(run.data.vocab, config_name=run.model.config_name,
-                               train_files=[data_dir / "train.jsonl"])
+    tokenizer = load_tokenizer(
+        run.data.vocab, config_name=run.model.config_name, train_files=[data_dir / "train.jsonl"]
+    )
     ids = tokenizer.encode(["a"])[0]  # [CLS]-like first id, [SEP]-like last id
     return BenchConfig(
-        name="demo", seq_len=run.data.seq_len, batch_size=run.train.batch_size,
-        microbatch=run.train.effective_microbatch, vocab_size=tokenizer.vocab_size, model=run.model,
-        diffusion=run.diffusion, seed=run.train.seed, cls_id=ids[0], sep_id=tokenizer.sep_token_id,
-        pad_id=tokenizer.pad_token_id, src_len=(6, 14), trg_len=(6, 14),
+        name="demo",
+        seq_len=run.data.seq_len,
+        batch_size=run.train.batch_size,
+        microbatch=run.train.effective_microbatch,
+        vocab_size=tokenizer.vocab_size,
+        model=run.model,
+        diffusion=run.diffusion,
+        seed=run.train.seed,
+        cls_id=ids[0],
+        sep_id=tokenizer.sep_token_id,
+        pad_id=tokenizer.pad_token_id,
+        src_len=(6, 14),
+        trg_len=(6, 14),
         # word ids drawn above the special tokens (which come first in the built vocabularies)
         first_word_id=1 + max(ids[0], ids[-1], tokenizer.pad_token_id, tokenizer.sep_token_id),
     )
@@ -179,10 +212,19 @@ def random_batches(cfg: BenchConfig, count: int, seed: int) -> list[dict]:
         ids, masks = [], []
         for _ in range(cfg.batch_size):
             src, trg = (
-                [cfg.cls_id, *map(int, rng.integers(cfg.first_word_id, cfg.vocab_size, rng.integers(*span) - 2)), cfg.sep_id]
+                [
+                    cfg.cls_id,
+                    *map(
+                        int,
+                        rng.integers(cfg.first_word_id, cfg.vocab_size, rng.integers(*span) - 2),
+                    ),
+                    cfg.sep_id,
+                ]
                 for span in (cfg.src_len, cfg.trg_len)
             )
-            i, m = merge_and_mask(src, trg, seq_len=cfg.seq_len, sep_token_id=cfg.sep_id, pad_token_id=cfg.pad_id)
+            i, m = merge_and_mask(
+                src, trg, seq_len=cfg.seq_len, sep_token_id=cfg.sep_id, pad_token_id=cfg.pad_id
+            )
             ids.append(i)
             masks.append(m)
         batches.append({"input_ids": torch.tensor(ids), "input_mask": torch.tensor(masks)})
@@ -190,7 +232,7 @@ def random_batches(cfg: BenchConfig, count: int, seed: int) -> list[dict]:
 
 
 def naive_losses(diffusion, model, input_ids, input_mask, t, *, text_model=None, **_):
-    """The original's ``training_losses_seq2seq`` cost profile (spec §5.6): both vocabulary
+    """The original's ``training_losses_seq2seq`` cost profile (docs/original.md §5.6): both vocabulary
     projections materialise full ``[B, L, V]`` logits and log-softmax, the logged ``nll`` keeps
     its autograd graph. Same numbers as the library's loss; used only to compare costs."""
     import torch
@@ -201,7 +243,9 @@ def naive_losses(diffusion, model, input_ids, input_mask, t, *, text_model=None,
     text_model = model if text_model is None else text_model
 
     def token_nll(logits, ids, mask=None):
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1), reduction="none").view(ids.shape)
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), ids.reshape(-1), reduction="none"
+        ).view(ids.shape)
         return nll.mean(-1) if mask is None else (nll * mask).sum(-1) / mask.sum(-1)
 
     x_start_mean = text_model.get_embeds(input_ids)
@@ -228,33 +272,58 @@ def run_child(args: argparse.Namespace) -> dict:
 
     from diffuseq.checkpoint import seed_everything
     from diffuseq.config import TrainConfig
-    from diffuseq.factory import build_diffusion, build_model, build_schedule_sampler
+    from diffuseq.diffusion.losses import training_losses
+    from diffuseq.factory import build_diffusion, build_model, build_timestep_distribution
     from diffuseq.logger import MetricsWriter
     from diffuseq.trainer import Trainer
 
     cfg = make_config(args.config)
     seed_everything(cfg.seed)
     model_cfg = replace(cfg.model, attention=variant.attention)
-    train_cfg = TrainConfig(batch_size=cfg.batch_size, microbatch=cfg.microbatch, lr=1e-4,
-                            learning_steps=10_000, bf16=variant.bf16, seed=cfg.seed)
+    train_cfg = TrainConfig(
+        batch_size=cfg.batch_size,
+        microbatch=cfg.microbatch,
+        lr=1e-4,
+        learning_steps=10_000,
+        bf16=variant.bf16,
+        seed=cfg.seed,
+    )
     device = torch.device(args.device)
     t_build = time.perf_counter()
     model = build_model(model_cfg, vocab_size=cfg.vocab_size).to(device)
     diffusion = build_diffusion(cfg.diffusion)
-    sampler = build_schedule_sampler(cfg.diffusion, diffusion)
+    sampler = build_timestep_distribution(cfg.diffusion, diffusion)
     perf.maybe_compile(model, variant.compile)
-    if variant.naive_loss:
-        diffusion.training_losses = lambda *a, **k: naive_losses(diffusion, *a, **k)
     writer = MetricsWriter(path=None, enabled=True, console=False)
     batches = random_batches(cfg, args.warmup + args.steps, seed=cfg.seed)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model=model, diffusion=diffusion, sampler=sampler, train_batches=iter(batches),
-                          valid_batches=None, config=train_cfg, run_dir=run_dir,
-                          device=device, writer=writer, progress=False)
+        trainer = Trainer(
+            model=model,
+            diffusion=diffusion,
+            sampler=sampler,
+            train_batches=iter(batches),
+            valid_batches=None,
+            config=train_cfg,
+            run_dir=run_dir,
+            device=device,
+            writer=writer,
+            progress=False,
+            loss_fn=naive_losses if variant.naive_loss else training_losses,
+        )
         if variant.adam:
-            kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[variant.adam]
-            trainer.opt = torch.optim.AdamW(trainer.params, lr=train_cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                            weight_decay=train_cfg.weight_decay, **kind)
+            kind = {
+                "fused": {"fused": True},
+                "foreach": {"foreach": True},
+                "loop": {"foreach": False},
+            }[variant.adam]
+            trainer.opt = torch.optim.AdamW(
+                trainer.params,
+                lr=train_cfg.lr,
+                betas=(0.9, 0.999),
+                eps=1e-8,
+                weight_decay=train_cfg.weight_decay,
+                **kind,
+            )
         build_s = time.perf_counter() - t_build
         rss_built = perf.peak_rss_bytes()
         cuda = device.type == "cuda"
@@ -262,22 +331,31 @@ def run_child(args: argparse.Namespace) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         clock = perf.device_clock(device)
         times, losses = [], []
-        for i, batch in enumerate(batches):
+        for batch in batches:
             start = clock()
             trainer.run_step(batch)
             elapsed = clock() - start
             record = writer.dump()
             losses.append(float(record.get("loss", float("nan"))))
             times.append(elapsed)
-    measured = times[args.warmup:]
+    measured = times[args.warmup :]
     return {
-        "config": cfg.name, "variant": variant.name, "threads": threads,
-        "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "tokens_per_step": cfg.batch_size * cfg.seq_len,
-        "build_s": build_s, "step_times": times, "warmup": args.warmup,
+        "config": cfg.name,
+        "variant": variant.name,
+        "threads": threads,
+        "seq_len": cfg.seq_len,
+        "batch_size": cfg.batch_size,
+        "tokens_per_step": cfg.batch_size * cfg.seq_len,
+        "build_s": build_s,
+        "step_times": times,
+        "warmup": args.warmup,
         "median_s": statistics.median(measured) if measured else float("nan"),
-        "step0_loss": losses[0], "losses": losses,
-        "peak_rss_bytes": perf.peak_rss_bytes(), "rss_after_build_bytes": rss_built,
-        "params": model.parameter_count(), "device": device.type,
+        "step0_loss": losses[0],
+        "losses": losses,
+        "peak_rss_bytes": perf.peak_rss_bytes(),
+        "rss_after_build_bytes": rss_built,
+        "params": model.parameter_count(),
+        "device": device.type,
         "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
     }
 
@@ -291,12 +369,17 @@ def machine_info(device: str = "cpu") -> dict:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
     return {
-        "cpu": cpu, "cores": perf.physical_cores(), "bf16_native": perf.cpu_has_bf16(),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": perf.physical_cores(),
+        "bf16_native": perf.cpu_has_bf16(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "matmul_fp32_gflops": round(matmul_gflops(), 1),
         **({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
@@ -318,8 +401,22 @@ def matmul_gflops(seconds: float = 1.0) -> float:
 
 
 def child_command(args: argparse.Namespace, config: str, variant: str) -> list[str]:
-    return [sys.executable, "-m", "bench.bench_train", "--child", "--config", config, "--variant", variant,
-            "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device]
+    return [
+        sys.executable,
+        "-m",
+        "bench.bench_train",
+        "--child",
+        "--config",
+        config,
+        "--variant",
+        variant,
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+    ]
 
 
 def run_one(args: argparse.Namespace, config: str, variant: str) -> dict:
@@ -330,13 +427,19 @@ def run_one(args: argparse.Namespace, config: str, variant: str) -> dict:
     if v.mmap_threshold_mib:
         env["MALLOC_MMAP_THRESHOLD_"] = str(v.mmap_threshold_mib * 2**20)
     load = os.getloadavg()[0]
-    proc = subprocess.run(child_command(args, config, variant), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=args.timeout)
+    proc = subprocess.run(
+        child_command(args, config, variant),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout)[-3000:]
         return {"config": config, "variant": variant, "error": f"exit {proc.returncode}: {tail}"}
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["loadavg_before"] = load
     return result
 
@@ -344,24 +447,49 @@ def run_one(args: argparse.Namespace, config: str, variant: str) -> dict:
 def summarise(runs: list[dict], cells: list[tuple[str, str]]) -> list[dict]:
     rows = []
     for config, variant in cells:
-        ok = [r for r in runs if r["config"] == config and r["variant"] == variant and "error" not in r]
+        ok = [
+            r
+            for r in runs
+            if r["config"] == config and r["variant"] == variant and "error" not in r
+        ]
         if not ok:
-            rows.append({"config": config, "variant": variant, "error": next(
-                (r["error"] for r in runs if r["config"] == config and r["variant"] == variant), "no run")})
+            rows.append(
+                {
+                    "config": config,
+                    "variant": variant,
+                    "error": next(
+                        (
+                            r["error"]
+                            for r in runs
+                            if r["config"] == config and r["variant"] == variant
+                        ),
+                        "no run",
+                    ),
+                }
+            )
             continue
         med = statistics.median(r["median_s"] for r in ok)
-        rows.append({
-            "config": config, "variant": variant, "runs": len(ok),
-            "s_per_step": med,
-            "s_per_step_min": min(min(r["step_times"][r["warmup"]:] or [float("nan")]) for r in ok),
-            "tokens_per_s": ok[0]["tokens_per_step"] / med,
-            "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
-            "step0_loss": ok[0]["step0_loss"],
-            "device": ok[0].get("device", "cpu"),
-            **({"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
-               if ok[0].get("peak_device_bytes") is not None else {}),
-            "first_step_s": statistics.median(r["step_times"][0] for r in ok),
-        })
+        rows.append(
+            {
+                "config": config,
+                "variant": variant,
+                "runs": len(ok),
+                "s_per_step": med,
+                "s_per_step_min": min(
+                    min(r["step_times"][r["warmup"] :] or [float("nan")]) for r in ok
+                ),
+                "tokens_per_s": ok[0]["tokens_per_step"] / med,
+                "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
+                "step0_loss": ok[0]["step0_loss"],
+                "device": ok[0].get("device", "cpu"),
+                **(
+                    {"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
+                    if ok[0].get("peak_device_bytes") is not None
+                    else {}
+                ),
+                "first_step_s": statistics.median(r["step_times"][0] for r in ok),
+            }
+        )
     # Ratios: against the first variant of the same config, and against the original's figures.
     for row in rows:
         if "error" in row:
@@ -376,13 +504,17 @@ def summarise(runs: list[dict], cells: list[tuple[str, str]]) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| config | variant | runs | s/step (median) | min | tokens/s | peak RSS GiB | step-0 loss "
-            "| x first variant | x original (s/step) | RSS / original |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| config | variant | runs | s/step (median) | min | tokens/s | peak RSS GiB | step-0 loss "
+        "| x first variant | x original (s/step) | RSS / original |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} |")
+            lines.append(
+                f"| {r['config']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} |"
+            )
             continue
         fmt = lambda key, spec: format(r[key], spec) if key in r else "-"  # noqa: E731
         gpu = f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else ""
@@ -395,19 +527,39 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="paper64,paper128,demo", help="comma-separated config names")
-    parser.add_argument("--variants", default="fp32-sdpa,fp32-eager,bf16-sdpa",
-                        help="comma-separated variants; ratios are reported against the first one")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps per run (step 0 gives the loss)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--configs", default="paper64,paper128,demo", help="comma-separated config names"
+    )
+    parser.add_argument(
+        "--variants",
+        default="fp32-sdpa,fp32-eager,bf16-sdpa",
+        help="comma-separated variants; ratios are reported against the first one",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="unmeasured steps per run (step 0 gives the loss)"
+    )
     parser.add_argument("--steps", type=int, default=2, help="measured steps per run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per (config, variant), interleaved")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per child run")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written next to it)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="device of the trained model (cuda: peak GPU memory is added to the table; "
-                             "the ratios against the original's CPU figures are left out)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per (config, variant), interleaved"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds allowed per child run"
+    )
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written next to it)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="device of the trained model (cuda: peak GPU memory is added to the table; "
+        "the ratios against the original's CPU figures are left out)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -416,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_child(args)), flush=True)
         return 0
 
-    command = "python -m bench.bench_train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m bench.bench_train " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     print(f"command: {command}", flush=True)
     configs = [c for c in args.configs.split(",") if c]
     variants = [v for v in args.variants.split(",") if v]
@@ -436,20 +590,34 @@ def main(argv: list[str] | None = None) -> int:
             result = run_one(args, config, variant)
             runs.append(result)
             if "error" in result:
-                print(f"  [{repeat}] {config} {variant}: FAILED {result['error'][-400:]}", flush=True)
+                print(
+                    f"  [{repeat}] {config} {variant}: FAILED {result['error'][-400:]}", flush=True
+                )
             else:
-                print(f"  [{repeat}] {config} {variant}: {result['median_s']:.3f} s/step, "
-                      f"peak {result['peak_rss_bytes'] / 2**30:.2f} GiB, step-0 loss {result['step0_loss']:.4f}, "
-                      f"load {result['loadavg_before']:.1f}", flush=True)
+                print(
+                    f"  [{repeat}] {config} {variant}: {result['median_s']:.3f} s/step, "
+                    f"peak {result['peak_rss_bytes'] / 2**30:.2f} GiB, step-0 loss {result['step0_loss']:.4f}, "
+                    f"load {result['loadavg_before']:.1f}",
+                    flush=True,
+                )
     rows = summarise(runs, cells)
     table = markdown_table(rows)
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command, "machine": info, "reference": REFERENCE, "args": vars(args),
-               "summary": rows, "runs": runs, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    payload = {
+        "command": command,
+        "machine": info,
+        "reference": REFERENCE,
+        "args": vars(args),
+        "summary": rows,
+        "runs": runs,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     out.write_text(json.dumps(payload, indent=1))
-    out.with_suffix(".md").write_text(f"command: `{command}`\n\nmachine: {json.dumps(info)}\n\n{table}")
+    out.with_suffix(".md").write_text(
+        f"command: `{command}`\n\nmachine: {json.dumps(info)}\n\n{table}"
+    )
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

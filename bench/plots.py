@@ -54,19 +54,36 @@ def plot_train(plt, path: Path, out: Path) -> None:
     data = json.loads(path.read_text())
     rows = [r for r in data["summary"] if "error" not in r]
     configs = list(dict.fromkeys(r["config"] for r in rows))
-    fig, axes = plt.subplots(1, len(configs), figsize=(5.5 * len(configs), 0.6 * max(
-        len([r for r in rows if r["config"] == c]) for c in configs) + 1.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(configs),
+        figsize=(
+            5.5 * len(configs),
+            0.6 * max(len([r for r in rows if r["config"] == c]) for c in configs) + 1.8,
+        ),
+        squeeze=False,
+    )
     for ax, config in zip(axes[0], configs):
         mine = [r for r in rows if r["config"] == config]
         names = [r["variant"] for r in mine]
         values = [r["s_per_step"] for r in mine]
         bars = ax.barh(range(len(mine)), values, color="tab:blue")
         for bar, r in zip(bars, mine):
-            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                    f" {r['s_per_step']:.2f} s, {r['peak_rss_gib']:.1f} GiB", va="center", fontsize=8)
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                f" {r['s_per_step']:.2f} s, {r['peak_rss_gib']:.1f} GiB",
+                va="center",
+                fontsize=8,
+            )
         ref = data.get("reference", {}).get(config)
         if ref:
-            ax.axvline(ref["s_per_step"], color="tab:red", linestyle="--", label=f"original {ref['s_per_step']} s")
+            ax.axvline(
+                ref["s_per_step"],
+                color="tab:red",
+                linestyle="--",
+                label=f"original {ref['s_per_step']} s",
+            )
             ax.legend(loc="lower right", fontsize=8)
         ax.set_yticks(range(len(mine)), names, fontsize=8)
         ax.invert_yaxis()
@@ -94,7 +111,9 @@ def plot_model(plt, path: Path, out: Path) -> None:
         ax.axvline(0.6 * ref, color="tab:green", linestyle=":", label="target 0.6x original")
     ax.set_yticks(list(y), [r["variant"] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"seconds per denoising step ({rows[0].get('per_sentence_s', 0) and '64 x 128 positions'})")
+    ax.set_xlabel(
+        f"seconds per denoising step ({rows[0].get('per_sentence_s', 0) and '64 x 128 positions'})"
+    )
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Decode step at paper size, per variant", fontsize=10)
     fig.tight_layout()
@@ -103,25 +122,41 @@ def plot_model(plt, path: Path, out: Path) -> None:
 
 
 def plot_decode(plt, path: Path, out: Path) -> None:
-    table = next((t for t in read_markdown_tables(path) if t and {"sampler", "steps", "BLEU"} <= set(t[0])), None)
+    table = next(
+        (t for t in read_markdown_tables(path) if t and {"sampler", "steps", "BLEU"} <= set(t[0])),
+        None,
+    )
     if table is None:
         raise ValueError(f"{path}: no table with sampler / steps / BLEU columns")
     fig, ax = plt.subplots(figsize=(6, 4))
     by_sampler: dict[str, list[tuple[float, float]]] = {}
     for row in table:
-        by_sampler.setdefault(row["sampler"], []).append((_number(row["steps"]), _number(row["BLEU"])))
+        by_sampler.setdefault(row["sampler"], []).append(
+            (_number(row["steps"]), _number(row["BLEU"]))
+        )
     styles = iter([("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")])
     steps, values = set(), []
     for sampler, points in by_sampler.items():
         points = sorted(p for p in points if not math.isnan(p[0]))
         values += [p[1] for p in points]
         if len(points) == 1:
-            ax.axhline(points[0][1], linestyle="--", color="gray", label=f"{sampler} ({points[0][0]:g} steps)")
+            ax.axhline(
+                points[0][1],
+                linestyle="--",
+                color="gray",
+                label=f"{sampler} ({points[0][0]:g} steps)",
+            )
         else:
             marker, line = next(styles, ("o", "-"))
             steps.update(p[0] for p in points)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, linestyle=line,
-                    markersize=7 if marker == "o" else 5, label=sampler)
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker=marker,
+                linestyle=line,
+                markersize=7 if marker == "o" else 5,
+                label=sampler,
+            )
     ax.set_xscale("log")
     if steps:
         ax.set_xticks(sorted(steps), [f"{s:g}" for s in sorted(steps)])
@@ -158,12 +193,25 @@ def plot_loss(plt, path: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.plots", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", default=str(BENCH / "data" / "train.json"), help="bench_train JSON")
-    parser.add_argument("--model", default=str(BENCH / "data" / "model.json"), help="bench_model JSON")
-    parser.add_argument("--decode", default=str(BENCH / "results_decode.md"), help="bench_decode demo table")
-    parser.add_argument("--metrics", default=str(BENCH / "data" / "demo_metrics.jsonl"), help="metrics.jsonl of the demo training run")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.plots",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--train", default=str(BENCH / "data" / "train.json"), help="bench_train JSON"
+    )
+    parser.add_argument(
+        "--model", default=str(BENCH / "data" / "model.json"), help="bench_model JSON"
+    )
+    parser.add_argument(
+        "--decode", default=str(BENCH / "results_decode.md"), help="bench_decode demo table"
+    )
+    parser.add_argument(
+        "--metrics",
+        default=str(BENCH / "data" / "demo_metrics.jsonl"),
+        help="metrics.jsonl of the demo training run",
+    )
     parser.add_argument("--outdir", default=str(BENCH), help="where the PNG files go")
     args = parser.parse_args(argv)
     try:
@@ -176,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    jobs = [(plot_train, args.train, "train_step_time.png"), (plot_model, args.model, "decode_step_time.png"),
-            (plot_decode, args.decode, "decode_bleu_vs_steps.png"), (plot_loss, args.metrics, "demo_loss_curve.png")]
+    jobs = [
+        (plot_train, args.train, "train_step_time.png"),
+        (plot_model, args.model, "decode_step_time.png"),
+        (plot_decode, args.decode, "decode_bleu_vs_steps.png"),
+        (plot_loss, args.metrics, "demo_loss_curve.png"),
+    ]
     status = 0
     for fn, source, name in jobs:
         if not source or not Path(source).is_file():

@@ -10,7 +10,7 @@ Example::
     raw = gen.generate_raw(["how old are you ?"])        # the decode files' records, special tokens kept
 
 Results are the same as ``run_decode.py`` with the same seed and settings for the same
-example index (noise is drawn per example, see :mod:`diffuseq.noise`).
+example index (noise is drawn per example, see :mod:`diffuseq.sampling.noise`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The BERT encoder configuration of the denoiser, resolved without network access.
 
 Reimplements the config step of the original's `create_model_and_diffusion` /
-`TransformerNetModel.__init__` (spec §4.1): ``AutoConfig.from_pretrained(config_name)`` with
+`TransformerNetModel.__init__` (docs/original.md §4.1): ``AutoConfig.from_pretrained(config_name)`` with
 ``hidden_dropout_prob`` overwritten by ``dropout``. The original downloads the config from the
 hub; here the common BERT architectures are built in, a local folder is read, and any other hub
 name must already be in the local Hugging Face cache. Size overrides allow small encoders.
@@ -115,7 +115,7 @@ def build_bert_config(
     max_position_embeddings: int | None = None,
     attn_implementation: str = "sdpa",
 ) -> BertConfig:
-    """Resolve the encoder's ``BertConfig`` offline (spec §4.1).
+    """Resolve the encoder's ``BertConfig`` offline (docs/original.md §4.1).
 
     Args:
         config_name: a built-in name (``bert-base-uncased``, ``bert-base-cased``,

@@ -1,9 +1,9 @@
 """Checkpoint files: atomic writes, full training states, EMA files, the latest pointer, resume.
 
-Replaces the checkpoint part of the original's `train_util.py` (spec §6.7):
+Replaces the checkpoint part of the original's `train_util.py` (docs/original.md §6.7):
 
 * The original wrote only ``ema_{rate}_{step:06d}.pt`` files and resumed by parsing the step
-  out of the file name (six digits assumed, spec §10.1 item 21). Here a run folder also holds
+  out of the file name (six digits assumed, docs/original.md §10.1 item 21). Here a run folder also holds
   full training states ``state_{step:06d}.pt`` (model, EMA(s), optimizer, scaler, sampler
   history, every rank's RNG states, data position, step, config) and ``latest.json`` naming
   the newest one, written last. EMA files keep the original's name and format so the original
@@ -223,7 +223,7 @@ def find_latest_state(run_dir: str | Path) -> Path | None:
 def parse_step_from_ema_name(path: str | Path) -> int:
     """The step in an original EMA file name ``ema_{rate}_{step}.pt`` (any number of digits).
 
-    Only for the original's files, which carry no step inside (spec §6.7); our own files store
+    Only for the original's files, which carry no step inside (docs/original.md §6.7); our own files store
     the step in the training state.
 
     Raises:

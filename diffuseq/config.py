@@ -1,14 +1,14 @@
 """Typed run configuration: one frozen dataclass per concern.
 
 Replaces the original's `diffuseq/config.json` + `scripts/run_train.py` flags +
-`training_args.json` + `args.__dict__.update` (spec §2.2, §2.3, §10.1 item 16).
+`training_args.json` + `args.__dict__.update` (docs/original.md §2.2, §2.3, §10.1 item 16).
 
 * Each field carries its help text and, where the original used another name on the
   command line, the original flag (``--bsz`` for ``batch_size``, ``--diff_steps`` for
   ``diffusion_steps``). Flags are generated from the fields (:func:`add_dataclass_flags`).
 * Defaults are those of the original `run_train.py` wrapper, which is what users launch.
 * A run saves its config as ``config.yaml`` (sectioned, our format) and as
-  ``training_args.json`` with the original's key set (spec §2.3), so that tools written for
+  ``training_args.json`` with the original's key set (docs/original.md §2.3), so that tools written for
   the original keep working. :func:`RunConfig.from_training_args` reads either back.
 """
 
@@ -49,7 +49,7 @@ def str2bool(value: str | bool) -> bool:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The transformer denoiser (spec §4)."""
+    """The transformer denoiser (docs/original.md §4)."""
 
     hidden_dim: int = opt(128, "word-embedding size h (model input/output size)")
     hidden_t_dim: int = opt(128, "size of the sinusoidal timestep embedding")
@@ -65,21 +65,27 @@ class ModelConfig:
     bert_hidden_size: int = opt(0, "override the encoder width H (0 = from config_name)")
     intermediate_size: int = opt(0, "override the feed-forward size (0 = from config_name)")
     attention: str = opt("sdpa", "attention kernel of the encoder", choices=("sdpa", "eager"))
-    learned_mean_embed: bool = opt(False, "DiffuSeq-v2 soft absorbing state: learn a mean embedding")
+    learned_mean_embed: bool = opt(
+        False, "DiffuSeq-v2 soft absorbing state: learn a mean embedding"
+    )
     vocab_size: int = opt(0, "vocabulary size (filled in from the tokenizer)")
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The forward process, the loss and the timestep sampler (spec §5)."""
+    """The forward process, the loss and the timestep sampler (docs/original.md §5)."""
 
     diffusion_steps: int = opt(4000, "number of diffusion steps T", flag="diff_steps")
     noise_schedule: str = opt("cosine", "beta schedule", choices=SCHEDULE_CHOICES)
     schedule_sampler: str = opt("uniform", "timestep sampler for training", choices=SAMPLER_CHOICES)
     timestep_respacing: str = opt("", "respacing of the training process ('' = none)")
     rescale_timesteps: bool = opt(True, "feed the network t*1000/T instead of t")
-    denoise: bool = opt(False, "DiffuSeq-v2 discrete noise: replace positions by the mean embedding")
-    denoise_rate: float = opt(0.2, "DiffuSeq-v2 discrete-noise rate (code default 0.2; v2 recipe 0.5)")
+    denoise: bool = opt(
+        False, "DiffuSeq-v2 discrete noise: replace positions by the mean embedding"
+    )
+    denoise_rate: float = opt(
+        0.2, "DiffuSeq-v2 discrete-noise rate (code default 0.2; v2 recipe 0.5)"
+    )
     reg_rate: float = opt(
         0.01,
         "weight of the ||mean_embed|| regulariser (the original always used 0.01, ignoring its flag)",
@@ -88,7 +94,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset and tokenizer (spec §3)."""
+    """Dataset and tokenizer (docs/original.md §3)."""
 
     dataset: str = opt("", "dataset name (used in the run folder name)")
     data_dir: str = opt("", "folder with train.jsonl, valid.jsonl, test.jsonl")
@@ -104,7 +110,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, checkpointing and logging (spec §6)."""
+    """Optimisation, checkpointing and logging (docs/original.md §6)."""
 
     lr: float = opt(1e-4, "peak learning rate (linear decay to 0, no warm-up)")
     batch_size: int = opt(64, "examples per step and per process", flag="bsz")
@@ -120,9 +126,12 @@ class TrainConfig:
     bf16: bool = opt(False, "mixed precision bf16 autocast (no scaler)")
     seed: int = opt(101, "random seed")
     resume_checkpoint: str = opt(
-        "none", "resume from a training state, an original ema_*.pt file, or 'auto' (newest in the run folder)"
+        "none",
+        "resume from a training state, an original ema_*.pt file, or 'auto' (newest in the run folder)",
     )
-    checkpoint_path: str = opt("", "run folder (default: diffusion_models/<name built from the flags>)")
+    checkpoint_path: str = opt(
+        "", "run folder (default: diffusion_models/<name built from the flags>)"
+    )
     notes: str = opt("-", "free text appended to the run folder name with a timestamp")
     log_wandb: bool = opt(False, "also log to Weights & Biases (never required)", flag="wandb")
     ema_tied_quirk: bool = opt(
@@ -167,36 +176,64 @@ class RunConfig:
         """Reject bad values and incompatible combinations once, at start-up."""
         m, d, da, tr = self.model, self.diffusion, self.data, self.train
         checks = [
-            (d.noise_schedule in SCHEDULE_CHOICES,
-             f"--noise_schedule {d.noise_schedule!r} is unknown; choose one of {', '.join(SCHEDULE_CHOICES)}"),
-            (d.schedule_sampler in SAMPLER_CHOICES,
-             f"--schedule_sampler {d.schedule_sampler!r} is unknown; choose one of {', '.join(SAMPLER_CHOICES)}"),
+            (
+                d.noise_schedule in SCHEDULE_CHOICES,
+                f"--noise_schedule {d.noise_schedule!r} is unknown; choose one of {', '.join(SCHEDULE_CHOICES)}",
+            ),
+            (
+                d.schedule_sampler in SAMPLER_CHOICES,
+                f"--schedule_sampler {d.schedule_sampler!r} is unknown; choose one of {', '.join(SAMPLER_CHOICES)}",
+            ),
             (d.diffusion_steps >= 2, f"--diff_steps must be at least 2, got {d.diffusion_steps}"),
-            (m.hidden_dim > 0 and m.hidden_t_dim > 0, "--hidden_dim and --hidden_t_dim must be positive"),
+            (
+                m.hidden_dim > 0 and m.hidden_t_dim > 0,
+                "--hidden_dim and --hidden_t_dim must be positive",
+            ),
             (0.0 <= m.dropout < 1.0, f"--dropout must be in [0, 1), got {m.dropout}"),
-            (da.seq_len >= 5, f"--seq_len {da.seq_len} is too small: the layout "
-             "[CLS] x [SEP] [SEP] [CLS] y [SEP] needs at least 5 positions"),
+            (
+                da.seq_len >= 5,
+                f"--seq_len {da.seq_len} is too small: the layout "
+                "[CLS] x [SEP] [SEP] [CLS] y [SEP] needs at least 5 positions",
+            ),
             (tr.batch_size > 0, f"--bsz must be positive, got {tr.batch_size}"),
-            (tr.batch_size % tr.effective_microbatch == 0,
-             f"--bsz {tr.batch_size} is not divisible by --microbatch {tr.microbatch}"),
+            (
+                tr.batch_size % tr.effective_microbatch == 0,
+                f"--bsz {tr.batch_size} is not divisible by --microbatch {tr.microbatch}",
+            ),
             (tr.learning_steps > 0, f"--learning_steps must be positive, got {tr.learning_steps}"),
             (tr.save_interval > 0, f"--save_interval must be positive, got {tr.save_interval}"),
-            (tr.log_interval > 0 and tr.eval_interval > 0, "--log_interval and --eval_interval must be positive"),
+            (
+                tr.log_interval > 0 and tr.eval_interval > 0,
+                "--log_interval and --eval_interval must be positive",
+            ),
             (tr.lr > 0, f"--lr must be positive, got {tr.lr}"),
             (not (tr.use_fp16 and tr.bf16), "--use_fp16 and --bf16 are mutually exclusive"),
-            (not d.denoise or m.learned_mean_embed,
-             "--denoise True needs --learned_mean_embed True (the noise replaces positions by the "
-             "learned mean embedding; the original crashes here)"),
-            (0.0 <= d.denoise_rate <= 1.0, f"--denoise_rate must be in [0, 1], got {d.denoise_rate}"),
-            (m.use_plm_init == "no" or m.hidden_dim == 768,
-             "--use_plm_init bert needs --hidden_dim 768 (the pretrained embedding is 768-wide)"),
+            (
+                not d.denoise or m.learned_mean_embed,
+                "--denoise True needs --learned_mean_embed True (the noise replaces positions by the "
+                "learned mean embedding; the original crashes here)",
+            ),
+            (
+                0.0 <= d.denoise_rate <= 1.0,
+                f"--denoise_rate must be in [0, 1], got {d.denoise_rate}",
+            ),
+            (
+                m.use_plm_init == "no" or m.hidden_dim == 768,
+                "--use_plm_init bert needs --hidden_dim 768 (the pretrained embedding is 768-wide)",
+            ),
         ]
         try:
             rates = tr.ema_rates
-            checks.append((len(rates) > 0 and all(0.0 < r < 1.0 for r in rates),
-                           f"--ema_rate {tr.ema_rate!r}: give rates in (0, 1), comma-separated"))
+            checks.append(
+                (
+                    len(rates) > 0 and all(0.0 < r < 1.0 for r in rates),
+                    f"--ema_rate {tr.ema_rate!r}: give rates in (0, 1), comma-separated",
+                )
+            )
         except ValueError:
-            checks.append((False, f"--ema_rate {tr.ema_rate!r} is not a comma-separated list of numbers"))
+            checks.append(
+                (False, f"--ema_rate {tr.ema_rate!r} is not a comma-separated list of numbers")
+            )
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -204,7 +241,9 @@ class RunConfig:
 
     def replace(self, section: str, **changes: Any) -> RunConfig:
         """A copy with fields of one section changed."""
-        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+        return dataclasses.replace(
+            self, **{section: dataclasses.replace(getattr(self, section), **changes)}
+        )
 
     # ------------------------------------------------------------------ dict / yaml
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -219,9 +258,9 @@ class RunConfig:
                 flat.update(value)
             else:
                 flat[key] = value
-        return cls(**{name: _section_from_flat(kind, flat) for name, kind in SECTIONS.items()})._check_unknown(
-            flat, source
-        )
+        return cls(
+            **{name: _section_from_flat(kind, flat) for name, kind in SECTIONS.items()}
+        )._check_unknown(flat, source)
 
     def _check_unknown(self, flat: dict[str, Any], source: str) -> RunConfig:
         known = set(_FLAG_TO_FIELD) | set(_FLAG_TO_FIELD.values())
@@ -242,33 +281,67 @@ class RunConfig:
         """The original's ``training_args.json`` content (v1 key set plus the v2 keys)."""
         m, d, da, tr = self.model, self.diffusion, self.data, self.train
         return {
-            "lr": tr.lr, "batch_size": tr.batch_size, "microbatch": tr.microbatch,
-            "learning_steps": tr.learning_steps, "log_interval": tr.log_interval,
-            "save_interval": tr.save_interval, "eval_interval": tr.eval_interval,
-            "ema_rate": tr.ema_rate, "resume_checkpoint": tr.resume_checkpoint,
-            "schedule_sampler": d.schedule_sampler, "diffusion_steps": d.diffusion_steps,
-            "noise_schedule": d.noise_schedule, "timestep_respacing": d.timestep_respacing,
-            "vocab": da.vocab, "use_plm_init": m.use_plm_init, "vocab_size": m.vocab_size,
-            "config_name": m.config_name, "notes": tr.notes, "data_dir": da.data_dir,
-            "dataset": da.dataset, "checkpoint_path": tr.checkpoint_path, "seq_len": da.seq_len,
-            "hidden_t_dim": m.hidden_t_dim, "hidden_dim": m.hidden_dim, "dropout": m.dropout,
-            "use_fp16": tr.use_fp16, "fp16_scale_growth": 0.001, "seed": tr.seed,
-            "gradient_clipping": tr.gradient_clipping, "weight_decay": tr.weight_decay,
-            "learn_sigma": False, "use_kl": False, "predict_xstart": True,
-            "rescale_timesteps": d.rescale_timesteps, "rescale_learned_sigmas": False,
-            "sigma_small": False, "emb_scale_factor": 1.0,
-            "learned_mean_embed": m.learned_mean_embed, "denoise": d.denoise,
-            "denoise_rate": d.denoise_rate, "rejection_rate": 0.0, "reg_rate": d.reg_rate,
-            "device": "", "data_split_num": 0,
+            "lr": tr.lr,
+            "batch_size": tr.batch_size,
+            "microbatch": tr.microbatch,
+            "learning_steps": tr.learning_steps,
+            "log_interval": tr.log_interval,
+            "save_interval": tr.save_interval,
+            "eval_interval": tr.eval_interval,
+            "ema_rate": tr.ema_rate,
+            "resume_checkpoint": tr.resume_checkpoint,
+            "schedule_sampler": d.schedule_sampler,
+            "diffusion_steps": d.diffusion_steps,
+            "noise_schedule": d.noise_schedule,
+            "timestep_respacing": d.timestep_respacing,
+            "vocab": da.vocab,
+            "use_plm_init": m.use_plm_init,
+            "vocab_size": m.vocab_size,
+            "config_name": m.config_name,
+            "notes": tr.notes,
+            "data_dir": da.data_dir,
+            "dataset": da.dataset,
+            "checkpoint_path": tr.checkpoint_path,
+            "seq_len": da.seq_len,
+            "hidden_t_dim": m.hidden_t_dim,
+            "hidden_dim": m.hidden_dim,
+            "dropout": m.dropout,
+            "use_fp16": tr.use_fp16,
+            "fp16_scale_growth": 0.001,
+            "seed": tr.seed,
+            "gradient_clipping": tr.gradient_clipping,
+            "weight_decay": tr.weight_decay,
+            "learn_sigma": False,
+            "use_kl": False,
+            "predict_xstart": True,
+            "rescale_timesteps": d.rescale_timesteps,
+            "rescale_learned_sigmas": False,
+            "sigma_small": False,
+            "emb_scale_factor": 1.0,
+            "learned_mean_embed": m.learned_mean_embed,
+            "denoise": d.denoise,
+            "denoise_rate": d.denoise_rate,
+            "rejection_rate": 0.0,
+            "reg_rate": d.reg_rate,
+            "device": "",
+            "data_split_num": 0,
         }
 
     @classmethod
-    def from_training_args(cls, args: dict[str, Any], *, source: str = "training_args.json") -> RunConfig:
+    def from_training_args(
+        cls, args: dict[str, Any], *, source: str = "training_args.json"
+    ) -> RunConfig:
         """Rebuild from an original (or our) ``training_args.json``; unknown keys are ignored."""
-        unsupported = [(k, v) for k, v in (("learn_sigma", True), ("predict_xstart", False)) if args.get(k) == v]
+        unsupported = [
+            (k, v)
+            for k, v in (("learn_sigma", True), ("predict_xstart", False))
+            if args.get(k) == v
+        ]
         if unsupported:
-            raise ConfigError(f"{source}: {unsupported[0][0]}={unsupported[0][1]} is not supported "
-                              "(it is broken in the original too)")
+            raise ConfigError(
+                f"{source}: {unsupported[0][0]}={unsupported[0][1]} is not supported "
+                "(it is broken in the original too)"
+            )
         flat = {k: v for k, v in args.items() if k in _FIELD_NAMES}
         return cls(**{name: _section_from_flat(kind, flat) for name, kind in SECTIONS.items()})
 
@@ -317,7 +390,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------- argparse
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, kind: type, *, title: str | None = None) -> None:
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, kind: type, *, title: str | None = None
+) -> None:
     """Add one flag per field of ``kind``; defaults are left as ``None`` so that only
     flags given on the command line override a ``--config`` file."""
     group = parser.add_argument_group(title or kind.__name__)
@@ -338,10 +413,16 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, kind: type, *, title: s
 
 def given_flags(namespace: argparse.Namespace, kind: type) -> dict[str, Any]:
     """The fields of ``kind`` that were given on the command line."""
-    return {f.name: getattr(namespace, f.name) for f in fields(kind) if getattr(namespace, f.name, None) is not None}
+    return {
+        f.name: getattr(namespace, f.name)
+        for f in fields(kind)
+        if getattr(namespace, f.name, None) is not None
+    }
 
 
-def run_config_from_args(namespace: argparse.Namespace, *, base: RunConfig | None = None) -> RunConfig:
+def run_config_from_args(
+    namespace: argparse.Namespace, *, base: RunConfig | None = None
+) -> RunConfig:
     """Defaults < ``--config`` YAML < command-line flags."""
     config = base or RunConfig()
     for name, kind in SECTIONS.items():
@@ -352,14 +433,16 @@ def run_config_from_args(namespace: argparse.Namespace, *, base: RunConfig | Non
 
 
 def run_folder_name(config: RunConfig, *, timestamp: str | None = None) -> str:
-    """The original's run folder name (spec §2.2 step 3), timestamp computed once by the caller.
+    """The original's run folder name (docs/original.md §2.2 step 3), timestamp computed once by the caller.
 
     ``diffuseq_{dataset}_h{hidden}_lr{lr}_t{T}_{schedule}_{sampler}_seed{seed}_{notes}{timestamp}``,
     with ``lr`` formatted by ``str(float)`` (``0.0001``, ``1e-05``).
     """
     m, d, da, tr = config.model, config.diffusion, config.data, config.train
-    name = (f"diffuseq_{da.dataset}_h{m.hidden_dim}_lr{float(tr.lr)}_t{d.diffusion_steps}_"
-            f"{d.noise_schedule}_{d.schedule_sampler}_seed{tr.seed}")
+    name = (
+        f"diffuseq_{da.dataset}_h{m.hidden_dim}_lr{float(tr.lr)}_t{d.diffusion_steps}_"
+        f"{d.noise_schedule}_{d.schedule_sampler}_seed{tr.seed}"
+    )
     if tr.notes:
         stamp = timestamp if timestamp is not None else time.strftime("%Y%m%d-%H:%M:%S")
         name += f"_{tr.notes}{stamp}"

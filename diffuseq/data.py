@@ -1,6 +1,6 @@
 """Sequence-to-sequence data: jsonl pairs → ``input_ids`` / ``input_mask`` batches.
 
-Reimplements DiffuSeq's ``text_datasets.py`` (spec §3.1, §3.3–§3.5): reading
+Reimplements DiffuSeq's ``text_datasets.py`` (docs/original.md §3.1, §3.3–§3.5): reading
 ``{data_dir}/{train,valid,test}.jsonl``, tokenising, the "merge and mask" layout
 
     ids  = [CLS] x… [SEP] [SEP] [CLS] y… [SEP] [PAD]…     (word-level: [START] … [END])
@@ -15,10 +15,10 @@ Differences from the original (deliberate):
 * Examples are stored unpadded in one flat ``int32`` array (plus offsets and source lengths)
   and padded in ``__getitem__``; the original keeps padded Python lists, tokenises with four
   processes on every run, and builds a random "model_emb" array per example that nothing uses
-  (spec §3.5, §10.1 item 8). Items are ``{"input_ids", "input_mask"}`` dicts, not
+  (docs/original.md §3.5, §10.1 item 8). Items are ``{"input_ids", "input_mask"}`` dicts, not
   ``(emb, cond)`` tuples.
 * The training iterator calls ``sampler.set_epoch(epoch)`` (the original never does, so every
-  epoch repeats one order, spec §10.1 item 6) and the sampler is seeded with the run's seed
+  epoch repeats one order, docs/original.md §10.1 item 6) and the sampler is seeded with the run's seed
   (the original always uses 0). It can fast-forward to an exact position for resume.
 * It does not discard a first batch (the original's ``train.py`` drops one, §10.1 item 7).
 * ``shuffle=False`` gives file order for every split (the original shuffles ``valid`` even
@@ -28,7 +28,6 @@ Differences from the original (deliberate):
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffuseq.errors import ConfigError, DataError
+from diffuseq.jsonl import iter_records
 
 if TYPE_CHECKING:
     from diffuseq.tokenizer import TextTokenizer
@@ -47,8 +47,6 @@ SPLITS = ("train", "valid", "test")
 FIELDS = ("src", "trg")
 # [CLS] [SEP] [SEP] [CLS] [SEP]: the layout with empty source and target.
 MIN_SEQ_LEN = 5
-
-_LINE_FORMAT = 'every line must be one JSON object such as {"src": "source text", "trg": "target"}'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,54 +86,12 @@ def iter_pairs(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
     Other fields of a line are ignored.
 
     Raises:
-        DataError: missing file, empty file, blank line, invalid JSON, a line that is not an
-            object, a missing ``src``/``trg``, or a non-string field (1-based line numbers).
+        DataError: see :func:`diffuseq.jsonl.iter_records` (1-based line numbers).
     """
     path = Path(path)
-    name = str(path)
-    if not path.is_file():
-        raise DataError(
-            name,
-            None,
-            None,
-            f"file not found: the '{path.stem}' split is read from {path.name} in folder "
-            f"{path.parent}.",
-        )
-    count = 0
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            yield _parse_line(raw, name, line_no)
-            count += 1
-    if count == 0:
-        raise DataError(name, None, None, f"empty file: no examples ({_LINE_FORMAT}).")
-
-
-def _parse_line(raw: bytes, path: str, line_no: int) -> tuple[str, str]:
-    try:
-        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(path, line_no, None, f"not UTF-8 text ({err.reason}).") from err
-    if not line.strip():
-        raise DataError(path, line_no, None, f"blank line; {_LINE_FORMAT}.")
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(
-            path, line_no, None, f"invalid JSON ({err.msg} at column {err.colno}); {_LINE_FORMAT}."
-        ) from err
-    if not isinstance(obj, dict):
-        raise DataError(path, line_no, None, f"got a JSON {type(obj).__name__}; {_LINE_FORMAT}.")
-    fields = []
-    for field in FIELDS:
-        if field not in obj:
-            raise DataError(path, line_no, field, f"missing; {_LINE_FORMAT}.")
-        value = obj[field]
-        if not isinstance(value, str):
-            raise DataError(
-                path, line_no, field, f"must be a string, got {type(value).__name__} {value!r}."
-            )
-        fields.append(value.strip())
-    return fields[0], fields[1]
+    hint = f"the '{path.stem}' split is read from {path.name} in folder {path.parent}"
+    for _, record in iter_records(path, FIELDS, missing_hint=hint):
+        yield record["src"].strip(), record["trg"].strip()
 
 
 def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
@@ -144,7 +100,7 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# One example: merge and mask (spec §3.3)
+# One example: merge and mask (docs/original.md §3.3)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -380,7 +336,7 @@ def make_loader(
     drop_last: bool = False,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A ``DataLoader`` over this rank's shard (``batch_size`` is per process, spec §3.4).
+    """A ``DataLoader`` over this rank's shard (``batch_size`` is per process, docs/original.md §3.4).
 
     ``loader.sampler`` is a :class:`ShardedBatchSampler` (the ``DistributedSampler`` order, cut
     into batches); the loader itself has ``batch_size=None`` because the dataset builds each

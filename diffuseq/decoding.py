@@ -1,18 +1,18 @@
 """The decode job: sample targets for a list of sources and write the original's output files.
 
 Reimplements `scripts/run_decode.py` + `sample_seq2seq.py` (+ v2's `sample_seq2seq_dpmSolver.py`)
-of the original (spec §2.4–2.6, §5.11–5.13, §8):
+of the original (docs/original.md §2.4–2.6, §5.11–5.13, §8):
 
 1. load a checkpoint of a run folder (model with the tied-weight rule, diffusion, tokenizer);
 2. shard the input examples across ranks with a strided slice (``rank::world_size``);
 3. per batch of ``(example, candidate)`` rows: ``x̄_0 = EMB(ids)``, ``x_T = where(m==0, x̄_0, z)``,
-   run a sampler (:mod:`diffuseq.samplers`), ``tokens = top-1 of get_logits(x_0)`` in fp32;
-4. text (spec §5.13): ``recover = decode(tokens[len_x:])``, ``reference = decode(ids[len_x:])``,
+   run a sampler (:mod:`diffuseq.sampling`), ``tokens = top-1 of get_logits(x_0)`` in fp32;
+4. text (docs/original.md §5.13): ``recover = decode(tokens[len_x:])``, ``reference = decode(ids[len_x:])``,
    ``source = decode(ids[:len_x])`` with ``len_x = L − Σ mask`` (special tokens kept);
 5. ``all_gather_object`` the texts; rank 0 writes one JSON-lines file per candidate seed,
    lines in input order, keys ``recover, reference, source`` (``json.dumps`` defaults).
 
-Every row draws its noise from its own generator (:class:`~diffuseq.noise.NoiseSource`), so the
+Every row draws its noise from its own generator (:class:`~diffuseq.sampling.noise.NoiseSource`), so the
 output does not depend on the batch size, the number of processes or ``num_samples``.
 """
 
@@ -29,16 +29,16 @@ from tqdm.auto import tqdm
 
 from diffuseq import dist
 from diffuseq.data import merge_and_mask
-from diffuseq.errors import CheckpointError, ConfigError, DataError
+from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.jsonl import iter_records
 from diffuseq.logger import get_logger
-from diffuseq.noise import NoiseSource
-from diffuseq.rounding import make_rounding_fn
-from diffuseq.samplers import ancestral_sample, ddim_adjacent_sample, ddim_sample, dpm_solver_sample
-from diffuseq.solvers import dpm_solver_v2_sample
+from diffuseq.sampling import SAMPLERS, run_sampler
+from diffuseq.sampling.noise import NoiseSource
+from diffuseq.sampling.rounding import make_rounding_fn
 
 __all__ = [
     "DTYPES",
-    "SAMPLERS",
+    "SAMPLER_CHOICES",
     "DecodeSettings",
     "Decoder",
     "EncodedInputs",
@@ -50,7 +50,14 @@ __all__ = [
     "texts_from_tokens",
 ]
 
-SAMPLERS = ("auto", "ancestral", "ddim", "dpm-solver++")
+#: ``--sampler`` choices: ``auto`` plus every registered sampler name. ``ddim-adjacent`` and
+#: ``dpm-solver++-v2`` are also reachable as ``ddim --ddim_adjacent`` and
+#: ``dpm-solver++ --dpm_v2_variant`` (the flags the first releases had).
+SAMPLER_CHOICES = ("auto", *SAMPLERS)
+_VARIANTS = {
+    "ddim-adjacent": ("ddim", "ddim_adjacent"),
+    "dpm-solver++-v2": ("dpm-solver++", "dpm_v2_variant"),
+}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = get_logger("decode")
 
@@ -86,10 +93,13 @@ class DecodeSettings:
 
     def check(self) -> DecodeSettings:
         """Checks that need no model (run at CLI start)."""
+        if self.sampler in _VARIANTS:
+            base, flag = _VARIANTS[self.sampler]
+            return replace(self, sampler=base, **{flag: True}).check()
         problems = [
             (
-                self.sampler in SAMPLERS,
-                f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}",
+                self.sampler in SAMPLER_CHOICES,
+                f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLER_CHOICES)}",
             ),
             (self.num_samples >= 1, f"--num_samples must be at least 1, got {self.num_samples}"),
             (self.batch_size >= 1, f"--bsz must be at least 1, got {self.batch_size}"),
@@ -112,7 +122,7 @@ class DecodeSettings:
 
     def resolve(self, num_timesteps: int) -> DecodeSettings:
         """Fill ``steps`` (default T) and ``sampler`` (``auto``) for a model with T steps."""
-        self.check()
+        self = self.check()
         T = num_timesteps
         steps = T if self.steps is None else self.steps
         if steps > T:
@@ -163,7 +173,7 @@ def output_file_name(seed: int, clamp_step: int, note: str | None = None) -> str
 def texts_from_tokens(
     tokenizer, input_ids: torch.Tensor, input_mask: torch.Tensor, tokens: torch.Tensor
 ) -> list[dict[str, str]]:
-    """The original's three strings per row (spec §5.13), special tokens kept.
+    """The original's three strings per row (docs/original.md §5.13), special tokens kept.
 
     Args:
         input_ids, input_mask, tokens: ``[B, L]``.
@@ -205,38 +215,15 @@ def cut_at_sep(text: str, special_tokens: dict[str, str]) -> str:
 def read_input_file(path: str | Path) -> list[tuple[str, str]]:
     """``--input FILE.jsonl``: one ``{"src": ..., "trg": ...}`` per line, ``trg`` optional ("").
 
-    Raises:
-        DataError: missing file, invalid JSON, a non-object line or a missing/non-string ``src``.
+    Blank lines are skipped. Raises :class:`DataError` as :func:`diffuseq.jsonl.iter_records`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), None, None, "--input file not found")
-    pairs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                str(path), line_no, None, f'invalid JSON ({err.msg}); expected {{"src": "..."}}'
-            ) from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("src"), str):
-            raise DataError(
-                str(path), line_no, "src", 'every line needs a string "src" (and optionally "trg")'
-            )
-        trg = obj.get("trg", "")
-        if not isinstance(trg, str):
-            raise DataError(str(path), line_no, "trg", "must be a string")
-        pairs.append((obj["src"].strip(), trg.strip()))
-    if not pairs:
-        raise DataError(str(path), None, None, "no examples in the --input file")
-    return pairs
+    records = iter_records(path, ("src",), optional={"trg": ""}, skip_blank=True, flag="--input")
+    return [(r["src"].strip(), r["trg"].strip()) for _, r in records]
 
 
 @dataclass(frozen=True)
 class EncodedInputs:
-    """Merged examples (spec §3.3): ``input_ids``/``input_mask`` int64 ``[N, L]``."""
+    """Merged examples (docs/original.md §3.3): ``input_ids``/``input_mask`` int64 ``[N, L]``."""
 
     input_ids: torch.Tensor
     input_mask: torch.Tensor
@@ -357,23 +344,17 @@ class Decoder:
             "progress": progress,
             "denoised_fn": make_rounding_fn(self.model.word_embedding.weight),
         }
-        if s.sampler == "ancestral":
-            top_p = s.top_p if s.top_p is not None and s.top_p > 0 else None
-            x0 = ancestral_sample(
-                model, self.diffusion, x_T, top_p=top_p, mean_embed=mean_embed, **common
-            )
-        elif s.sampler == "ddim" and s.ddim_adjacent:
-            x0 = ddim_adjacent_sample(model, self.diffusion, x_T, steps=s.steps, **common)
-        elif s.sampler == "ddim":
-            x0 = ddim_sample(
-                model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common
-            )
-        elif s.dpm_v2_variant:
-            x0 = dpm_solver_v2_sample(model, self.diffusion, x_T, steps=s.steps, **common)
-        else:
-            x0 = dpm_solver_sample(
-                model, self.diffusion, x_T, steps=s.steps, mean_embed=mean_embed, **common
-            )
+        top_p = s.top_p if s.top_p is not None and s.top_p > 0 else None
+        x0 = run_sampler(
+            s.label,
+            model,
+            self.diffusion,
+            x_T,
+            steps=s.steps,
+            top_p=top_p,
+            mean_embed=mean_embed,
+            **common,
+        )
         logits = self.model.get_logits(x0.float())  # fp32, outside autocast
         return torch.topk(logits, k=1, dim=-1).indices[..., 0].cpu()
 

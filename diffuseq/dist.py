@@ -1,6 +1,6 @@
 """Distributed set-up: the only module that reads torchrun's environment.
 
-Replaces the original's `dist_util.py` (spec §6.8): no host-name resolution, no
+Replaces the original's `dist_util.py` (docs/original.md §6.8): no host-name resolution, no
 ``LOCAL_RANK`` requirement. Without torchrun's variables everything runs as a single
 process and every collective below is a no-op. Backend: NCCL on CUDA, gloo on CPU.
 """

@@ -1,12 +1,12 @@
-"""Evaluation of decode outputs: the original ``scripts/eval_seq2seq.py`` (spec §7, §2.7).
+"""Evaluation of decode outputs: the original ``scripts/eval_seq2seq.py`` (docs/original.md §7, §2.7).
 
 Reads decode outputs (a folder of ``*json`` JSONL files with ``recover``/``reference``/``source``,
 one such file, or plain-text hypothesis/reference files), validates them, cleans the texts
-(spec §7.1), scores every file (§7.2), then either the diversity of the candidate sets or MBR
+(docs/original.md §7.1), scores every file (§7.2), then either the diversity of the candidate sets or MBR
 selection over them (§7.3, line ``i`` of every file is one example), and prints the report line
 for line as the original does (§7.4). Everything is also returned as an :class:`EvalReport`.
 
-Known quirks kept on purpose (spec §10.1 items 13 and 23): texts are not cut at ``[SEP]``,
+Known quirks kept on purpose (docs/original.md §10.1 items 13 and 23): texts are not cut at ``[SEP]``,
 ``avg len`` counts empty strings, the MBR block prints ``ROUGE-l`` and no ``avg len``.
 Deviations: files of different lengths are an error (the original leaves gaps or crashes), and
 BERTScore can be skipped or pointed at a local model; its line then says so.
@@ -28,6 +28,7 @@ import numpy as np
 
 from diffuseq import metrics
 from diffuseq.errors import DataError
+from diffuseq.jsonl import iter_records
 
 STARS = "*" * 30
 FIELDS = ("recover", "reference", "source")
@@ -87,7 +88,7 @@ class BlockScores:
 
 @dataclass(frozen=True)
 class DiversityScores:
-    """Per-line self-BLEU (original, asymmetric), div-4 and their means (spec §7.3)."""
+    """Per-line self-BLEU (original, asymmetric), div-4 and their means (docs/original.md §7.3)."""
 
     self_bleu: list[float]
     div4: list[float]
@@ -146,35 +147,13 @@ def _read_lines(path: str) -> list[str]:
     return lines
 
 
-def _parse_record(path: str, line_no: int, line: str) -> dict:
-    def error(key: str | None, problem: str) -> DataError:
-        return DataError(path, line_no, key, problem)
-
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise error(None, f"not valid JSON ({err.msg}, column {err.colno})") from err
-    if not isinstance(record, dict):
-        raise error(None, f"expected a JSON object, got {type(record).__name__}")
-    for key in FIELDS:
-        if key not in record:
-            raise error(key, "missing key; each line needs 'recover', 'reference', 'source'")
-        if not isinstance(record[key], str):
-            raise error(key, f"expected a string, got {type(record[key]).__name__}")
-    return record
-
-
 def read_decode_file(path: str, tokens: SpecialTokens = SpecialTokens()) -> CandidateFile:
     """Read and clean one decode output (JSONL with ``recover``, ``reference``, ``source``).
 
     Raises:
-        DataError: unreadable or empty file, a line that is not a JSON object, a missing key or
-            a non-string value; the message names the file, line and key.
+        DataError: as :func:`diffuseq.jsonl.iter_records` (file, line and key named).
     """
-    lines = _read_lines(path)
-    examples = tuple(
-        clean_example(_parse_record(path, i, line), tokens) for i, line in enumerate(lines, start=1)
-    )
+    examples = tuple(clean_example(record, tokens) for _, record in iter_records(path, FIELDS))
     return CandidateFile(path=path, examples=examples)
 
 
@@ -220,7 +199,7 @@ def check_same_length(files: Sequence[CandidateFile]) -> None:
 def score_block(
     label: str, examples: Sequence[Example], *, reference_impl: bool = False, extras: bool = False
 ) -> BlockScores:
-    """BLEU, ROUGE-L, dist-1 and length per line and their means (spec §7.2), no BERTScore."""
+    """BLEU, ROUGE-L, dist-1 and length per line and their means (docs/original.md §7.2), no BERTScore."""
     hyps, refs = [e.recover for e in examples], [e.reference for e in examples]
     bleu = metrics.sentence_bleu_many(hyps, refs, reference_impl=reference_impl)
     rouge = metrics.rouge_l_many(hyps, refs, reference_impl=reference_impl)
@@ -261,7 +240,7 @@ def pairwise_matrices(
 def score_diversity(
     groups: Sequence[Sequence[str]], matrices: Sequence[metrics.BleuMatrix], *, extras: bool = False
 ) -> DiversityScores:
-    """Per-line self-BLEU and div-4 of the candidate sets, and their means (spec §7.3)."""
+    """Per-line self-BLEU and div-4 of the candidate sets, and their means (docs/original.md §7.3)."""
     sb = [metrics.self_bleu(m) for m in matrices]
     div4 = [metrics.distinct_n_pooled(g, 4) for g in groups]
     sym = [metrics.self_bleu_symmetric(m) for m in matrices] if extras else []
@@ -272,7 +251,7 @@ def score_diversity(
 def select_mbr(
     files: Sequence[CandidateFile], matrices: Sequence[metrics.BleuMatrix]
 ) -> tuple[list[int], list[Example]]:
-    """MBR choice per line; reference and source come from the first file (spec §7.3)."""
+    """MBR choice per line; reference and source come from the first file (docs/original.md §7.3)."""
     chosen = [metrics.mbr_select(m) for m in matrices]
     examples = [
         replace(files[0].examples[i], recover=files[k].examples[i].recover)
@@ -285,7 +264,7 @@ def select_mbr(
 
 
 def block_lines(block: BlockScores, *, mbr: bool = False, show_extras: bool = False) -> list[str]:
-    """The metric lines the original prints after a block's ``*`` line (spec §7.4), + extras."""
+    """The metric lines the original prints after a block's ``*`` line (docs/original.md §7.4), + extras."""
     lines = [
         STARS,
         f"avg BLEU score {block.avg_bleu}",

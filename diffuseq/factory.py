@@ -2,16 +2,16 @@
 
 The one place that turns :class:`diffuseq.config.RunConfig` sections into objects, used by
 training, decoding and the Python API alike (the original's `create_model_and_diffusion`,
-spec §4.1, §5.3).
+docs/original.md §4.1, §5.3).
 """
 
 from __future__ import annotations
 
-from diffuseq.config import DiffusionConfig, ModelConfig
-from diffuseq.diffusion import GaussianDiffusion
 from diffuseq.bert_config import build_bert_config
+from diffuseq.config import DiffusionConfig, ModelConfig
+from diffuseq.diffusion.gaussian import GaussianDiffusion
+from diffuseq.diffusion.timestep_sampling import TimestepDistribution, create_timestep_distribution
 from diffuseq.model import TransformerNetModel
-from diffuseq.timestep_sampler import ScheduleSampler, create_named_schedule_sampler
 
 
 def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> TransformerNetModel:
@@ -54,5 +54,7 @@ def build_diffusion(config: DiffusionConfig, *, respacing: str | None = None) ->
     )
 
 
-def build_schedule_sampler(config: DiffusionConfig, diffusion: GaussianDiffusion) -> ScheduleSampler:
-    return create_named_schedule_sampler(config.schedule_sampler, diffusion)
+def build_timestep_distribution(
+    config: DiffusionConfig, diffusion: GaussianDiffusion
+) -> TimestepDistribution:
+    return create_timestep_distribution(config.schedule_sampler, diffusion)

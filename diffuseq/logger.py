@@ -1,11 +1,11 @@
 """Rank-0 logging and an interval-averaging metrics writer.
 
-Replaces the original's copied OpenAI-baselines logger (`diffuseq/utils/logger.py`, spec §2.8):
+Replaces the original's copied OpenAI-baselines logger (`diffuseq/utils/logger.py`, docs/original.md §2.8):
 
 * messages go through the stdlib ``logging`` logger ``"diffuseq"``; :func:`setup_logging`
   (called by the command-line entry points, never at import) lets only rank 0 print INFO and
   also writes them to ``<run>/log.txt``. The original let every rank open and truncate the same
-  ``log.txt`` / ``progress.csv`` (spec §10.1 item 15).
+  ``log.txt`` / ``progress.csv`` (docs/original.md §10.1 item 15).
 * :class:`MetricsWriter` has the original's ``logkv`` / ``logkv_mean`` / ``dumpkvs`` semantics:
   each key is averaged over the values added since the last dump. Values stay on the device
   (running sums of tensors); the only host synchronisation is one transfer per dump.

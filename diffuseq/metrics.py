@@ -1,6 +1,6 @@
-"""Text metrics of the DiffuSeq evaluator, reimplemented fast and bit-exact (spec §7).
+"""Text metrics of the DiffuSeq evaluator, reimplemented fast and bit-exact (docs/original.md §7).
 
-Reimplements the metric functions of ``scripts/eval_seq2seq.py`` (spec §7.1-§7.3) as pure
+Reimplements the metric functions of ``scripts/eval_seq2seq.py`` (docs/original.md §7.1-§7.3) as pure
 functions on lists of strings:
 
 * clean-up: ``.strip()`` first, then plain substring deletions (:func:`clean_text`);
@@ -127,7 +127,7 @@ def sentence_bleu_many(
 def pairwise_bleu(
     candidates: Sequence[str], *, reference_impl: bool = False, memo: dict | None = None
 ) -> BleuMatrix:
-    """``S[i][j] = BLEU(hyp=candidates[i], ref=candidates[j])`` with a zero diagonal (spec §7.3).
+    """``S[i][j] = BLEU(hyp=candidates[i], ref=candidates[j])`` with a zero diagonal (docs/original.md §7.3).
 
     Each candidate's n-grams are counted once; clipped matches are symmetric, so they are
     computed once per unordered pair and used for both directions. ``memo`` (optional, owned by

@@ -1,6 +1,6 @@
 """Small tensor helpers shared by the model and the diffusion math.
 
-Reimplements `diffuseq/utils/nn.py` of the original (spec §5.7, §4.2): only the pieces the
+Reimplements `diffuseq/utils/nn.py` of the original (docs/original.md §5.7, §4.2): only the pieces the
 pipeline uses.
 """
 
@@ -13,7 +13,7 @@ import torch
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
-    """Sinusoidal timestep embedding, cosine half first (spec §4.2).
+    """Sinusoidal timestep embedding, cosine half first (docs/original.md §4.2).
 
     Args:
         timesteps: ``[B]`` (possibly fractional) timestep values, already rescaled.
@@ -46,7 +46,7 @@ def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
 def update_ema(
     target_params: Iterable[torch.Tensor], source_params: Iterable[torch.Tensor], rate: float
 ) -> None:
-    """In place ``target <- rate·target + (1-rate)·source`` (no bias correction, spec §6.2)."""
+    """In place ``target <- rate·target + (1-rate)·source`` (no bias correction, docs/original.md §6.2)."""
     targets = list(target_params)
     sources = [p.detach() for p in source_params]
     if targets:

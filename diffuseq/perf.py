@@ -16,7 +16,14 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["cpu_flags", "cpu_has_bf16", "physical_cores", "set_threads", "peak_rss_bytes", "maybe_compile"]
+__all__ = [
+    "cpu_flags",
+    "cpu_has_bf16",
+    "physical_cores",
+    "set_threads",
+    "peak_rss_bytes",
+    "maybe_compile",
+]
 
 
 def cpu_flags() -> frozenset[str]:

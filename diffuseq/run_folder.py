@@ -1,13 +1,13 @@
 """Read a training run folder, ours or the original's, for decoding.
 
 A run folder written by our trainer holds ``config.yaml`` (and ``training_args.json``); one
-written by the original holds only ``training_args.json`` (spec §2.3, golden G9). Both hold
+written by the original holds only ``training_args.json`` (docs/original.md §2.3, golden G9). Both hold
 the saved tokenizer and ``ema_{rate}_{step:06d}.pt`` checkpoints.
 
 Relative paths inside the config (``config_name``, ``vocab``, ``data_dir``) were relative to
 the directory training ran in. The original always ran from its repository root, whose
 ``diffusion_models/<run>/`` is the run folder, so they are resolved against
-``run_dir/../..`` first, then against the current directory (spec §2, "All scripts chdir to
+``run_dir/../..`` first, then against the current directory (docs/original.md §2, "All scripts chdir to
 the repository root").
 
 Differences from the original: the tokenizer is read from the run folder (``vocab.json`` /

@@ -1,6 +1,6 @@
 """Text tokenizers behind one small interface.
 
-Reimplements DiffuSeq's ``basic_utils.myTokenizer`` (spec §3.2): the Hugging Face tokenizer
+Reimplements DiffuSeq's ``basic_utils.myTokenizer`` (docs/original.md §3.2): the Hugging Face tokenizer
 selected by ``--vocab bert`` and the word-level vocab-file format selected by
 ``--vocab path/to/vocab.txt``. Adds a third kind, ``--vocab wordpiece``: a WordPiece vocabulary
 learned from the training data, for runs without any hub asset.
@@ -36,8 +36,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffuseq.data import read_pairs
 from diffuseq.errors import CheckpointError, ConfigError, DataError, OfflineAssetError
+from diffuseq.jsonl import iter_records
 from diffuseq.wordpiece import build_wordpiece_backend
 
 VOCAB_JSON = "vocab.json"  # the original's file name for a saved word-level vocab
@@ -95,7 +95,7 @@ class TextTokenizer(ABC):
         """``{"kind": ..., ...}``: the kind and what is needed to rebuild it from a run folder."""
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Original decode semantics (spec §3.2, §5.13).
+        """Original decode semantics (docs/original.md §3.2, §5.13).
 
         Only *trailing* ids equal to ``pad_token_id`` are dropped; special tokens and interior
         pads stay in the text. ``ids`` may be a list, a 1-D tensor or a 1-D array.
@@ -197,7 +197,7 @@ class HFTokenizer(TextTokenizer):
 
 
 class VocabFileTokenizer(TextTokenizer):
-    """The original's word-level vocabulary (``--vocab path/to/vocab.txt``, spec §3.2).
+    """The original's word-level vocabulary (``--vocab path/to/vocab.txt``, docs/original.md §3.2).
 
     Ids: ``[START] 0, [END] 1, [UNK] 2, [PAD] 3``, then one id per line of the file in file
     order. Encoding splits on whitespace (case-sensitive), maps unknown words to 2 and wraps the
@@ -443,7 +443,12 @@ def load_tokenizer(
                 "--vocab wordpiece learns its vocabulary from the training data: pass the "
                 "training jsonl file(s)."
             )
-        texts = (text for path in train_files for pair in read_pairs(path) for text in pair)
+        texts = (
+            record[field].strip()
+            for path in train_files
+            for _, record in iter_records(path, ("src", "trg"))
+            for field in ("src", "trg")
+        )
         return train_wordpiece(texts, vocab_size=wordpiece_vocab_size)
     return VocabFileTokenizer.from_vocab_file(arg, allow_duplicates=allow_duplicate_vocab)
 

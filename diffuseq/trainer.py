@@ -1,8 +1,8 @@
 """The training loop of DiffuSeq / DiffuSeq-v2.
 
-Reimplements `TrainLoop` of the original `diffuseq/train_util.py` (spec §6): AdamW with a linear
+Reimplements `TrainLoop` of the original `diffuseq/train_util.py` (docs/original.md §6): AdamW with a linear
 LR anneal, micro-batch gradient accumulation with the original's semantics (the gradient is the
-SUM of the micro-batch mean losses, each weighted by the timestep importance weights, spec §6.3),
+SUM of the micro-batch mean losses, each weighted by the timestep importance weights, docs/original.md §6.3),
 DDP with ``no_sync`` on every micro-batch but the last, the loss-aware timestep sampler updated
 (all-gathered) after every micro-batch, EMA at one or more rates, periodic validation loss and
 the original's logged keys (``loss, mse, nll`` with ``_q0.._q3`` quartiles by ``t``,
@@ -11,11 +11,11 @@ the original's logged keys (``loss, mse, nll`` with ``_q0.._q3`` quartiles by ``
 Differences from the original (deliberate):
 
 * Mixed precision through ``torch.amp`` (fp16 with a GradScaler on CUDA, or bf16 without one);
-  gradients are unscaled before clipping (v2 clipped the still-scaled gradients, spec §10.2
-  item 7). v1's fp16 crashed (spec §6.4).
+  gradients are unscaled before clipping (v2 clipped the still-scaled gradients, docs/original.md §10.2
+  item 7). v1's fp16 crashed (docs/original.md §6.4).
 * DDP also on CPU (gloo); the loss reaches the embedding/logits through the unwrapped model
-  instead of ``model.model.module`` (spec §10.3).
-* Full training states are saved next to the EMA files, for an exact resume (spec §6.7: the
+  instead of ``model.model.module`` (docs/original.md §10.3).
+* Full training states are saved next to the EMA files, for an exact resume (docs/original.md §6.7: the
   original saved and resumed EMA weights only, with a fresh optimizer). Files are named by the
   number of optimizer updates they hold; the original's in-loop files held one more update than
   their name says.
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +49,13 @@ from diffuseq.checkpoint import (
     state_file_name,
     write_latest,
 )
+from diffuseq.checkpoint_format import state_dict_for_saving
 from diffuseq.config import TrainConfig
+from diffuseq.diffusion.losses import training_losses
+from diffuseq.diffusion.timestep_sampling import LossAwareTimesteps, TimestepDistribution
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.logger import MetricsWriter, get_logger
-from diffuseq.model import state_dict_for_saving
 from diffuseq.nn_utils import update_ema
-from diffuseq.timestep_sampler import LossAwareSampler, ScheduleSampler
 
 LOSS_KEYS = ("loss", "mse", "nll")
 
@@ -86,7 +87,7 @@ class Trainer:
         model: the unwrapped denoiser, already on ``device`` (wrapped in DDP here when the
             process group has more than one rank).
         diffusion: the :class:`~diffuseq.diffusion.GaussianDiffusion`.
-        sampler: the timestep sampler (a :class:`LossAwareSampler` is updated every micro-batch).
+        sampler: the timestep sampler (a :class:`LossAwareTimesteps` is updated every micro-batch).
         train_batches: endless iterator of ``{"input_ids", "input_mask"}`` batches with
             ``state_dict``/``load_state_dict`` (:class:`diffuseq.data.InfiniteBatches`).
         valid_batches: the same for validation (rank 0), or ``None`` to skip validation.
@@ -98,6 +99,9 @@ class Trainer:
         max_minutes: wall-clock budget; when spent, save and stop (``None``: no budget).
         keep_states: full training states to keep (``<= 0``: all); EMA files are never deleted.
         progress: show a tqdm bar (rank 0 only).
+        loss_fn: ``loss_fn(diffusion, model, input_ids, input_mask, t, *, text_model)`` ->
+            dict of ``[B]`` loss terms with ``"loss"`` (default
+            :func:`diffuseq.diffusion.losses.training_losses`).
     """
 
     def __init__(
@@ -105,7 +109,7 @@ class Trainer:
         *,
         model: torch.nn.Module,
         diffusion: Any,
-        sampler: ScheduleSampler,
+        sampler: TimestepDistribution,
         train_batches: Iterator[dict[str, torch.Tensor]],
         valid_batches: Iterator[dict[str, torch.Tensor]] | None,
         config: TrainConfig,
@@ -116,8 +120,10 @@ class Trainer:
         max_minutes: float | None = None,
         keep_states: int = 2,
         progress: bool = True,
+        loss_fn: Callable[..., dict[str, torch.Tensor]] = training_losses,
     ) -> None:
         self.model = model
+        self.loss_fn = loss_fn
         self.diffusion = diffusion
         self.sampler = sampler
         self.train_batches = train_batches
@@ -156,7 +162,7 @@ class Trainer:
             weight_decay=config.weight_decay,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.use_fp16)
-        # EMA copies start from the (rank-0-synchronised) initial parameters (spec §6.2).
+        # EMA copies start from the (rank-0-synchronised) initial parameters (docs/original.md §6.2).
         self.ema: dict[float, list[torch.Tensor]] = {
             rate: [p.detach().clone() for p in self.params] for rate in config.ema_rates
         }
@@ -204,7 +210,7 @@ class Trainer:
         return self.step
 
     def run_step(self, batch: Mapping[str, torch.Tensor]) -> None:
-        """One optimizer update on one batch (spec §6.3)."""
+        """One optimizer update on one batch (docs/original.md §6.3)."""
         index = self.step
         self.forward_backward(batch)
         self.optimize()
@@ -228,17 +234,17 @@ class Trainer:
             )
             with sync:
                 with self._autocast():
-                    losses = self.diffusion.training_losses(
-                        self.ddp_model, ids, mask, t, text_model=self.model
+                    losses = self.loss_fn(
+                        self.diffusion, self.ddp_model, ids, mask, t, text_model=self.model
                     )
-                if isinstance(self.sampler, LossAwareSampler):
+                if isinstance(self.sampler, LossAwareTimesteps):
                     self.sampler.update_with_local_losses(t, losses["loss"].detach().float())
                 loss = (losses["loss"].float() * weights).mean()
                 self._log_losses("", t, losses, weights)
                 self.scaler.scale(loss).backward()
 
     def optimize(self) -> None:
-        """Unscale, clip, anneal the LR, step, update the EMAs (spec §6.1, §6.2, §6.4, §6.5)."""
+        """Unscale, clip, anneal the LR, step, update the EMAs (docs/original.md §6.1, §6.2, §6.4, §6.5)."""
         cfg = self.config
         self.scaler.unscale_(self.opt)  # no-op without fp16
         if cfg.gradient_clipping > 0:
@@ -255,13 +261,13 @@ class Trainer:
         self.step += 1
 
     def log_step(self, index: int) -> None:
-        """``step`` and ``samples`` as the original logs them (spec §6.6)."""
+        """``step`` and ``samples`` as the original logs them (docs/original.md §6.6)."""
         self.writer.log_value("step", index)
         self.writer.log_value("samples", (index + 1) * self.config.batch_size * self.world_size)
 
     @torch.no_grad()
     def evaluate(self, batch: Mapping[str, torch.Tensor]) -> None:
-        """Loss of one validation batch, logged as ``eval_*`` (spec §6.6). Like the original,
+        """Loss of one validation batch, logged as ``eval_*`` (docs/original.md §6.6). Like the original,
         ``t`` comes from the (not updated) training sampler and the model stays in train mode."""
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
         input_mask = batch["input_mask"].to(self.device, non_blocking=True)
@@ -270,8 +276,8 @@ class Trainer:
             mask = input_mask[start : start + self.microbatch]
             t, weights = self.sampler.sample(ids.shape[0], device=self.device)
             with self._autocast():
-                losses = self.diffusion.training_losses(
-                    self.model, ids, mask, t, text_model=self.model
+                losses = self.loss_fn(
+                    self.diffusion, self.model, ids, mask, t, text_model=self.model
                 )
             self._log_losses("eval_", t, losses, weights)
 
@@ -418,7 +424,7 @@ class Trainer:
         step: int,
         ema_weights: Mapping[float, Mapping[str, torch.Tensor]] | None = None,
     ) -> None:
-        """Start from original-format weights (spec §6.7): the model loads ``weights`` with the
+        """Start from original-format weights (docs/original.md §6.7): the model loads ``weights`` with the
         tied-weight rule; each EMA starts from ``ema_weights[rate]`` (its ``named_parameters``
         entries) if given, else from the loaded weights; the step count continues at ``step``
         with a fresh optimizer."""

@@ -11,28 +11,44 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+#: Set (as .ci/run does) to make a missing reference folder a test failure instead of a skip.
+REQUIRE_SHARED = os.environ.get("DIFFUSEQ_REQUIRE_GOLDEN", "") not in ("", "0")
+
+
+def shared_dir() -> Path:
+    """``$DIFFUSEQ_SHARED`` if set, else ``../shared`` next to the checkout."""
+    env = os.environ.get("DIFFUSEQ_SHARED")
+    return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
 def find_golden_dir() -> Path | None:
-    """``$DIFFUSEQ_GOLDEN`` if set, else ``../shared/golden`` next to the checkout."""
+    """``$DIFFUSEQ_GOLDEN`` if set, else ``<shared>/golden``; ``None`` if it is not a folder."""
     env = os.environ.get("DIFFUSEQ_GOLDEN")
-    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "golden"
+    candidate = Path(env) if env else shared_dir() / "golden"
     return candidate if candidate.is_dir() else None
+
+
+def skip_missing(what: str) -> None:
+    """Skip the test because reference data is missing, or fail under DIFFUSEQ_REQUIRE_GOLDEN."""
+    message = f"{what} not found (set DIFFUSEQ_SHARED / DIFFUSEQ_GOLDEN or place it at ../shared)"
+    if REQUIRE_SHARED:
+        pytest.fail(message + "; DIFFUSEQ_REQUIRE_GOLDEN is set", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     path = find_golden_dir()
     if path is None:
-        pytest.skip(
-            "golden reference folder not found (set DIFFUSEQ_GOLDEN or place it at ../shared/golden)"
-        )
+        skip_missing("golden reference folder")
     return path
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    path = REPO_ROOT.parent / "shared" / "data"
+    path = shared_dir() / "data"
     if not path.is_dir():
-        pytest.skip("../shared/data not found")
+        skip_missing("shared data folder")
     return path
 
 
@@ -40,7 +56,7 @@ def load_golden(golden_dir: Path, name: str):
     """``torch.load`` a golden ``.pt`` file with ``weights_only=True``; skip if it is missing."""
     path = golden_dir / name
     if not path.exists():
-        pytest.skip(f"golden file {name} not found in {golden_dir}")
+        skip_missing(f"golden file {name} in {golden_dir}")
     return torch.load(path, weights_only=True)
 
 

@@ -18,8 +18,25 @@ def _one_thread(monkeypatch):
 
 def test_bench_train_tiny(tmp_path, capsys):
     out = tmp_path / "train.json"
-    assert bench_train.main(["--configs", "tiny", "--variants", "fp32-sdpa,fp32-eager-naiveloss-loopadam",
-                             "--repeats", "1", "--warmup", "1", "--steps", "1", "--out", str(out)]) == 0
+    assert (
+        bench_train.main(
+            [
+                "--configs",
+                "tiny",
+                "--variants",
+                "fp32-sdpa,fp32-eager-naiveloss-loopadam",
+                "--repeats",
+                "1",
+                "--warmup",
+                "1",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     rows = {row["variant"]: row for row in data["summary"]}
     assert set(rows) == {"fp32-sdpa", "fp32-eager-naiveloss-loopadam"}
@@ -29,14 +46,36 @@ def test_bench_train_tiny(tmp_path, capsys):
         assert math.isfinite(row["step0_loss"])
     # the original's loss profile and ours give the same step-0 loss on the same batch
     assert rows["fp32-sdpa"]["step0_loss"] == pytest.approx(
-        rows["fp32-eager-naiveloss-loopadam"]["step0_loss"], rel=1e-5)
+        rows["fp32-eager-naiveloss-loopadam"]["step0_loss"], rel=1e-5
+    )
     assert "| tiny | fp32-sdpa | 1 |" in out.with_suffix(".md").read_text()
 
 
 def test_bench_model_small(tmp_path):
     out = tmp_path / "model.json"
-    assert bench_model.main(["--variants", "fp32-sdpa", "--batch", "2", "--seq_len", "8", "--vocab_size", "500",
-                             "--repeats", "1", "--warmup", "0", "--iters", "1", "--out", str(out)]) == 0
+    assert (
+        bench_model.main(
+            [
+                "--variants",
+                "fp32-sdpa",
+                "--batch",
+                "2",
+                "--seq_len",
+                "8",
+                "--vocab_size",
+                "500",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--iters",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads(out.read_text())["summary"]
     assert "error" not in row, row
     assert row["forward_s"] > 0 and row["rounding_s"] > 0 and row["step_vs_original_v1"] > 0
@@ -47,8 +86,26 @@ def test_bench_kernels_small(tmp_path):
     from bench import bench_kernels
 
     out = tmp_path / "kernels.md"
-    assert bench_kernels.main(["--positions", "40", "--vocab_size", "300", "--hidden_dim", "8",
-                               "--repeats", "1", "--out", str(out)]) == 0
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| rounding")
-            or line.startswith("| token")]
+    assert (
+        bench_kernels.main(
+            [
+                "--positions",
+                "40",
+                "--vocab_size",
+                "300",
+                "--hidden_dim",
+                "8",
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = [
+        line
+        for line in out.read_text().splitlines()
+        if line.startswith("| rounding") or line.startswith("| token")
+    ]
     assert len(rows) == 3 and all(row.endswith("x |") for row in rows)

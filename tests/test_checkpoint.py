@@ -34,11 +34,8 @@ from diffuseq.errors import CheckpointError
 from tests.train_helpers import (
     REPO_ROOT,
     make_tiny_data,
-    one_thread,  # noqa: F401  (fixture)
     tiny_argv,
 )
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread in every test
 
 
 def _state(folder: Path, step: int) -> Path:

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
 def test_original_flag_names_and_defaults():
     ns = _parser().parse_args([])
     config = run_config_from_args(ns)
-    # run_train.py wrapper defaults (spec §2.2)
+    # run_train.py wrapper defaults (docs/original.md §2.2)
     assert config.diffusion.diffusion_steps == 4000
     assert config.diffusion.noise_schedule == "cosine"
     assert config.diffusion.schedule_sampler == "uniform"
@@ -39,8 +39,21 @@ def test_original_flag_names_and_defaults():
 
 def test_flags_override_and_bool_parsing():
     ns = _parser().parse_args(
-        ["--bsz", "8", "--microbatch", "4", "--diff_steps", "50", "--learned_mean_embed", "True",
-         "--denoise", "--use_fp16", "false", "--lr", "1e-05"]
+        [
+            "--bsz",
+            "8",
+            "--microbatch",
+            "4",
+            "--diff_steps",
+            "50",
+            "--learned_mean_embed",
+            "True",
+            "--denoise",
+            "--use_fp16",
+            "false",
+            "--lr",
+            "1e-05",
+        ]
     )
     base = RunConfig().replace("train", seed=7)
     config = run_config_from_args(ns, base=base)
@@ -61,8 +74,10 @@ def test_every_flag_has_help():
 
 
 def test_yaml_round_trip(tmp_path):
-    config = RunConfig().replace("model", hidden_dim=64, learned_mean_embed=True).replace(
-        "train", ema_rate="0.999,0.9999"
+    config = (
+        RunConfig()
+        .replace("model", hidden_dim=64, learned_mean_embed=True)
+        .replace("train", ema_rate="0.999,0.9999")
     )
     config.save_yaml(tmp_path / "config.yaml")
     again = RunConfig.load_yaml(tmp_path / "config.yaml")
@@ -102,8 +117,15 @@ def test_training_args_round_trip_with_original_keys(golden_dir):
     config = RunConfig.from_training_args(original)
     ours = config.to_training_args()
     # v1 key set, plus only the v2 keys
-    v2_keys = {"learned_mean_embed", "denoise", "denoise_rate", "rejection_rate", "reg_rate", "device",
-               "data_split_num"}
+    v2_keys = {
+        "learned_mean_embed",
+        "denoise",
+        "denoise_rate",
+        "rejection_rate",
+        "reg_rate",
+        "device",
+        "data_split_num",
+    }
     assert set(original) <= set(ours) and set(ours) - set(original) <= v2_keys
     for key, value in original.items():
         assert ours[key] == value, key

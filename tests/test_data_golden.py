@@ -14,7 +14,7 @@ import torch
 
 from diffuseq.data import build_dataset, make_loader, read_pairs, split_file
 from diffuseq.tokenizer import load_tokenizer, load_tokenizer_from_run
-from tests.conftest import load_golden
+from tests.conftest import load_golden, skip_missing
 
 G2_FILE = "g2_data_layout.pt"
 
@@ -112,7 +112,7 @@ def test_g2_bert_run_folder_reload(g2: dict, g2_tokenizers: dict, tmp_path: Path
 def g9(golden_dir: Path) -> dict:
     info_path = golden_dir / "g9_run_info.json"
     if not info_path.exists():
-        pytest.skip("g9_run_info.json not found")
+        skip_missing("g9_run_info.json not found")
     root = golden_dir / "g9_run"
     info = json.loads(info_path.read_text())
     run = root / info["run_folder"]

@@ -17,10 +17,11 @@ import torch
 
 from diffuseq import api
 from diffuseq.bert_config import build_bert_config
+from diffuseq.checkpoint_format import state_dict_for_saving
 from diffuseq.cli.decode import main
 from diffuseq.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig
 from diffuseq.decoding import DecodeSettings, cut_at_sep, samples_dir_name
-from diffuseq.model import TransformerNetModel, state_dict_for_saving
+from diffuseq.model import TransformerNetModel
 from diffuseq.run_folder import open_run
 from diffuseq.tokenizer import VocabFileTokenizer
 
@@ -54,14 +55,6 @@ PAIRS = [
 ]
 T = 10
 RUN_NAME = "diffuseq_tiny_h8_lr0.0001_t10_sqrt_uniform_seed102_test"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_run(root: Path, *, learned_mean_embed: bool = False, denoise: bool = False) -> Path:

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from diffuseq.bert_config import build_bert_config
-from diffuseq.diffusion import GaussianDiffusion
+from diffuseq.diffusion.gaussian import GaussianDiffusion
+from diffuseq.diffusion.losses import training_losses
+from diffuseq.diffusion.schedules import SCHEDULE_NAMES, get_named_beta_schedule
 from diffuseq.model import TransformerNetModel
-from diffuseq.rounding import make_rounding_fn
-from diffuseq.schedules import SCHEDULE_NAMES, get_named_beta_schedule
-from tests.conftest import load_golden
+from diffuseq.sampling.rounding import make_rounding_fn
+from tests.conftest import load_golden, skip_missing
 
 TABLE_TOL = dict(rtol=1e-12, atol=1e-15)
 FP32_TOL = dict(rtol=1e-6, atol=1e-6)
@@ -31,15 +32,6 @@ TEACHER_TOL = dict(rtol=0, atol=1e-5)
 FREE_TOL = dict(rtol=0, atol=1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one intra-op thread is much faster when other test runs share the CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------------------------
 # helpers
 
@@ -48,7 +40,7 @@ def _tiny_model(golden_dir: Path, v2: bool = False) -> TransformerNetModel:
     """The G3 tiny denoiser (G6: with μ) in eval mode, built and loaded from the golden files."""
     config_path = golden_dir / "g3_model_config.json"
     if not config_path.exists():
-        pytest.skip("g3_model_config.json not found")
+        skip_missing("g3_model_config.json not found")
     args = json.loads(config_path.read_text())["constructor_args"]
     bert = build_bert_config(
         str(golden_dir / "g3_tiny_bert_config"),
@@ -100,7 +92,7 @@ def _custom_decoder(golden_dir: Path):
 def _texts(decode, tokens: torch.Tensor, input_mask: torch.Tensor) -> list[str]:
     """`recover` strings: decode(tokens[i][len_x:]) with len_x = L − Σ mask."""
     len_x = tokens.shape[1] - input_mask.sum(-1)
-    return [decode(row[int(n):].tolist()) for row, n in zip(tokens, len_x)]
+    return [decode(row[int(n) :].tolist()) for row, n in zip(tokens, len_x)]
 
 
 def _final_tokens(model, sample: torch.Tensor) -> torch.Tensor:
@@ -201,7 +193,7 @@ def test_g1_v2_model_variance(golden_dir):
 
 def test_g4_forward_process(golden_dir):
     g4 = load_golden(golden_dir, "g4_diffusion.pt")
-    for T, case in g4["by_T"].items():
+    for T, case in g4["by_T"].items():  # noqa: B007  (T is used in assertion messages)
         diffusion = _sqrt_diffusion(case["T"])
         t = case["t"]
         scaled = diffusion.scale_timesteps(case["t_all"])
@@ -245,7 +237,12 @@ def test_g4_reverse_step(golden_dir, tiny):
                 "p_sample_noround": diffusion.p_sample(tiny, x_t, t, **anchoring, noise=noise),
             }
             ddim = diffusion.ddim_sample(
-                tiny, x_t, t, **anchoring, denoised_fn=rounding, eta=0.0,
+                tiny,
+                x_t,
+                t,
+                **anchoring,
+                denoised_fn=rounding,
+                eta=0.0,
                 noise=torch.zeros_like(x_t),  # the original multiplies its draw by σ = 0
             )
         expected = case["p_mean_variance"]
@@ -322,8 +319,13 @@ def test_g4_ancestral_loop(golden_dir, tiny):
             noise = loop["step_noise"]
             noise = noise.reshape(-1, *x.shape[1:]) if k is None else noise[k]
             return diffusion.p_sample(
-                tiny, x, t, mask=mask.repeat(rep, 1), x_start=anchor.repeat(rep, 1, 1),
-                noise=noise, denoised_fn=rounding,
+                tiny,
+                x,
+                t,
+                mask=mask.repeat(rep, 1),
+                x_start=anchor.repeat(rep, 1, 1),
+                noise=noise,
+                denoised_fn=rounding,
             )
 
         _teacher_forced(step, loop["x_noised"], loop)
@@ -355,8 +357,13 @@ def test_g4_pseudo_ddim_loop(golden_dir, tiny):
         def step(x, t, *, k):
             rep = x.shape[0] // B
             return diffusion.ddim_sample(
-                tiny, x, t, mask=mask.repeat(rep, 1), x_start=anchor.repeat(rep, 1, 1),
-                denoised_fn=rounding, eta=0.0,
+                tiny,
+                x,
+                t,
+                mask=mask.repeat(rep, 1),
+                x_start=anchor.repeat(rep, 1, 1),
+                denoised_fn=rounding,
+                eta=0.0,
             )
 
         _teacher_forced(step, loop["x_noised"], loop)
@@ -374,8 +381,16 @@ def test_g4_pseudo_ddim_loop(golden_dir, tiny):
 
 def _check_losses(model, diffusion, case, *, extra_keys=(), **kwargs):
     model.zero_grad(set_to_none=True)
-    terms = diffusion.training_losses(model, case["input_ids"], case["input_mask"], case["t"],
-                                      noise0=case["eps0"], noise=case["eps"], **kwargs)
+    terms = training_losses(
+        diffusion,
+        model,
+        case["input_ids"],
+        case["input_mask"],
+        case["t"],
+        noise0=case["eps0"],
+        noise=case["eps"],
+        **kwargs,
+    )
     for key in ("mse", "nll", "decoder_nll", "tT_loss", "loss", *extra_keys):
         if key in case:
             assert terms[key].shape == case["t"].shape
@@ -393,7 +408,7 @@ def _check_losses(model, diffusion, case, *, extra_keys=(), **kwargs):
 
 def test_g5_v1_losses_and_gradients(golden_dir, tiny):
     g5 = load_golden(golden_dir, "g5_losses_v1.pt")
-    for T, case in g5["by_T"].items():
+    for case in g5["by_T"].values():
         diffusion = _sqrt_diffusion(case["T"])
         assert torch.equal(diffusion.scale_timesteps(case["t"]), case["model_timestep_input"])
         with torch.no_grad():
@@ -429,8 +444,12 @@ def test_g6_v2_loss_variants(golden_dir, tiny, tiny_v2):
             mean_embed = getattr(model, "mean_embed", None)
             with torch.no_grad():
                 x_t = diffusion.q_sample(
-                    v["x_start"], v["t"], noise=v["eps"], mask=case["input_mask"],
-                    mean_embed=mean_embed, **kwargs,
+                    v["x_start"],
+                    v["t"],
+                    noise=v["eps"],
+                    mask=case["input_mask"],
+                    mean_embed=mean_embed,
+                    **kwargs,
                 )
             _assert_close(x_t, v["x_t"], FP32_TOL, f"{variant} x_t")
             terms = _check_losses(model, diffusion, data, **kwargs)
@@ -444,8 +463,15 @@ def test_g6_denoise_without_mean_embed_raises(golden_dir, tiny):
     diffusion = _sqrt_diffusion(T, denoise=True, denoise_rate=g6["denoise_rate"])
     v = case["variants"]["mean_denoise"]
     with pytest.raises(ValueError, match="mean embedding"):
-        diffusion.training_losses(tiny, case["input_ids"], case["input_mask"], v["t"],
-                                  noise0=v["eps0"], noise=v["eps"])
+        training_losses(
+            diffusion,
+            tiny,
+            case["input_ids"],
+            case["input_mask"],
+            v["t"],
+            noise0=v["eps0"],
+            noise=v["eps"],
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,8 +490,14 @@ def test_g6_v2_p_sample(golden_dir, tiny_v2):
         _assert_close(probs, s["bernoulli_probs"], FP32_TOL, "reverse bernoulli probs")
         with torch.no_grad():
             out = diffusion.p_sample(
-                tiny_v2, s["x"], t, mask=case["input_mask"], x_start=s["x_start_mean"],
-                noise=s["noise"], denoised_fn=rounding, mean_embed=mu,
+                tiny_v2,
+                s["x"],
+                t,
+                mask=case["input_mask"],
+                x_start=s["x_start_mean"],
+                noise=s["noise"],
+                denoised_fn=rounding,
+                mean_embed=mu,
                 bernoulli_draw=s["bernoulli_draw"],
             )
         assert torch.equal(out["tokens"], s["rounded_tokens"])
@@ -496,8 +528,15 @@ def test_g6_v2_loop(golden_dir, tiny_v2):
             else:
                 noise, draw = noise[k], draw[k]
             return diffusion.p_sample(
-                tiny_v2, x, t, mask=mask.repeat(rep, 1), x_start=anchor.repeat(rep, 1, 1),
-                noise=noise, denoised_fn=rounding, mean_embed=mu, bernoulli_draw=draw,
+                tiny_v2,
+                x,
+                t,
+                mask=mask.repeat(rep, 1),
+                x_start=anchor.repeat(rep, 1, 1),
+                noise=noise,
+                denoised_fn=rounding,
+                mean_embed=mu,
+                bernoulli_draw=draw,
             )
 
         _teacher_forced(step, loop["x_start_point_after_mean_shift"], loop)

@@ -24,8 +24,22 @@ SAMPLES = 3
 
 
 def _decode_argv(run: Path, out: Path) -> list[str]:
-    return ["--model_dir", str(run), "--sampler", "dpm-solver++", "--step", "5",
-            "--num_samples", str(SAMPLES), "--seed", "101", "--bsz", "7", "--out_dir", str(out)]
+    return [
+        "--model_dir",
+        str(run),
+        "--sampler",
+        "dpm-solver++",
+        "--step",
+        "5",
+        "--num_samples",
+        str(SAMPLES),
+        "--seed",
+        "101",
+        "--bsz",
+        "7",
+        "--out_dir",
+        str(out),
+    ]
 
 
 def _samples_folder(out: Path, run: Path) -> Path:
@@ -35,7 +49,10 @@ def _samples_folder(out: Path, run: Path) -> Path:
 
 
 def _evaluate(folder: Path, json_out: Path, capsys) -> dict:
-    assert eval_main(["--folder", str(folder), "--mbr", "--no_bertscore", "--json", str(json_out)]) == 0
+    assert (
+        eval_main(["--folder", str(folder), "--mbr", "--no_bertscore", "--json", str(json_out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "MBR..." in printed and "avg BLEU score" in printed
     return json.loads(json_out.read_text())
@@ -61,7 +78,10 @@ def test_train_decode_evaluate_one_process(tmp_path, capsys):
     data = make_tiny_data(tmp_path / "data", n_test=N_TEST)
     run = tmp_path / "run"
     assert train_main(tiny_argv(data, checkpoint_path=run, learning_steps=12, save_interval=6)) == 0
-    assert sorted(p.name for p in run.glob("ema_*.pt")) == ["ema_0.9999_000006.pt", "ema_0.9999_000012.pt"]
+    assert sorted(p.name for p in run.glob("ema_*.pt")) == [
+        "ema_0.9999_000006.pt",
+        "ema_0.9999_000012.pt",
+    ]
     out = tmp_path / "out"
     assert decode_main(_decode_argv(run, out)) == 0
     folder = _samples_folder(out, run)
@@ -71,10 +91,23 @@ def test_train_decode_evaluate_one_process(tmp_path, capsys):
 
 
 def _torchrun(script: str, argv: list[str], cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO_ROOT / script), *argv]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO_ROOT / script),
+        *argv,
+    ]
     done = run_command(cmd, cwd=cwd, env=env, timeout=300)
     if done.returncode != 0:
         pytest.fail(f"{script} under torchrun failed ({done.returncode}):\n{done.stderr[-3000:]}")

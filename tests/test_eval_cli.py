@@ -135,15 +135,13 @@ def test_bad_inputs_are_user_errors(tmp_path, folder, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
     _write(bad / "a.json", [LINES_A[0], '{"recover": "x", "reference": '])
-    _expect_error(["--folder", str(bad)], capsys, "a.json, line 2", "not valid JSON")
+    _expect_error(["--folder", str(bad)], capsys, "a.json, line 2", "invalid JSON")
     _write(bad / "a.json", [LINES_A[0], {"recover": "x", "source": "y"}])
-    _expect_error(
-        ["--folder", str(bad)], capsys, "a.json, line 2, field 'reference'", "missing key"
-    )
+    _expect_error(["--folder", str(bad)], capsys, "a.json, line 2, field 'reference'", "missing")
     _write(bad / "a.json", [{"recover": 3, "reference": "r", "source": "s"}])
-    _expect_error(["--folder", str(bad)], capsys, "line 1, field 'recover'", "expected a string")
+    _expect_error(["--folder", str(bad)], capsys, "line 1, field 'recover'", "must be a string")
     _write(bad / "a.json", [[1, 2]])
-    _expect_error(["--folder", str(bad)], capsys, "line 1", "expected a JSON object")
+    _expect_error(["--folder", str(bad)], capsys, "line 1", "got a JSON")
     _write(bad / "a.json", LINES_A)
     _write(bad / "b.json", LINES_A[:1])
     _expect_error(

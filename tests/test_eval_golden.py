@@ -1,4 +1,4 @@
-"""G8: the original evaluator's printed numbers, per-line values and MBR choices (spec §7).
+"""G8: the original evaluator's printed numbers, per-line values and MBR choices (docs/original.md §7).
 
 Every parameter (folder, file list, line count, expected strings) is read from the golden files.
 The golden run replaced BERTScore by NaN, so we run with ``--no_bertscore`` and compare every
@@ -14,6 +14,7 @@ import pytest
 
 from diffuseq import evaluation, metrics
 from diffuseq.cli.evaluate import main
+from tests.conftest import skip_missing
 
 TOL = 1e-12
 BERTSCORE_LINE = "avg berscore"
@@ -23,7 +24,7 @@ BERTSCORE_LINE = "avg berscore"
 def g8(golden_dir: Path) -> dict:
     path = golden_dir / "g8_eval_expected.json"
     if not path.exists():
-        pytest.skip("g8_eval_expected.json not in the golden folder")
+        skip_missing("g8_eval_expected.json not in the golden folder")
     return json.loads(path.read_text())
 
 

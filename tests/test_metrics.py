@@ -1,4 +1,4 @@
-"""Evaluator metrics (spec §7) on hand-checked strings; bit-exactness vs nltk and torchmetrics."""
+"""Evaluator metrics (docs/original.md §7) on hand-checked strings; bit-exactness vs nltk and torchmetrics."""
 
 from __future__ import annotations
 

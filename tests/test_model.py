@@ -9,8 +9,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from diffuseq.bert_config import build_bert_config
+from diffuseq.checkpoint_format import infer_architecture, state_dict_for_saving
 from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError
-from diffuseq.model import TransformerNetModel, infer_architecture, state_dict_for_saving
+from diffuseq.model import TransformerNetModel
 
 TINY = {
     "num_layers": 2,

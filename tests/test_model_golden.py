@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from diffuseq.bert_config import build_bert_config
-from diffuseq.model import TransformerNetModel, infer_architecture, state_dict_for_saving
+from diffuseq.checkpoint_format import infer_architecture, state_dict_for_saving
+from diffuseq.model import TransformerNetModel
 from diffuseq.nn_utils import timestep_embedding
-from tests.conftest import load_golden
+from tests.conftest import load_golden, skip_missing
 
 FWD_TOL = {"rtol": 1e-5, "atol": 1e-5}
 LOGIT_TOL = {"rtol": 1e-5, "atol": 5e-5}
@@ -42,7 +43,7 @@ def _get(tree: dict, path: str):
 def _g3_config(golden_dir: Path) -> dict:
     path = golden_dir / "g3_model_config.json"
     if not path.exists():
-        pytest.skip("g3_model_config.json not found")
+        skip_missing("g3_model_config.json not found")
     return json.loads(path.read_text())
 
 
@@ -208,7 +209,7 @@ def test_g6_mean_embed_is_first_key_and_loads(golden_dir):
 def _g9_runs(golden_dir: Path) -> list[Path]:
     runs = sorted(p for p in (golden_dir / "g9_run" / "diffusion_models").glob("*") if p.is_dir())
     if not runs:
-        pytest.skip("no g9_run/diffusion_models/<run> folder")
+        skip_missing("no g9_run/diffusion_models/<run> folder")
     return runs
 
 

@@ -6,20 +6,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from diffuseq.rounding import (
+from diffuseq.sampling.rounding import (
     DEFAULT_MAX_BYTES,
     make_rounding_fn,
     nearest_tokens,
     rounding_chunk_size,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _original_formula(x: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
@@ -48,7 +40,9 @@ def test_bert_size_vocabulary_gives_the_original_tokens():
     position, also for positions far from every embedding (distances near each other)."""
     g = torch.Generator().manual_seed(4)
     E = torch.randn(30522, 128, generator=g) * 0.3
-    near = E[torch.randint(0, 30522, (3, 50), generator=g)] + 0.2 * torch.randn(3, 50, 128, generator=g)
+    near = E[torch.randint(0, 30522, (3, 50), generator=g)] + 0.2 * torch.randn(
+        3, 50, 128, generator=g
+    )
     far = torch.randn(3, 50, 128, generator=g) * 3.0
     for x in (near, far):
         assert torch.equal(nearest_tokens(x, E), _original_formula(x, E))

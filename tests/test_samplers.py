@@ -12,30 +12,22 @@ import pytest
 import torch
 
 from diffuseq.bert_config import build_bert_config
-from diffuseq.diffusion import GaussianDiffusion
+from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.model import TransformerNetModel
-from diffuseq.noise import NoiseSource, ReplayNoise, example_seed
-from diffuseq.rounding import make_rounding_fn
-from diffuseq.samplers import (
+from diffuseq.sampling.ancestral import ancestral_sample
+from diffuseq.sampling.ddim import (
     adjacent_timesteps,
-    ancestral_sample,
     ddim_adjacent_sample,
     ddim_sample,
     ddim_timesteps,
-    dpm_solver_sample,
 )
-from diffuseq.solvers import DiscreteVPSchedule, dpm_solver_v2_sample
+from diffuseq.sampling.dpm_solver import dpm_solver_sample
+from diffuseq.sampling.dpm_v2 import DiscreteVPSchedule, dpm_solver_v2_sample
+from diffuseq.sampling.noise import NoiseSource, ReplayNoise, example_seed
+from diffuseq.sampling.rounding import make_rounding_fn
 
 T = 20
 B, L, H = 3, 8, 8
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +294,7 @@ def test_vp_schedule_matches_discrete_definition():
 
 
 def _reference_schedule(betas):
-    """α(t), σ(t), λ(t) of spec §8.1 in float64 (numpy interpolation on t_n = (n+1)/N)."""
+    """α(t), σ(t), λ(t) of docs/original.md §8.1 in float64 (numpy interpolation on t_n = (n+1)/N)."""
     log_alpha = 0.5 * np.cumsum(np.log(1 - betas))
     t_grid = np.arange(1, len(betas) + 1) / len(betas)
 
@@ -321,7 +313,7 @@ def _reference_schedule(betas):
 @pytest.mark.parametrize("steps", [2, 3, 12])
 def test_dpm_v2_variant_hand_checked(setup, steps):
     """A network that always predicts c: every data prediction is c, so D₁ = 0 and the final
-    state is the closed form [α_t + (σ_t/σ_s)(1 − α_s)]·c of spec §8.4 (s = t_{steps−1}, t = 1/N);
+    state is the closed form [α_t + (σ_t/σ_s)(1 − α_s)]·c of docs/original.md §8.4 (s = t_{steps−1}, t = 1/N);
     the network sees t·1000 on the grid linspace(1, 1/N, steps+1) (steps calls, last point unused)."""
     _, diffusion, mask, x_start, x_T = setup
     c = torch.randn(B, L, H)

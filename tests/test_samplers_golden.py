@@ -14,32 +14,24 @@ import torch
 
 from diffuseq.bert_config import build_bert_config
 from diffuseq.decoding import texts_from_tokens
-from diffuseq.diffusion import GaussianDiffusion
+from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.model import TransformerNetModel
-from diffuseq.noise import ReplayNoise
-from diffuseq.rounding import make_rounding_fn
-from diffuseq.samplers import adjacent_timesteps, ancestral_sample, ddim_adjacent_sample
+from diffuseq.sampling.ancestral import ancestral_sample
+from diffuseq.sampling.ddim import adjacent_timesteps, ddim_adjacent_sample
+from diffuseq.sampling.noise import ReplayNoise
+from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.tokenizer import VocabFileTokenizer
-from tests.conftest import load_golden
+from tests.conftest import load_golden, skip_missing
 
 TEACHER_TOL = {"rtol": 0, "atol": 1e-5}
 FREE_TOL = {"rtol": 0, "atol": 1e-4}
 LOGIT_TOL = {"rtol": 1e-5, "atol": 5e-5}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight concurrent test runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(golden_dir: Path, *, v2: bool) -> TransformerNetModel:
     path = golden_dir / "g3_model_config.json"
     if not path.exists():
-        pytest.skip("g3_model_config.json not found")
+        skip_missing("g3_model_config.json not found")
     args = json.loads(path.read_text())["constructor_args"]
     model = TransformerNetModel(
         vocab_size=args["vocab_size"],

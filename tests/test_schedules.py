@@ -7,10 +7,10 @@ import doctest
 import numpy as np
 import pytest
 
-import diffuseq.respace
-from diffuseq.diffusion import GaussianDiffusion
-from diffuseq.respace import respaced_betas, space_timesteps
-from diffuseq.schedules import MAX_BETA, SCHEDULE_NAMES, get_named_beta_schedule
+import diffuseq.diffusion.respace
+from diffuseq.diffusion.gaussian import GaussianDiffusion
+from diffuseq.diffusion.respace import respaced_betas, space_timesteps
+from diffuseq.diffusion.schedules import MAX_BETA, SCHEDULE_NAMES, get_named_beta_schedule
 
 
 @pytest.mark.parametrize("name", SCHEDULE_NAMES)
@@ -62,7 +62,7 @@ def test_tables_are_consistent(name):
 
 
 def test_sqrt_schedule_spec_values():
-    """Numbers quoted in spec §5.1 for sqrt, T=2000."""
+    """Numbers quoted in docs/original.md §5.1 for sqrt, T=2000."""
     d = GaussianDiffusion(betas=get_named_beta_schedule("sqrt", 2000))
     assert d.betas[0] == pytest.approx(0.0146413, abs=1e-7)
     assert d.sqrt_one_minus_alphas_cumprod[0] == pytest.approx(0.1210013, abs=1e-7)
@@ -95,7 +95,7 @@ def test_unknown_schedule_lists_choices():
 
 
 def test_space_timesteps_docstring_example():
-    results = doctest.testmod(diffuseq.respace, verbose=False)
+    results = doctest.testmod(diffuseq.diffusion.respace, verbose=False)
     assert results.attempted >= 4 and results.failed == 0
     kept = sorted(space_timesteps(300, [10, 15, 20]))
     assert kept[:12] == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99, 100, 107]

@@ -19,14 +19,11 @@ from diffuseq.factory import build_model
 from tests.train_helpers import (
     REPO_ROOT,
     make_tiny_data,
-    one_thread,  # noqa: F401  (fixture)
     read_metrics,
     tiny_argv,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread in every test
-
-# Keys the original v2 adds to training_args.json (spec §2.3); nothing else may be added.
+# Keys the original v2 adds to training_args.json (docs/original.md §2.3); nothing else may be added.
 V2_KEYS = {
     "learned_mean_embed",
     "denoise",
@@ -167,7 +164,7 @@ def test_flags_override_the_preset_and_yaml_round_trip(tmp_path):
 @pytest.mark.parametrize("name", ["qqp", "qg", "dialogue", "ts", "qqp-v2", "demo"])
 def test_presets_load(name):
     config = parse_invocation(["--config", str(REPO_ROOT / "configs" / f"{name}.yaml")]).config
-    if name != "demo":  # the paper recipes (spec §2.1)
+    if name != "demo":  # the paper recipes (docs/original.md §2.1)
         assert config.diffusion.diffusion_steps == 2000 and config.train.lr == 1e-4
         assert config.train.seed == 102 and config.diffusion.noise_schedule == "sqrt"
         assert config.model.hidden_dim == 128 and config.data.seq_len == 128

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffuseq.checkpoint import load_state_file
-from tests.train_helpers import REPO_ROOT, make_tiny_data, run_command, tiny_argv
+from tests.train_helpers import REPO_ROOT, assert_same, make_tiny_data, run_command, tiny_argv
 
 STEPS, BSZ, N_TRAIN = 6, 8, 48
 TORCHRUN_2 = [
@@ -33,22 +33,6 @@ def _env() -> dict[str, str]:
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
     done = run_command(cmd, cwd=cwd, env=env or _env(), timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-
-
-def _assert_same(a, b, where: str) -> None:
-    """Recursive exact equality of nested dicts/lists of tensors and plain values."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +64,9 @@ def test_each_rank_sees_disjoint_data(probe):
 
 def test_ranks_end_with_identical_weights_ema_and_sampler(probe):
     _, _, (r0, r1) = probe
-    _assert_same(r0["model"], r1["model"], "model")
-    _assert_same(r0["ema"], r1["ema"], "ema")
-    _assert_same(r0["sampler"], r1["sampler"], "sampler")
+    assert_same(r0["model"], r1["model"], "model")
+    assert_same(r0["ema"], r1["ema"], "ema")
+    assert_same(r0["sampler"], r1["sampler"], "sampler")
     # every micro-batch loss of both ranks went into the (all-gathered) loss-aware history
     assert int(r0["sampler"]["loss_counts"].sum()) == 2 * STEPS * BSZ
     # noise/dropout streams differ per rank (seed + rank) by default
@@ -94,7 +78,7 @@ def test_state_records_every_rank(probe):
     state = load_state_file(root / "run" / f"state_{STEPS:06d}.pt")
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
-    _assert_same(r0["model"], state["model"], "model")
+    assert_same(r0["model"], state["model"], "model")
 
 
 def test_two_process_exact_resume(probe):
@@ -110,7 +94,7 @@ def test_two_process_exact_resume(probe):
     a = load_state_file(root / "run" / f"state_{STEPS:06d}.pt")
     b = load_state_file(split / f"state_{STEPS:06d}.pt")
     for key in ("model", "ema", "optimizer", "sampler", "ranks"):
-        _assert_same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
 
 
 def test_train_sh_from_another_directory(tmp_path):

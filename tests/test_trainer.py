@@ -13,34 +13,16 @@ from diffuseq import dist
 from diffuseq.checkpoint import load_state_file
 from diffuseq.cli.train import main, prepare
 from diffuseq.config import TrainConfig
+from diffuseq.diffusion.timestep_sampling import TimestepDistribution
 from diffuseq.errors import ConfigError
 from diffuseq.logger import MetricsWriter
-from diffuseq.timestep_sampler import ScheduleSampler
 from diffuseq.trainer import Trainer, autocast_dtype
 from tests.train_helpers import (
+    assert_same,
     make_tiny_data,
-    one_thread,  # noqa: F401  (fixture)
     read_metrics,
     tiny_argv,
 )
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread in every test
-
-
-def _assert_same(a, b, where="state"):
-    """Recursive exact equality of nested dicts/lists of tensors and plain values."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_half_resume_half_is_bit_identical(tmp_path):
@@ -67,11 +49,11 @@ def test_half_resume_half_is_bit_identical(tmp_path):
     b = load_state_file(split / f"state_{steps:06d}.pt")
     assert a["step"] == b["step"] == steps
     for key in ("model", "ema", "optimizer", "sampler", "ranks"):
-        _assert_same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
     assert len(a["ema"]) == 2 and a["optimizer"]["state"]  # real content was compared
     for rate in ("0.9", "0.999"):
         name = f"ema_{rate}_{steps:06d}.pt"
-        _assert_same(load_state_file(straight / name), load_state_file(split / name), name)
+        assert_same(load_state_file(straight / name), load_state_file(split / name), name)
     # the same training losses after the first dump following the resume point
     later = lambda run: [r for r in read_metrics(run) if "loss" in r and r["step"] > half]  # noqa: E731
     assert later(straight) == later(split) and len(later(straight)) >= 9
@@ -85,17 +67,17 @@ T_STUB = 8
 
 
 class _StubDiffusion:
-    """loss_i = (w·x_i)², mse = 2·loss, nll = loss + 1 for a linear "model"."""
-
     num_timesteps = T_STUB
 
-    def training_losses(self, model, input_ids, input_mask, t, *, text_model=None):
-        out = model(input_ids.float()).squeeze(-1)
-        loss = out**2
-        return {"loss": loss, "mse": 2 * loss, "nll": loss + 1, "decoder_nll": loss}
+
+def _stub_losses(diffusion, model, input_ids, input_mask, t, *, text_model=None):
+    """loss_i = (w·x_i)², mse = 2·loss, nll = loss + 1 for a linear "model"."""
+    out = model(input_ids.float()).squeeze(-1)
+    loss = out**2
+    return {"loss": loss, "mse": 2 * loss, "nll": loss + 1, "decoder_nll": loss}
 
 
-class _FixedSampler(ScheduleSampler):
+class _FixedSampler(TimestepDistribution):
     """Hands out preset (t, weights) pairs in order."""
 
     def __init__(self, draws):
@@ -135,6 +117,7 @@ def _stub_trainer(tmp_path, draws, **train):
         device=torch.device("cpu"),
         writer=writer,
         progress=False,
+        loss_fn=_stub_losses,
     )
     return trainer, model
 

@@ -1,7 +1,8 @@
-"""What every command-line entry point shares: user errors become one-paragraph messages."""
+"""What every command-line entry point shares: its name, and user errors as one paragraph."""
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -9,15 +10,38 @@ from collections.abc import Callable, Sequence
 from diffuseq.errors import UserError
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None, prog: str) -> int:
+def program_name(script: str, module: str, console_script: str) -> str:
+    """The name this process was started by, for usage lines and messages.
+
+    ``diffuseq-train ...`` (a console script) gives ``diffuseq-train``; ``python -m
+    diffuseq.cli.train`` gives that; otherwise (``python run_train.py``, or a call from Python)
+    ``script``.
+    """
+    launched = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if launched == console_script:
+        return console_script
+    if launched == module.rsplit(".", 1)[-1] + ".py" and f"{os.sep}cli{os.sep}" in sys.argv[0]:
+        return f"python -m {module}"
+    return script
+
+
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None, prog: str
+) -> int:
     """Run ``main(argv)``; a :class:`UserError` prints ``prog: error: <message>`` and returns 2."""
     try:
         code = main(argv)
     except UserError as err:
         message = " ".join(str(err).split())
-        print(textwrap.fill(
-                f"{prog}: error: {message}", width=100, break_long_words=False, break_on_hyphens=False
-            ), file=sys.stderr)
+        print(
+            textwrap.fill(
+                f"{prog}: error: {message}",
+                width=100,
+                break_long_words=False,
+                break_on_hyphens=False,
+            ),
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

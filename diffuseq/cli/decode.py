@@ -1,4 +1,4 @@
-"""Decode with a trained DiffuSeq model, like the original ``scripts/run_decode.py`` (spec §2.4–2.6).
+"""Decode with a trained DiffuSeq model, like the original ``scripts/run_decode.py`` (docs/original.md §2.4–2.6).
 
 Examples::
 
@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from diffuseq import dist
-from diffuseq.cli.common import run_cli
+from diffuseq.cli.common import program_name, run_cli
 from diffuseq.decoding import (
     DTYPES,
-    SAMPLERS,
+    SAMPLER_CHOICES,
     Decoder,
     DecodeSettings,
     decode_to_files,
@@ -38,7 +38,7 @@ from diffuseq.errors import ConfigError
 from diffuseq.logger import get_logger, setup_logging
 from diffuseq.run_folder import open_run, resolve_model_dirs
 
-PROG = "run_decode.py"
+PROG = program_name("run_decode.py", "diffuseq.cli.decode", "diffuseq-decode")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument(
         "--sampler",
         default="auto",
-        choices=SAMPLERS,
+        choices=SAMPLER_CHOICES,
         help="auto: ancestral at --step T, else ddim. ancestral: the original's DDPM loop with "
         "rounding; ddim: DDIM eta=0 over --step respaced levels; dpm-solver++: DPM-Solver++(2M)",
     )

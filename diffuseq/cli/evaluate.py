@@ -1,4 +1,4 @@
-"""Evaluate decode outputs like the original ``scripts/eval_seq2seq.py`` (spec §2.7, §7).
+"""Evaluate decode outputs like the original ``scripts/eval_seq2seq.py`` (docs/original.md §2.7, §7).
 
 Examples::
 
@@ -22,10 +22,10 @@ import sys
 from collections.abc import Sequence
 
 from diffuseq import evaluation, metrics
-from diffuseq.cli.common import run_cli
+from diffuseq.cli.common import program_name, run_cli
 from diffuseq.errors import ConfigError, OfflineAssetError
 
-PROG = "eval_seq2seq.py"
+PROG = program_name("eval_seq2seq.py", "diffuseq.cli.evaluate", "diffuseq-eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ Continue a run exactly where it stopped:
     python run_train.py --config configs/demo.yaml --checkpoint_path diffusion_models/RUN \
         --resume_checkpoint auto
 
-Reimplements the original's `scripts/run_train.py` + `train.py` (spec §2.2, §2.3) with the same
+Reimplements the original's `scripts/run_train.py` + `train.py` (docs/original.md §2.2, §2.3) with the same
 flag names, meanings and defaults; flags override a ``--config`` YAML preset. The run folder
 (``diffusion_models/<name>`` of the current directory unless ``--checkpoint_path``) is named by
 rank 0 and broadcast (the original named it on every rank, a race). It receives
@@ -43,7 +43,7 @@ from diffuseq.checkpoint import (
     resolve_resume,
     seed_everything,
 )
-from diffuseq.cli.common import run_cli
+from diffuseq.cli.common import program_name, run_cli
 from diffuseq.config import (
     SECTIONS,
     RunConfig,
@@ -57,12 +57,12 @@ from diffuseq.config import (
 )
 from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
 from diffuseq.errors import CheckpointError, ConfigError, UserError
-from diffuseq.factory import build_diffusion, build_model, build_schedule_sampler
+from diffuseq.factory import build_diffusion, build_model, build_timestep_distribution
 from diffuseq.logger import MetricsWriter, get_logger, open_wandb, require_wandb, setup_logging
 from diffuseq.tokenizer import TextTokenizer, load_tokenizer, load_tokenizer_from_run
 from diffuseq.trainer import Trainer, autocast_dtype
 
-PROG = "run_train.py"
+PROG = program_name("run_train.py", "diffuseq.cli.train", "diffuseq-train")
 RUNS_ROOT = Path("diffusion_models")
 
 
@@ -215,7 +215,7 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     trainer = Trainer(
         model=model,
         diffusion=diffusion,
-        sampler=build_schedule_sampler(config.diffusion, diffusion),
+        sampler=build_timestep_distribution(config.diffusion, diffusion),
         train_batches=train_batches,
         valid_batches=valid_batches,
         config=tr,
@@ -426,3 +426,7 @@ def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...
             resume.step,
         )
     resume.payload = None  # free the loaded tensors
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""DiffuSeq-v2's modified DPM-Solver++ loop (spec §8), kept to reproduce v2 numbers.
+"""DiffuSeq-v2's modified DPM-Solver++ loop (docs/original.md §8), kept to reproduce v2 numbers.
 
 The original v2 decoder (`sample_seq2seq_dpmSolver.py` with a modified copy of DPM-Solver's
 `dpm_solver_pytorch.py`) is not standard DPM-Solver++, so it cannot be a diffusers scheduler:
@@ -12,7 +12,7 @@ The original v2 decoder (`sample_seq2seq_dpmSolver.py` with a modified copy of D
 * after every update the **state is replaced by the anchored data prediction** (§8.4);
 * no rounding, no μ shift, no discrete noise.
 
-Our default ``dpm-solver++`` sampler (:func:`diffuseq.samplers.dpm_solver_sample`) is the
+Our default ``dpm-solver++`` sampler (:func:`diffuseq.sampling.dpm_solver_sample`) is the
 standard algorithm; this one sits behind ``--dpm_v2_variant``.
 """
 
@@ -21,15 +21,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffuseq.diffusion import DenoisedFn, GaussianDiffusion
-from diffuseq.noise import NoiseStream
-from diffuseq.samplers import Callback, Model, anchor_source, progress_steps
+from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
+from diffuseq.sampling.common import Callback, Model, anchor_source, progress_steps
+from diffuseq.sampling.noise import NoiseStream
 
 __all__ = ["DiscreteVPSchedule", "dpm_solver_v2_sample"]
 
 
 class DiscreteVPSchedule:
-    """DPM-Solver's ``NoiseScheduleVP('discrete', betas)`` (spec §8.1) on ``device``, float32.
+    """DPM-Solver's ``NoiseScheduleVP('discrete', betas)`` (docs/original.md §8.1) on ``device``, float32.
 
     Args:
         betas: float64 ``[N]`` of the diffusion (the full chain).
@@ -101,7 +101,7 @@ def dpm_solver_v2_sample(
     steps: int,
     order: int = 2,
 ) -> torch.Tensor:
-    """DiffuSeq-v2's DPM-Solver++(2M) loop, exactly as spec §8.4 (``steps`` model calls).
+    """DiffuSeq-v2's DPM-Solver++(2M) loop, exactly as docs/original.md §8.4 (``steps`` model calls).
 
     With ``A(x) = where(m==0, x_start, x)`` and ``D(x, t)`` the data prediction:
 

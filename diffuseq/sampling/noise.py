@@ -1,7 +1,7 @@
 """Reproducible per-example noise for decoding.
 
 The original draws every random tensor of a decoding batch from the global torch RNG
-(spec §6.9), so its output depends on the batch size, the number of GPUs and the position of an
+(docs/original.md §6.9), so its output depends on the batch size, the number of GPUs and the position of an
 example in its batch. Here every *row* (one candidate of one input example) owns a
 ``torch.Generator`` seeded from ``(seed, global example index)``; each sampling step draws that
 row's noise ``[L, h]`` (and, for DiffuSeq-v2, its Bernoulli uniforms ``[L]``) from it. Hence:

@@ -1,15 +1,17 @@
-"""Timestep samplers for training (spec §5.8, golden G7).
+"""Which timesteps training draws: distributions over t (docs/original.md §5.8, golden G7).
 
-Reimplements the original `diffuseq/step_sample.py` (itself improved-diffusion's
-`resample.py`, Nichol & Dhariwal 2021 §3.3, plus DiffuSeq's `FixSampler`): importance sampling
+Reimplements the original `diffuseq/step_sample.py` ("schedule samplers": `UniformSampler`,
+`LossSecondMomentResampler`, `FixSampler`, themselves improved-diffusion's `resample.py`,
+Nichol & Dhariwal 2021 §3.3). Here "sampler" means only a decoding algorithm, so the classes
+are named after the distribution they draw t from: importance sampling
 of ``t`` with weights ``1/(T·p_t)`` so the expected weighted loss is unbiased.
 
 Differences from the original, none of which changes a number:
 
 * ``sample`` accepts an explicit ``numpy.random.Generator``; without one it uses the legacy
   global numpy RNG (``np.random.choice``) exactly as the original.
-* :class:`LossSecondMomentResampler` pads every rank's batch before the all-gather (the
-  original only works when all ranks have equal micro-batch sizes, spec §10.1 item 22) and
+* :class:`LossSecondMomentTimesteps` pads every rank's batch before the all-gather (the
+  original only works when all ranks have equal micro-batch sizes, docs/original.md §10.1 item 22) and
   has ``state_dict``/``load_state_dict`` for exact resume.
 """
 
@@ -24,17 +26,17 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "SAMPLER_NAMES",
-    "ScheduleSampler",
-    "UniformSampler",
-    "FixSampler",
-    "LossAwareSampler",
-    "LossSecondMomentResampler",
-    "create_named_schedule_sampler",
+    "TIMESTEP_DISTRIBUTIONS",
+    "TimestepDistribution",
+    "UniformTimesteps",
+    "FixStepTimesteps",
+    "LossAwareTimesteps",
+    "LossSecondMomentTimesteps",
+    "create_timestep_distribution",
 ]
 
 
-class ScheduleSampler(ABC):
+class TimestepDistribution(ABC):
     """A distribution over timesteps ``0..len(weights())−1`` with importance weights."""
 
     @abstractmethod
@@ -67,7 +69,7 @@ class ScheduleSampler(ABC):
         return t, torch.from_numpy(importance).float().to(device)
 
 
-class UniformSampler(ScheduleSampler):
+class UniformTimesteps(TimestepDistribution):
     """``w_t = 1`` for all ``t`` (importance weights all 1)."""
 
     def __init__(self, num_timesteps: int) -> None:
@@ -77,7 +79,7 @@ class UniformSampler(ScheduleSampler):
         return self._weights
 
 
-class FixSampler(ScheduleSampler):
+class FixStepTimesteps(TimestepDistribution):
     """DiffuSeq's ``fixstep``: weight 1 on the first half of the steps, 0.5 on the second.
 
     Faithful to the original, the weights are ``[1]·(T//2) + [0.5]·(T//2)``: for odd ``T`` the
@@ -93,7 +95,7 @@ class FixSampler(ScheduleSampler):
         return self._weights
 
 
-class LossAwareSampler(ScheduleSampler):
+class LossAwareTimesteps(TimestepDistribution):
     """A sampler whose weights follow the training losses (synchronised across ranks)."""
 
     def update_with_local_losses(self, local_ts: torch.Tensor, local_losses: torch.Tensor) -> None:
@@ -133,7 +135,7 @@ class LossAwareSampler(ScheduleSampler):
         """Record the losses of all ranks (identical call on every rank)."""
 
 
-class LossSecondMomentResampler(LossAwareSampler):
+class LossSecondMomentTimesteps(LossAwareTimesteps):
     """``lossaware``: ``p_t ∝ √E[L_t²]`` over the last ``history_per_term`` losses of step t.
 
     Uniform until every step has a full history; then ``w = √mean(history²)``, normalised to
@@ -208,17 +210,17 @@ class LossSecondMomentResampler(LossAwareSampler):
         self.uniform_prob = float(state.get("uniform_prob", self.uniform_prob))
 
 
-_SAMPLERS = {
-    "uniform": UniformSampler,
-    "lossaware": LossSecondMomentResampler,
-    "fixstep": FixSampler,
+_DISTRIBUTIONS = {
+    "uniform": UniformTimesteps,
+    "lossaware": LossSecondMomentTimesteps,
+    "fixstep": FixStepTimesteps,
 }
 
-#: Names accepted by :func:`create_named_schedule_sampler`.
-SAMPLER_NAMES: tuple[str, ...] = tuple(_SAMPLERS)
+#: Names accepted by :func:`create_timestep_distribution`.
+TIMESTEP_DISTRIBUTIONS: tuple[str, ...] = tuple(_DISTRIBUTIONS)
 
 
-def create_named_schedule_sampler(name: str, diffusion_or_T: Any) -> ScheduleSampler:
+def create_timestep_distribution(name: str, diffusion_or_T: Any) -> TimestepDistribution:
     """Build a sampler by name (``uniform``, ``lossaware``, ``fixstep``).
 
     Args:
@@ -227,9 +229,9 @@ def create_named_schedule_sampler(name: str, diffusion_or_T: Any) -> ScheduleSam
     Raises:
         ValueError: unknown name; the message lists the choices.
     """
-    if name not in _SAMPLERS:
+    if name not in _DISTRIBUTIONS:
         raise ValueError(
-            f"unknown schedule sampler: {name!r}; choose one of {', '.join(SAMPLER_NAMES)}"
+            f"unknown schedule sampler: {name!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}"
         )
     T = getattr(diffusion_or_T, "num_timesteps", diffusion_or_T)
-    return _SAMPLERS[name](int(T))
+    return _DISTRIBUTIONS[name](int(T))

@@ -9,27 +9,28 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from diffuseq.diffusion import GaussianDiffusion
-from diffuseq.timestep_sampler import (
-    SAMPLER_NAMES,
-    FixSampler,
-    LossSecondMomentResampler,
-    UniformSampler,
-    create_named_schedule_sampler,
+from diffuseq.diffusion.gaussian import GaussianDiffusion
+from diffuseq.diffusion.timestep_sampling import (
+    TIMESTEP_DISTRIBUTIONS,
+    FixStepTimesteps,
+    LossSecondMomentTimesteps,
+    UniformTimesteps,
+    create_timestep_distribution,
 )
 from tests.conftest import load_golden
 
-# Class names the original's create_named_schedule_sampler returns -> ours.
+# Class names the original's create_timestep_distribution returns -> ours.
+# The original's class names (step_sample.py) -> ours.
 ORIGINAL_CLASSES = {
-    "UniformSampler": UniformSampler,
-    "LossSecondMomentResampler": LossSecondMomentResampler,
-    "FixSampler": FixSampler,
+    "UniformSampler": UniformTimesteps,
+    "LossSecondMomentResampler": LossSecondMomentTimesteps,
+    "FixSampler": FixStepTimesteps,
 }
 F64 = dict(rtol=1e-12, atol=0)
 
 
-def _g7_sampler(g7) -> LossSecondMomentResampler:
-    return LossSecondMomentResampler(
+def _g7_sampler(g7) -> LossSecondMomentTimesteps:
+    return LossSecondMomentTimesteps(
         g7["T"], history_per_term=g7["history_per_term"], uniform_prob=g7["uniform_prob"]
     )
 
@@ -74,14 +75,14 @@ def test_g7_update_with_local_losses_single_process(golden_dir):
 def test_g7_uniform_fixstep_and_names(golden_dir):
     g7 = load_golden(golden_dir, "g7_lossaware_sampler.pt")
     T = g7["T"]
-    np.testing.assert_array_equal(UniformSampler(T).weights(), g7["uniform_weights"].numpy())
-    np.testing.assert_array_equal(FixSampler(T).weights(), g7["fixstep_weights"].numpy())
+    np.testing.assert_array_equal(UniformTimesteps(T).weights(), g7["uniform_weights"].numpy())
+    np.testing.assert_array_equal(FixStepTimesteps(T).weights(), g7["fixstep_weights"].numpy())
     for name, original_class in g7["named"].items():
-        assert type(create_named_schedule_sampler(name, T)) is ORIGINAL_CLASSES[original_class]
+        assert type(create_timestep_distribution(name, T)) is ORIGINAL_CLASSES[original_class]
 
 
 def test_fixstep_odd_T_has_T_minus_1_entries():
-    sampler = FixSampler(7)
+    sampler = FixStepTimesteps(7)
     assert sampler.weights().tolist() == [1, 1, 1, 0.5, 0.5, 0.5]
     t, w = sampler.sample(200, generator=np.random.default_rng(0))
     assert int(t.max()) <= 5  # step 6 is never drawn, as in the original
@@ -92,26 +93,26 @@ def test_fixstep_odd_T_has_T_minus_1_entries():
 
 def test_sample_with_generator_and_named_factory():
     diffusion = GaussianDiffusion.from_schedule(noise_schedule="sqrt", diffusion_steps=30)
-    sampler = create_named_schedule_sampler("uniform", diffusion)
+    sampler = create_timestep_distribution("uniform", diffusion)
     a = sampler.sample(8, device="cpu", generator=np.random.default_rng(5))
     b = sampler.sample(8, device="cpu", generator=np.random.default_rng(5))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], torch.ones(8))
     assert a[0].min() >= 0 and a[0].max() < 30
     with pytest.raises(ValueError) as info:
-        create_named_schedule_sampler("second-moment", 30)
-    assert all(name in str(info.value) for name in SAMPLER_NAMES)
+        create_timestep_distribution("second-moment", 30)
+    assert all(name in str(info.value) for name in TIMESTEP_DISTRIBUTIONS)
 
 
 def test_lossaware_state_dict_resume():
     rng = np.random.default_rng(0)
     calls = [(rng.integers(0, 6, 5).tolist(), rng.random(5).tolist()) for _ in range(30)]
-    straight = LossSecondMomentResampler(6)
-    resumed = LossSecondMomentResampler(6)
+    straight = LossSecondMomentTimesteps(6)
+    resumed = LossSecondMomentTimesteps(6)
     for ts, losses in calls[:12]:
         straight.update_with_all_losses(ts, losses)
         resumed.update_with_all_losses(ts, losses)
     state = resumed.state_dict()
-    restored = LossSecondMomentResampler(6)
+    restored = LossSecondMomentTimesteps(6)
     restored.load_state_dict(state)
     for ts, losses in calls[12:]:
         straight.update_with_all_losses(ts, losses)
@@ -120,7 +121,7 @@ def test_lossaware_state_dict_resume():
     assert np.array_equal(straight.weights(), restored.weights())
     assert np.array_equal(straight.loss_history, restored.loss_history)
     with pytest.raises(ValueError):
-        LossSecondMomentResampler(7).load_state_dict(state)
+        LossSecondMomentTimesteps(7).load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,13 +143,17 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
-        sampler = LossSecondMomentResampler(T_DIST, history_per_term=3)
+        sampler = LossSecondMomentTimesteps(T_DIST, history_per_term=3)
         for step in range(STEPS):
             ts, losses = _rank_feed(rank, step)
             local_losses = torch.tensor(losses, dtype=torch.float32)
             sampler.update_with_local_losses(torch.tensor(ts), local_losses)
-        np.savez(f"{out_dir}/rank{rank}.npz", weights=sampler.weights(),
-                 history=sampler.loss_history, counts=sampler.loss_counts)
+        np.savez(
+            f"{out_dir}/rank{rank}.npz",
+            weights=sampler.weights(),
+            history=sampler.loss_history,
+            counts=sampler.loss_counts,
+        )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -169,7 +174,7 @@ def test_two_ranks_end_with_identical_state(tmp_path):
         p.join(timeout=120)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     r0, r1 = (np.load(tmp_path / f"rank{rank}.npz") for rank in range(2))
-    replay = LossSecondMomentResampler(T_DIST, history_per_term=3)
+    replay = LossSecondMomentTimesteps(T_DIST, history_per_term=3)
     for step in range(STEPS):
         for rank in range(2):  # rank order
             replay.update_with_all_losses(*_rank_feed(rank, step))

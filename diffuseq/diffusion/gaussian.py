@@ -1,20 +1,20 @@
-"""Gaussian diffusion over word embeddings, DiffuSeq v1 and v2 (spec §5, golden G1, G4–G6).
+"""Gaussian diffusion over word embeddings, DiffuSeq v1 and v2 (docs/original.md §5, golden G1, G4–G6).
 
 Reimplements the math of the original `diffuseq/gaussian_diffusion.py` (`GaussianDiffusion`
 and `SpacedDiffusion` of both branches) as one model-agnostic object: float64 coefficient
 tables plus closed forms. The network is passed in on every call and never stored.
 
-Notation map (code ↔ DiffuSeq paper, Gong et al., ICLR 2023 ↔ spec):
+Notation map (code ↔ DiffuSeq paper, Gong et al., ICLR 2023 ↔ docs/original.md):
 
 ==========================  ====================================================
 ``x_start_mean``            x̄_0 = EMB(w): clean word embeddings of ``input_ids``
 ``x_start``                 z_0 = x̄_0 + √(1−ᾱ_0)·ε_0, the paper's embedding step q_φ(z_0|w)
 ``x_t``                     z_t; target span noised, source span kept (partial noising)
 ``mask`` / ``input_mask``   m: 0 = source side x, 1 = target side y **and padding**
-``t``                       0-based index; index t means t+1 forward steps (spec §0)
+``t``                       0-based index; index t means t+1 forward steps (docs/original.md §0)
 ``alphas_cumprod``          ᾱ_t = ∏_{s≤t}(1−β_s);  ``alphas_cumprod_prev[t]`` = ᾱ_{t−1}, ᾱ_{−1}=1
 ``posterior_mean_coef1/2``  coefficients of μ̃_t(z_t, z_0) of q(z_{t−1} | z_t, z_0)
-``model_variance``          "fixed-large" Σ_θ: [σ̃²_1, β_1, …, β_{T−1}] (spec §5.2)
+``model_variance``          "fixed-large" Σ_θ: [σ̃²_1, β_1, …, β_{T−1}] (docs/original.md §5.2)
 ``mean_embed``              μ, the learned mean embedding of DiffuSeq-v2 (optional)
 ==========================  ====================================================
 
@@ -24,8 +24,8 @@ t = 0 term, the rounding term R(‖z_0‖²) and the clamping trick at decoding)
 
 Every per-timestep lookup indexes a float64 table and casts to float32 (`_extract`), as the
 original's ``_extract_into_tensor``; all tensor arithmetic is fp32. The sequence-to-sequence
-training loss lives in :mod:`diffuseq.diffusion_losses` and is exposed here as
-:meth:`GaussianDiffusion.training_losses`.
+training loss is the plain function :func:`diffuseq.diffusion.losses.training_losses`
+(``training_losses(diffusion, model, input_ids, input_mask, t, ...)``).
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from diffuseq.diffusion_losses import training_losses as seq2seq_training_losses
-from diffuseq.respace import respaced_betas, space_timesteps
-from diffuseq.schedules import get_named_beta_schedule
+from diffuseq.diffusion.respace import respaced_betas, space_timesteps
+from diffuseq.diffusion.schedules import get_named_beta_schedule
 
 __all__ = ["GaussianDiffusion", "DenoisedFn"]
 
@@ -78,19 +77,19 @@ def _step_result(
 
 
 class GaussianDiffusion:
-    """Float64 tables and closed forms of the embedding diffusion (spec §5.2–§5.11).
+    """Float64 tables and closed forms of the embedding diffusion (docs/original.md §5.2–§5.11).
 
     Args:
-        betas: float64 ``[K]``. Pass the output of :func:`diffuseq.respace.respaced_betas`
+        betas: float64 ``[K]``. Pass the output of :func:`diffuseq.diffusion.respace.respaced_betas`
             (as :meth:`from_schedule` does) to get the original's `SpacedDiffusion` tables
             bit for bit; raw schedule betas differ by ~1e-16 (derived tables by up to ~1e-13
             relative, within the golden README's rtol=1e-10).
-        rescale_timesteps: feed the network ``t_orig·1000/T_orig`` (spec §5.4), not ``t_orig``.
+        rescale_timesteps: feed the network ``t_orig·1000/T_orig`` (docs/original.md §5.4), not ``t_orig``.
         timestep_map: int ``[K]``, index of each step in the original process (default: identity).
         original_num_steps: ``T_orig`` used for rescaling (default ``K``).
         denoise: v2 discrete noise: replace positions by μ with a Bernoulli draw (needs μ).
         denoise_rate: v2 scale of that replacement probability.
-        reg_rate: v2 weight of ``‖μ‖₂`` in the loss (the original always uses 0.01, spec §5.9).
+        reg_rate: v2 weight of ``‖μ‖₂`` in the loss (the original always uses 0.01, docs/original.md §5.9).
     """
 
     def __init__(
@@ -122,7 +121,7 @@ class GaussianDiffusion:
         self.denoise_rate = float(denoise_rate)
         self.reg_rate = float(reg_rate)
 
-        # Same numpy expressions, same order as the original (spec §5.2, G1).
+        # Same numpy expressions, same order as the original (docs/original.md §5.2, G1).
         self.betas = betas
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas, axis=0)
@@ -158,7 +157,7 @@ class GaussianDiffusion:
     ) -> GaussianDiffusion:
         """Build the diffusion the original's `create_model_and_diffusion` builds.
 
-        Named schedule (:mod:`diffuseq.schedules`) → kept steps (:func:`space_timesteps`)
+        Named schedule (:mod:`diffuseq.diffusion.schedules`) → kept steps (:func:`space_timesteps`)
         → betas rebuilt from ᾱ (:func:`respaced_betas`, always, as `SpacedDiffusion` does).
         ``kwargs`` are the remaining constructor arguments.
         """
@@ -172,7 +171,7 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------
     # timesteps
     def scale_timesteps(self, t: torch.Tensor) -> torch.Tensor:
-        """Value the network receives for index ``t`` [B]: float32 ``[B]`` (spec §5.4, G4).
+        """Value the network receives for index ``t`` [B]: float32 ``[B]`` (docs/original.md §5.4, G4).
 
         ``timestep_map[t]`` cast to float32 first, then multiplied by the Python float
         ``1000.0 / original_num_steps`` (when ``rescale_timesteps``).
@@ -251,7 +250,7 @@ class GaussianDiffusion:
         bernoulli_draw: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Partial noising z_t ~ q(z_t | z_0) keeping the source span fixed (paper §3; spec §5.5).
+        """Partial noising z_t ~ q(z_t | z_0) keeping the source span fixed (paper §3; docs/original.md §5.5).
 
         1. ``x_t = √ᾱ_t·z_0 + √(1−ᾱ_t)·ε`` (v2 with μ: ``√ᾱ_t·(z_0−μ) + √(1−ᾱ_t)·ε + μ·m``);
         2. v2 ``denoise``: positions drawn with ``p = denoise_rate·√(1−ᾱ_t)`` become μ;
@@ -358,7 +357,7 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         clip_denoised: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """One ancestral step z_t → z_{t−1} with source anchoring (spec §5.11.1, §5.11.3).
+        """One ancestral step z_t → z_{t−1} with source anchoring (docs/original.md §5.11.1, §5.11.3).
 
         ``sample = mean + 1[t≠0]·exp(½·log Σ_θ)·noise``; v2 ``denoise``: positions drawn with
         ``p = 1[t≠0]·exp(½·log Σ_θ)·denoise_rate`` become μ; finally ``where(m==0, x_start, ·)``.
@@ -418,7 +417,7 @@ class GaussianDiffusion:
         ``z_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε̂ + 1[t≠0]·σ·noise``, then source anchoring.
 
         Args:
-            t_prev: target level. ``None`` reproduces the original v1 pseudo-DDIM (spec
+            t_prev: target level. ``None`` reproduces the original v1 pseudo-DDIM (docs/original.md
                 §5.11.2, G4 ``ddim_step_round``): ``ᾱ_prev = alphas_cumprod_prev[t]``, the
                 *adjacent* level t−1, whatever stride the caller uses. An int or int64 ``[B]``
                 gives a true respaced step: ``ᾱ_prev = ᾱ_{t_prev}``, and 1 where ``t_prev < 0``.
@@ -459,9 +458,3 @@ class GaussianDiffusion:
             sample = sample + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
             sample = sample + nonzero * sigma * noise
         return _step_result(sample, out, mask, x_start)
-
-    # ----------------------------------------------------------------------------------------
-    # training: ``diffusion.training_losses(model, input_ids, input_mask, t, *, text_model=None,
-    # noise0=None, noise=None, bernoulli_draw=None, generator=None) -> dict[str, Tensor [B]]``
-    # (paper §3 training objective; spec §5.6), defined in diffuseq/diffusion_losses.py.
-    training_losses = seq2seq_training_losses

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import diffuseq.diffusion_losses as losses
-from diffuseq.diffusion_losses import linear_cross_entropy
+import diffuseq.ops.linear_cross_entropy as lce
+from diffuseq.ops.linear_cross_entropy import linear_cross_entropy
 
 
 def _inputs(spread: float, n: int = 37, h: int = 8, vocab: int = 300, seed: int = 0):
@@ -35,7 +35,7 @@ def test_values_and_gradients_equal_full_logits(monkeypatch, chunk_elements, spr
     blocks and one row/column per block; ``spread = 12`` makes logits spread over hundreds of
     nats, so that many softmax entries are below the smallest normal float32 (they are taken
     as 0 instead of denormals)."""
-    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(lce, "_CHUNK_ELEMENTS", chunk_elements)
     z, weight, bias, target = _inputs(spread)
     full_logits = F.linear(z, weight, bias)
     if spread > 1:

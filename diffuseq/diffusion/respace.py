@@ -1,4 +1,4 @@
-"""Timestep respacing: which steps of a ``T``-step process to keep (spec §5.3).
+"""Timestep respacing: which steps of a ``T``-step process to keep (docs/original.md §5.3).
 
 Reimplements the semantics of improved-diffusion's `space_timesteps` and of the beta
 rebuild in `SpacedDiffusion.__init__` (which the original DiffuSeq inlines in
@@ -57,7 +57,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
         if section_counts == "":
             return set(range(T))
         if section_counts.startswith("ddim"):
-            desired = int(section_counts[len("ddim"):])
+            desired = int(section_counts[len("ddim") :])
             for stride in range(1, T):
                 if len(range(0, T, stride)) == desired:
                     return set(range(0, T, stride))
@@ -89,7 +89,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
 def respaced_betas(
     betas: np.ndarray, use_timesteps: Iterable[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Betas of the process restricted to ``use_timesteps`` (spec §5.3).
+    """Betas of the process restricted to ``use_timesteps`` (docs/original.md §5.3).
 
     For kept indices ``s_0 < s_1 < …``: ``β'_k = 1 − ᾱ_{s_k} / ᾱ_{s_{k−1}}`` (``ᾱ_{s_{−1}} := 1``),
     so the respaced chain has exactly the original ``ᾱ`` at the kept steps.

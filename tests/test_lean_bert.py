@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffuseq.bert_config import build_bert_config
 import diffuseq.model as model_module
+from diffuseq.bert_config import build_bert_config
 from diffuseq.model import TransformerNetModel
 
 
@@ -16,7 +16,11 @@ from diffuseq.model import TransformerNetModel
 def test_lean_training_forward_matches_transformers(monkeypatch, dropout, autocast):
     torch.manual_seed(0)
     config = build_bert_config(
-        "bert-base-uncased", dropout=dropout, num_layers=2, num_heads=2, hidden_size=32,
+        "bert-base-uncased",
+        dropout=dropout,
+        num_layers=2,
+        num_heads=2,
+        hidden_size=32,
         intermediate_size=64,
     )
     model = TransformerNetModel(
@@ -35,7 +39,9 @@ def test_lean_training_forward_matches_transformers(monkeypatch, dropout, autoca
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(x, t)
         out.float().square().mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
 
     lean_out, lean_grads = run(True)
     ref_out, ref_grads = run(False)
@@ -46,13 +52,20 @@ def test_lean_training_forward_matches_transformers(monkeypatch, dropout, autoca
 
 
 def test_lean_forward_used_only_when_training(monkeypatch):
-    config = build_bert_config("bert-base-uncased", dropout=0.1, num_layers=1, num_heads=2,
-                               hidden_size=32, intermediate_size=64)
-    model = TransformerNetModel(vocab_size=20, hidden_dim=8, hidden_t_dim=8, dropout=0.1,
-                                bert_config=config)
+    config = build_bert_config(
+        "bert-base-uncased",
+        dropout=0.1,
+        num_layers=1,
+        num_heads=2,
+        hidden_size=32,
+        intermediate_size=64,
+    )
+    model = TransformerNetModel(
+        vocab_size=20, hidden_dim=8, hidden_t_dim=8, dropout=0.1, bert_config=config
+    )
     emb = torch.zeros(1, 2, 32)
     assert not model.train()._lean_training(emb)  # small activations: transformers' layers
-    monkeypatch.setattr(model_module, "_LEAN_MIN_ELEMENTS", emb.numel())
+    monkeypatch.setattr(model_module, "LEAN_MIN_ELEMENTS", emb.numel())
     assert model.train()._lean_training(emb)
     assert not model.eval()._lean_training(emb)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Nearest-embedding rounding ("clamping trick") of DiffuSeq (spec §5.10, golden G4).
+"""Nearest-embedding rounding ("clamping trick") of DiffuSeq (docs/original.md §5.10, golden G4).
 
 Reimplements `denoised_fn_round` / `get_efficient_knn` of the original `diffuseq/rounding.py`:
 the predicted x̂_0 is mapped to the closest word embedding, the discrete step of the DiffuSeq
@@ -132,11 +132,11 @@ def make_rounding_fn(
     chunk_size: int | None = None,
     max_bytes: int | None = None,
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """A ``denoised_fn`` that rounds x̂_0 to the nearest word embeddings (spec §5.10).
+    """A ``denoised_fn`` that rounds x̂_0 to the nearest word embeddings (docs/original.md §5.10).
 
     Args:
         embedding: E ``[V,h]`` (or an ``nn.Embedding``), normally the model's tied matrix
-            (``lm_head.weight``, spec §4.6). Like the original decoder, the function keeps a
+            (``lm_head.weight``, docs/original.md §4.6). Like the original decoder, the function keeps a
             frozen copy, so later changes to the model do not affect it.
 
     Returns:

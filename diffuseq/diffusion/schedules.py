@@ -1,4 +1,4 @@
-"""Named beta schedules of DiffuSeq and DiffuSeq-v2 (spec §5.1, golden G1).
+"""Named beta schedules of DiffuSeq and DiffuSeq-v2 (docs/original.md §5.1, golden G1).
 
 Reimplements `get_named_beta_schedule`, `betas_for_alpha_bar` and `betas_for_alpha_bar_left`
 of the original `diffuseq/gaussian_diffusion.py`. Everything is float64 numpy and uses the
@@ -37,7 +37,7 @@ __all__ = [
     "betas_for_alpha_bar_left",
 ]
 
-#: Largest beta any ᾱ-derived schedule may produce (spec §11).
+#: Largest beta any ᾱ-derived schedule may produce (docs/original.md §11).
 MAX_BETA = 0.999
 
 
@@ -95,7 +95,7 @@ SCHEDULE_NAMES: tuple[str, ...] = tuple(_SCHEDULES)
 
 
 def get_named_beta_schedule(name: str, num_diffusion_timesteps: int) -> np.ndarray:
-    """Betas ``β_0..β_{T−1}`` of a named schedule (spec §5.1).
+    """Betas ``β_0..β_{T−1}`` of a named schedule (docs/original.md §5.1).
 
     Args:
         name: one of :data:`SCHEDULE_NAMES`.
@@ -121,7 +121,7 @@ def get_named_beta_schedule(name: str, num_diffusion_timesteps: int) -> np.ndarr
 def betas_for_alpha_bar(
     num_diffusion_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = MAX_BETA
 ) -> np.ndarray:
-    """Discretise a continuous ᾱ(s), s ∈ [0, 1] (spec §5.1, helper A).
+    """Discretise a continuous ᾱ(s), s ∈ [0, 1] (docs/original.md §5.1, helper A).
 
     ``β_i = min(1 − ᾱ((i+1)/T) / ᾱ(i/T), max_beta)`` for ``i = 0..T−1``.
 
@@ -136,7 +136,7 @@ def betas_for_alpha_bar(
 def betas_for_alpha_bar_left(
     num_diffusion_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = MAX_BETA
 ) -> np.ndarray:
-    """The "left" variant used by ``trunc_cos`` (spec §5.1, helper B).
+    """The "left" variant used by ``trunc_cos`` (docs/original.md §5.1, helper B).
 
     ``β_0 = min(1 − ᾱ(0), max_beta)`` and ``β_{i+1} = min(1 − ᾱ((i+1)/T) / ᾱ(i/T), max_beta)``
     for ``i = 0..T−2`` (the schedule is shifted one step to the right, so the first step
