@@ -371,3 +371,33 @@ def _state_source(path: Path) -> ResumeSource:
     if not is_train_state(payload):
         raise CheckpointError(f"{path} is not a diffuseq training state")
     return ResumeSource("state", path=path, step=int(payload["step"]), payload=payload)
+
+
+def copy_named_tensors(
+    targets: list[torch.Tensor], names: list[str], source: Mapping[str, torch.Tensor], *, what: str
+) -> None:
+    """Copy ``source[name]`` into each target (in place, no grad); a clear error if one is
+    missing or has another shape (``what`` names the checkpoint part in the message)."""
+    missing = [n for n in names if n not in source]
+    if missing:
+        raise CheckpointError(f"{what}: the checkpoint lacks {', '.join(missing[:5])}")
+    with torch.no_grad():
+        for target, name in zip(targets, names):
+            value = source[name]
+            if value.shape != target.shape:
+                raise CheckpointError(
+                    f"{what}: {name} has shape {list(value.shape)} in the checkpoint, "
+                    f"{list(target.shape)} here"
+                )
+            target.copy_(value)
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor detached and moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj

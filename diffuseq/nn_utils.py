@@ -51,3 +51,9 @@ def update_ema(
     sources = [p.detach() for p in source_params]
     if targets:
         torch._foreach_lerp_(targets, sources, 1.0 - rate)
+
+
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """``√Σ grad²`` over all parameters, on the device (no synchronisation)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())

@@ -42,20 +42,22 @@ from diffuseq.checkpoint import (
     STATE_VERSION,
     atomic_torch_save,
     capture_rng_state,
+    copy_named_tensors,
     prune_states,
     restore_rng_state,
     save_ema_file,
     seed_everything,
     state_file_name,
+    to_cpu,
     write_latest,
 )
 from diffuseq.checkpoint_format import state_dict_for_saving
 from diffuseq.config import TrainConfig
 from diffuseq.diffusion.losses import training_losses
 from diffuseq.diffusion.timestep_sampling import LossAwareTimesteps, TimestepDistribution
-from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.errors import ConfigError
 from diffuseq.logger import MetricsWriter, get_logger
-from diffuseq.nn_utils import update_ema
+from diffuseq.nn_utils import grad_norm, update_ema
 
 LOSS_KEYS = ("loss", "mse", "nll")
 
@@ -250,7 +252,7 @@ class Trainer:
         if cfg.gradient_clipping > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.gradient_clipping)
         if self.writer.enabled:
-            self.writer.log_mean("grad_norm", _grad_norm(self.params))
+            self.writer.log_mean("grad_norm", grad_norm(self.params))
         lr = cfg.lr * (1.0 - self.step / cfg.learning_steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -347,7 +349,7 @@ class Trainer:
                 str(rate): {n: p.detach().cpu() for n, p in zip(self.param_names, params)}
                 for rate, params in self.ema.items()
             },
-            "optimizer": _to_cpu(self.opt.state_dict()),
+            "optimizer": to_cpu(self.opt.state_dict()),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
             "ranks": list(ranks),
@@ -390,7 +392,7 @@ class Trainer:
                     "the state has no EMA at rate %s; starting it from the weights", rate
                 )
                 saved = dict(zip(self.param_names, self.params))
-            _copy_named(params, self.param_names, saved, what=f"EMA {rate}")
+            copy_named_tensors(params, self.param_names, saved, what=f"EMA {rate}")
         self.opt.load_state_dict(state["optimizer"])
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -433,39 +435,6 @@ class Trainer:
             source = (ema_weights or {}).get(rate)
             if source is None:
                 source = dict(zip(self.param_names, self.params))
-            _copy_named(params, self.param_names, source, what=f"EMA {rate}")
+            copy_named_tensors(params, self.param_names, source, what=f"EMA {rate}")
         self.step = step
         self.last_saved_step = step  # nothing new to save before the first update
-
-
-def _copy_named(
-    targets: list[torch.Tensor], names: list[str], source: Mapping[str, torch.Tensor], *, what: str
-) -> None:
-    missing = [n for n in names if n not in source]
-    if missing:
-        raise CheckpointError(f"{what}: the checkpoint lacks {', '.join(missing[:5])}")
-    with torch.no_grad():
-        for target, name in zip(targets, names):
-            value = source[name]
-            if value.shape != target.shape:
-                raise CheckpointError(
-                    f"{what}: {name} has shape {list(value.shape)} in the checkpoint, "
-                    f"{list(target.shape)} here"
-                )
-            target.copy_(value)
-
-
-def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """``√Σ grad²`` over all parameters, on the device (no synchronisation)."""
-    grads = [p.grad.detach() for p in params if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj

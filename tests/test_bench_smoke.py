@@ -10,6 +10,8 @@ import pytest
 
 from bench import bench_model, bench_train
 
+pytestmark = pytest.mark.slow  # benchmark smoke tests
+
 
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):

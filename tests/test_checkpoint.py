@@ -143,6 +143,7 @@ def test_resolve_resume_kinds(tmp_path):
         resolve_resume(str(tmp_path / "nope.pt"))
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_then_auto_resume(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     argv = tiny_argv(data, learning_steps=8, save_interval=2)

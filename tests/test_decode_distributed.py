@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from diffuseq.cli.decode import main
 from tests.test_decode import PAIRS, make_run
+
+pytestmark = pytest.mark.slow  # starts processes
 
 
 def _free_port() -> int:

@@ -113,6 +113,7 @@ def _torchrun(script: str, argv: list[str], cwd: Path) -> None:
         pytest.fail(f"{script} under torchrun failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
+@pytest.mark.slow
 def test_train_decode_evaluate_two_processes(tmp_path, capsys):
     data = make_tiny_data(tmp_path / "data", n_test=N_TEST)
     run = tmp_path / "run"

@@ -172,6 +172,7 @@ def test_learn_wordpiece_vocab_by_hand() -> None:
     assert short == base + merges[:4]
 
 
+@pytest.mark.slow
 def test_learn_wordpiece_vocab_independent_of_hash_seed() -> None:
     code = (
         "import torch; torch.set_num_threads(1)\n"

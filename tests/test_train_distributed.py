@@ -14,6 +14,8 @@ import torch
 from diffuseq.checkpoint import load_state_file
 from tests.train_helpers import REPO_ROOT, assert_same, make_tiny_data, run_command, tiny_argv
 
+pytestmark = pytest.mark.slow  # starts processes
+
 STEPS, BSZ, N_TRAIN = 6, 8, 48
 TORCHRUN_2 = [
     sys.executable,

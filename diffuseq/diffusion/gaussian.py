@@ -22,7 +22,7 @@ Paper references are to the DiffuSeq paper (Gong et al., ICLR 2023) §3: "Forwar
 Partial Noising" and "Reverse Process with Conditional Denoising" (training objective with the
 t = 0 term, the rounding term R(‖z_0‖²) and the clamping trick at decoding).
 
-Every per-timestep lookup indexes a float64 table and casts to float32 (`_extract`), as the
+Every per-timestep lookup indexes a float64 table and casts to float32 (:func:`~diffuseq.diffusion.broadcast.extract`), as the
 original's ``_extract_into_tensor``; all tensor arithmetic is fp32. The sequence-to-sequence
 training loss is the plain function :func:`diffuseq.diffusion.losses.training_losses`
 (``training_losses(diffusion, model, input_ids, input_mask, t, ...)``).
@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from diffuseq.diffusion.broadcast import as_mask, extract, randn_like_shape
 from diffuseq.diffusion.respace import respaced_betas, space_timesteps
 from diffuseq.diffusion.schedules import get_named_beta_schedule
 
@@ -44,32 +45,12 @@ __all__ = ["GaussianDiffusion", "DenoisedFn"]
 DenoisedFn = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 
-def _extract(table: np.ndarray, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """``table[t]`` cast to float32 and broadcast to ``shape`` (t: int64 ``[B]`` or ``[1]``)."""
-    values = torch.from_numpy(table)[t.detach().cpu().long()]
-    values = values.to(device=t.device, dtype=torch.float32)
-    return values.reshape(values.shape + (1,) * (len(shape) - values.ndim)).expand(*shape)
-
-
-def _as_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Broadcast a ``[B,L]`` or ``[B,L,h]`` mask to ``shape`` ``[B,L,h]``."""
-    if mask.ndim == len(shape) - 1:
-        mask = mask.unsqueeze(-1)
-    return torch.broadcast_to(mask, tuple(shape))
-
-
-def _randn(
-    shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
-
-
 def _step_result(
     sample: torch.Tensor, out: dict, mask: torch.Tensor | None, x_start: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
     """Source anchoring ``where(m == 0, x_start, sample)`` and the sampler's result dict."""
     if mask is not None:
-        sample = torch.where(_as_mask(mask, sample.shape) == 0, x_start, sample)
+        sample = torch.where(as_mask(mask, sample.shape) == 0, x_start, sample)
     result = {"sample": sample, "pred_xstart": out["pred_xstart"]}
     if "tokens" in out:
         result["tokens"] = out["tokens"]
@@ -195,9 +176,9 @@ class GaussianDiffusion:
         Returns:
             ``(mean, variance, log_variance)``, each ``[B,L,h]`` float32.
         """
-        mean = _extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-        variance = _extract(1.0 - self.alphas_cumprod, t, x_start.shape)
-        log_variance = _extract(self.log_one_minus_alphas_cumprod, t, x_start.shape)
+        mean = extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+        variance = extract(1.0 - self.alphas_cumprod, t, x_start.shape)
+        log_variance = extract(self.log_one_minus_alphas_cumprod, t, x_start.shape)
         return mean, variance, log_variance
 
     def get_x_start(self, x_start_mean: torch.Tensor, *, noise0: torch.Tensor) -> torch.Tensor:
@@ -207,17 +188,17 @@ class GaussianDiffusion:
             x_start_mean: x̄_0 = EMB(w) ``[B,L,h]``; noise0: ε_0 ``[B,L,h]``.
         """
         zero = torch.zeros(1, dtype=torch.long, device=x_start_mean.device)
-        std = _extract(self.sqrt_one_minus_alphas_cumprod, zero, x_start_mean.shape)
+        std = extract(self.sqrt_one_minus_alphas_cumprod, zero, x_start_mean.shape)
         return x_start_mean + std * noise0
 
     def forward_mask_prob(self, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """v2 forward replacement probability ``denoise_rate·√(1−ᾱ_t)``; ``shape`` = ``[B,L]``."""
-        return self.denoise_rate * _extract(self.sqrt_one_minus_alphas_cumprod, t, shape)
+        return self.denoise_rate * extract(self.sqrt_one_minus_alphas_cumprod, t, shape)
 
     def reverse_mask_prob(self, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """v2 sampling replacement probability ``1[t≠0]·exp(½·log Σ_θ(t))·denoise_rate``."""
         nonzero = (t != 0).float().reshape(-1, *([1] * (len(shape) - 1)))
-        std = torch.exp(0.5 * _extract(self.model_log_variance, t, shape))
+        std = torch.exp(0.5 * extract(self.model_log_variance, t, shape))
         return nonzero * std * self.denoise_rate
 
     @staticmethod
@@ -266,9 +247,9 @@ class GaussianDiffusion:
             z_t ``[B,L,h]``.
         """
         assert noise.shape == x_start.shape
-        sqrt_ab = _extract(self.sqrt_alphas_cumprod, t, x_start.shape)
-        sqrt_1m_ab = _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape)
-        m = None if mask is None else _as_mask(mask, x_start.shape)
+        sqrt_ab = extract(self.sqrt_alphas_cumprod, t, x_start.shape)
+        sqrt_1m_ab = extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape)
+        m = None if mask is None else as_mask(mask, x_start.shape)
         if mean_embed is None:
             x_t = sqrt_ab * x_start + sqrt_1m_ab * noise
         else:
@@ -289,11 +270,11 @@ class GaussianDiffusion:
         """
         assert x_start.shape == x_t.shape
         mean = (
-            _extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
-            + _extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+            extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
+            + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
         )
-        variance = _extract(self.posterior_variance, t, x_t.shape)
-        log_variance = _extract(self.posterior_log_variance_clipped, t, x_t.shape)
+        variance = extract(self.posterior_variance, t, x_t.shape)
+        log_variance = extract(self.posterior_log_variance_clipped, t, x_t.shape)
         return mean, variance, log_variance
 
     # ----------------------------------------------------------------------------------------
@@ -324,8 +305,8 @@ class GaussianDiffusion:
         """
         model_output = model(x, self.scale_timesteps(t))
         out = {
-            "variance": _extract(self.model_variance, t, x.shape),
-            "log_variance": _extract(self.model_log_variance, t, x.shape),
+            "variance": extract(self.model_variance, t, x.shape),
+            "log_variance": extract(self.model_log_variance, t, x.shape),
             "model_output": model_output,
         }
         pred_xstart = model_output
@@ -379,12 +360,12 @@ class GaussianDiffusion:
             model, x, t, denoised_fn=denoised_fn, clip_denoised=clip_denoised
         )
         if noise is None:
-            noise = _randn(x.shape, x, generator)
+            noise = randn_like_shape(x.shape, x, generator)
         if top_p is not None and top_p > 0:
             noise = noise.clone()
             outside = noise.abs() > top_p
             while outside.any():
-                noise[outside] = _randn((int(outside.sum()),), noise, generator)
+                noise[outside] = randn_like_shape((int(outside.sum()),), noise, generator)
                 outside = noise.abs() > top_p
         nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
@@ -432,16 +413,16 @@ class GaussianDiffusion:
             model, x, t, denoised_fn=denoised_fn, clip_denoised=clip_denoised
         )
         eps = (
-            _extract(self.sqrt_recip_alphas_cumprod, t, x.shape) * x - out["pred_xstart"]
-        ) / _extract(self.sqrt_recipm1_alphas_cumprod, t, x.shape)
-        alpha_bar = _extract(self.alphas_cumprod, t, x.shape)
+            extract(self.sqrt_recip_alphas_cumprod, t, x.shape) * x - out["pred_xstart"]
+        ) / extract(self.sqrt_recipm1_alphas_cumprod, t, x.shape)
+        alpha_bar = extract(self.alphas_cumprod, t, x.shape)
         if t_prev is None:
-            alpha_bar_prev = _extract(self.alphas_cumprod_prev, t, x.shape)
+            alpha_bar_prev = extract(self.alphas_cumprod_prev, t, x.shape)
             nonzero = (t != 0).float()
         else:
             t_prev = torch.as_tensor(t_prev, dtype=torch.long, device=t.device).expand(t.shape)
             ab = np.append(self.alphas_cumprod, 1.0)  # index −1 → ᾱ_{−1} = 1
-            alpha_bar_prev = _extract(ab, torch.where(t_prev < 0, -1, t_prev), x.shape)
+            alpha_bar_prev = extract(ab, torch.where(t_prev < 0, -1, t_prev), x.shape)
             nonzero = (t_prev >= 0).float()
         sample = out["pred_xstart"] * torch.sqrt(alpha_bar_prev)
         if eta == 0:
@@ -453,7 +434,7 @@ class GaussianDiffusion:
                 * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
             )
             if noise is None:
-                noise = _randn(x.shape, x, generator)
+                noise = randn_like_shape(x.shape, x, generator)
             nonzero = nonzero.reshape(-1, *([1] * (x.ndim - 1)))
             sample = sample + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
             sample = sample + nonzero * sigma * noise
