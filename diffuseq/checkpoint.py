@@ -8,9 +8,9 @@ Replaces the checkpoint part of the original's `train_util.py` (docs/original.md
   history, every rank's RNG states, data position, step, config) and ``latest.json`` naming
   the newest one, written last. EMA files keep the original's name and format so the original
   decoding scripts load them.
-* Every file is written atomically: ``<name>.tmp`` in the same folder, flushed and fsynced,
-  then ``os.replace``d, then the folder is fsynced. A crash never leaves a truncated file under
-  a final name.
+* Every file is written atomically (:func:`diffuseq.safe_io.atomic_write`): ``<name>.<pid>.tmp``
+  in the same folder, flushed and fsynced, then ``os.replace``d, then the folder is fsynced. A
+  crash never leaves a truncated file under a final name.
 * Everything is stored as tensors, dicts, lists, numbers and strings, so every file loads with
   ``torch.load(weights_only=True)``.
 """
@@ -18,7 +18,6 @@ Replaces the checkpoint part of the original's `train_util.py` (docs/original.md
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ import torch
 
 from diffuseq.errors import CheckpointError
 from diffuseq.logger import get_logger
+from diffuseq.safe_io import atomic_write, atomic_write_text
 
 STATE_FORMAT = "diffuseq-train-state"
 STATE_VERSION = 1
@@ -53,45 +53,10 @@ def ema_file_name(rate: float, step: int) -> str:
 # ---------------------------------------------------------------------------------- writing
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> Path:
-    """Call ``write(handle)`` on ``<path>.tmp``, fsync, rename over ``path``, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder, then
     ``os.replace``)."""
-    return _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically."""
-    return _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    return atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def save_ema_file(

@@ -129,6 +129,13 @@ def state_dict_for_saving(
 ) -> OrderedDict[str, torch.Tensor]:
     """The original's checkpoint content: ``model.state_dict()`` with parameters replaced by EMA.
 
+    The container and entry types are the original's (its ``_state_dict_to_master_params``
+    wrote the EMA parameter list into ``model.state_dict()``): an ``OrderedDict`` (with the
+    ``_metadata`` that ``state_dict()`` attaches) whose parameter entries are ``nn.Parameter``
+    with ``requires_grad=True``, while buffers (``position_ids``) and ``lm_head.weight`` (the
+    tied matrix, which ``named_parameters()`` lists once only) are plain tensors. All of these
+    load with ``torch.load(weights_only=True)``.
+
     Args:
         model: the unwrapped model (no DDP ``module.`` prefix).
         ema_params: EMA values keyed by ``model.named_parameters()`` names (the tied matrix is
@@ -138,13 +145,13 @@ def state_dict_for_saving(
             tied keys.
 
     Returns:
-        OrderedDict of plain detached tensors in ``state_dict()`` order.
+        OrderedDict of detached CPU values in ``state_dict()`` order.
     """
     raw = model.state_dict()
-    if ema_params is None:
-        return OrderedDict((k, v.detach()) for k, v in raw.items())
     names = [name for name, _ in model.named_parameters()]
-    if set(names) != set(ema_params):
+    if ema_params is None:
+        ema_params = dict(model.named_parameters())
+    elif set(names) != set(ema_params):
         raise ValueError(
             "ema_params must be keyed exactly by model.named_parameters() names; missing "
             f"{sorted(set(names) - set(ema_params))}, extra {sorted(set(ema_params) - set(names))}"
@@ -154,9 +161,10 @@ def state_dict_for_saving(
         if key in ema_params:
             if ema_params[key].shape != value.shape:
                 raise ValueError(f"ema_params[{key!r}] has shape {tuple(ema_params[key].shape)}")
-            out[key] = ema_params[key].detach()
-        elif key == TIED_KEYS[1] and not tied_quirk:
-            out[key] = ema_params[TIED_KEYS[0]].detach()
+            out[key] = nn.Parameter(ema_params[key].detach().cpu(), requires_grad=True)
+        elif key == TIED_KEYS[1] and not tied_quirk and TIED_KEYS[0] in ema_params:
+            out[key] = ema_params[TIED_KEYS[0]].detach().cpu()
         else:
-            out[key] = value.detach()
+            out[key] = value.detach().cpu()
+    out._metadata = raw._metadata  # type: ignore[attr-defined]  # module versions, as state_dict()
     return out

@@ -25,6 +25,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from diffuseq.errors import ConfigError
+from diffuseq.safe_io import path_component
 
 SCHEDULE_CHOICES = ("linear", "cosine", "sqrt", "trunc_cos", "trunc_lin", "pw_lin", "warmup-decay")
 SAMPLER_CHOICES = ("uniform", "lossaware", "fixstep")
@@ -175,6 +176,8 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Reject bad values and incompatible combinations once, at start-up."""
         m, d, da, tr = self.model, self.diffusion, self.data, self.train
+        path_component(da.dataset, "--dataset")  # both become part of the run folder's name
+        path_component(tr.notes, "--notes")
         checks = [
             (
                 d.noise_schedule in SCHEDULE_CHOICES,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ class Trainer:
         loss_fn: ``loss_fn(diffusion, model, input_ids, input_mask, t, *, text_model)`` ->
             dict of ``[B]`` loss terms with ``"loss"`` (default
             :func:`diffuseq.diffusion.losses.training_losses`).
+        run_lock: the run folder's :class:`~diffuseq.safe_io.FolderLock` (rank 0), held until
+            :meth:`close` or the end of the process.
     """
 
     def __init__(
@@ -123,8 +126,10 @@ class Trainer:
         keep_states: int = 2,
         progress: bool = True,
         loss_fn: Callable[..., dict[str, torch.Tensor]] = training_losses,
+        run_lock: Any = None,
     ) -> None:
         self.model = model
+        self.run_lock = run_lock
         self.loss_fn = loss_fn
         self.diffusion = diffusion
         self.sampler = sampler
@@ -173,6 +178,11 @@ class Trainer:
         self.stopped_early = False
 
     # ------------------------------------------------------------------------------ loop
+    def close(self) -> None:
+        """Release the run folder's lock (if this trainer holds it)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
     def fit(self, *, until: int | None = None) -> int:
         """Train until ``learning_steps`` updates (or ``until``, or the time budget), save, and
         return the step reached. The LR schedule always follows ``learning_steps``."""
@@ -328,13 +338,13 @@ class Trainer:
         return bool(dist.broadcast_object(time.monotonic() >= deadline if self.is_main else None))
 
     # ------------------------------------------------------------------------------ state
-    def ema_state_dict(self, rate: float) -> dict[str, torch.Tensor]:
-        """The original's EMA file content for ``rate`` (CPU tensors)."""
+    def ema_state_dict(self, rate: float) -> OrderedDict[str, torch.Tensor]:
+        """The original's EMA file content for ``rate`` (CPU; the original's container and entry
+        types, see :func:`~diffuseq.checkpoint_format.state_dict_for_saving`)."""
         ema = dict(zip(self.param_names, self.ema[rate]))
-        state = state_dict_for_saving(
+        return state_dict_for_saving(
             self.model, ema_params=ema, tied_quirk=self.config.ema_tied_quirk
         )
-        return {k: v.detach().cpu() for k, v in state.items()}
 
     def state_dict(self, ranks: list[Mapping[str, Any]]) -> dict[str, Any]:
         """The full training state (``ranks``: every rank's RNG state and data position)."""

@@ -9,6 +9,7 @@ library knows about this: the helper wraps ``torch.save``.
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 
@@ -17,12 +18,12 @@ import torch
 
 def main() -> int:
     torch.set_num_threads(1)
-    stall_name = f"state_{int(sys.argv[1]):06d}.pt.tmp"
+    stall_prefix = f"state_{int(sys.argv[1]):06d}.pt."  # temp files are <name>.<pid>.tmp
     real_save = torch.save
 
     def slow_save(obj, f, *args, **kwargs):
-        name = str(getattr(f, "name", ""))
-        if not name.endswith(stall_name):
+        name = os.path.basename(str(getattr(f, "name", "")))
+        if not (name.startswith(stall_prefix) and name.endswith(".tmp")):
             return real_save(obj, f, *args, **kwargs)
         buffer = io.BytesIO()
         real_save(obj, buffer, *args, **kwargs)

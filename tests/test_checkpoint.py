@@ -187,7 +187,10 @@ def test_sigkill_while_writing_a_checkpoint_then_auto_resume(tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
     # the crash left a partial temp file, never a truncated file under a final name
-    assert (run / "state_000004.pt.tmp").is_file() and not (run / "state_000004.pt").exists()
+    assert [p.name for p in run.glob("state_000004.pt.*.tmp")] == [
+        f"state_000004.pt.{proc.pid}.tmp"
+    ]
+    assert not (run / "state_000004.pt").exists()
     for path in list(run.glob("state_*.pt")) + list(run.glob("ema_*.pt")):
         load_state_file(path)
     assert json.loads((run / "latest.json").read_text())["state"] == "state_000002.pt"

@@ -308,7 +308,12 @@ def test_state_dict_for_saving_tied_quirk():
     assert torch.equal(fixed["lm_head.weight"], 2 * raw)
     assert torch.equal(quirk["lm_head.bias"], 2 * model.lm_head.bias.detach())
     assert torch.equal(quirk["position_ids"], model.position_ids)
-    assert not any(isinstance(v, torch.nn.Parameter) for v in quirk.values())
+    # the original's types: nn.Parameter for parameters, plain tensors for the buffer and the
+    # second name of the tied matrix
+    params = set(ema)
+    for saved in (quirk, fixed):
+        assert {k for k, v in saved.items() if type(v) is torch.nn.Parameter} == params
+        assert all(v.requires_grad == (k in params) for k, v in saved.items())
     # Loading the quirky file gives the raw tied matrix and EMA everywhere else.
     other = tiny_model()
     other.load_state_dict(roundtrip(quirk))

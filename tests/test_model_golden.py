@@ -254,6 +254,10 @@ def test_g9_ema_checkpoints_load_with_tied_lm_head(golden_dir):
             saved = state_dict_for_saving(model, ema_params=ema, tied_quirk=True)
             assert list(saved) == list(file_sd)
             assert all(torch.equal(saved[k], file_sd[k]) for k in file_sd)
+            assert type(saved) is type(file_sd) and saved._metadata == file_sd._metadata
+            for key, value in file_sd.items():  # nn.Parameter / plain tensor, as the original
+                assert type(saved[key]) is type(value), key
+                assert saved[key].requires_grad == value.requires_grad, key
 
             x = torch.randn(2, args["seq_len"], args["hidden_dim"])
             with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -235,7 +236,16 @@ def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, mon
 
     ema = torch.load(run / "ema_0.9999_000003.pt", weights_only=True)
     (g9_ema,) = sorted((golden_dir / "g9_run" / "diffusion_models").glob("*/ema_*.pt"))[:1]
-    assert list(ema) == list(torch.load(g9_ema, weights_only=True))  # same keys, same order
+    original = torch.load(g9_ema, weights_only=True)
+    assert list(ema) == list(original)  # same keys, same order
+    # the original's container and entry types: an OrderedDict with state_dict()'s _metadata,
+    # nn.Parameter (requires_grad) entries for parameters, plain tensors for the rest
+    assert type(ema) is type(original) is OrderedDict
+    assert ema._metadata == original._metadata
+    for key, value in original.items():
+        assert type(ema[key]) is type(value), key
+        assert ema[key].requires_grad == value.requires_grad, key
+    assert sum(type(v) is torch.nn.Parameter for v in ema.values()) == len(ema) - 2
     model = build_model(config.model)
     model.load_state_dict(ema)
     state = load_state_file(run / "state_000003.pt")
@@ -301,6 +311,7 @@ def test_resume_from_an_original_ema_file(tmp_path, golden_dir):
         assert torch.equal(ema["word_embedding.weight"], original["word_embedding.weight"])
         final = trainer.fit()
     finally:
+        trainer.close()
         dist.cleanup()
     learning_steps = int(argv[argv.index("--learning_steps") + 1])
     assert final == max(step, learning_steps)

@@ -35,6 +35,7 @@ def test_half_resume_half_is_bit_identical(tmp_path):
 
     trainer = prepare(argv + ["--checkpoint_path", str(split)])
     assert trainer.fit(until=half) == half
+    trainer.close()  # releases the run folder's lock (as the end of the process would)
     dist.cleanup()
     middle = load_state_file(split / f"state_{half:06d}.pt")
     # the loss-aware sampler is warmed up (10 losses for every t) before the interruption

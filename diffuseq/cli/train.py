@@ -59,6 +59,7 @@ from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make
 from diffuseq.errors import CheckpointError, ConfigError, UserError
 from diffuseq.factory import build_diffusion, build_model, build_timestep_distribution
 from diffuseq.logger import MetricsWriter, get_logger, open_wandb, require_wandb, setup_logging
+from diffuseq.safe_io import FolderLock, contained, remove_stale_temp_files
 from diffuseq.tokenizer import TextTokenizer, load_tokenizer, load_tokenizer_from_run
 from diffuseq.trainer import Trainer, autocast_dtype
 
@@ -127,6 +128,7 @@ def _main(argv: Sequence[str] | None) -> int:
             status = "stopped early (--max_minutes) at" if trainer.stopped_early else "finished at"
             print(f"{PROG}: {status} step {step}; run folder {trainer.run_dir} ({emas})")
     finally:
+        trainer.close()
         dist.cleanup()
     return 0
 
@@ -191,7 +193,11 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     tokenizer, train_batches, valid_batches = _load_data(config, resume, run_dir, rank)
     config = config.replace("model", vocab_size=tokenizer.vocab_size)
     training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
-    _on_rank0_or_raise(lambda: _create_run_folder(run_dir, config, training_args, tokenizer))
+    run_lock = _on_rank0_or_raise(
+        lambda: _create_run_folder(
+            run_dir, config, training_args, tokenizer, fresh=resume.kind != "state"
+        )
+    )
     setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
     wandb_run = _on_rank0_or_raise(
         lambda: (
@@ -226,6 +232,7 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
         max_minutes=options.max_minutes or None,
         keep_states=options.keep_states,
         progress=options.progress,
+        run_lock=run_lock,
     )
     _load_resume(trainer, resume, tr.ema_rates)
     log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
@@ -301,12 +308,44 @@ def _load_data(
 
 
 def _create_run_folder(
-    run_dir: Path, config: RunConfig, training_args: Mapping[str, Any], tokenizer: TextTokenizer
-) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(run_dir)
-    config.save_yaml(run_dir / "config.yaml")
-    write_json(run_dir / "training_args.json", dict(training_args))
+    run_dir: Path,
+    config: RunConfig,
+    training_args: Mapping[str, Any],
+    tokenizer: TextTokenizer,
+    *,
+    fresh: bool,
+) -> FolderLock:
+    """Lock the run folder (before anything is written in it), check again under the lock that
+    a new run finds no training states, then write the tokenizer and the config files."""
+    lock = FolderLock(
+        run_dir,
+        what="training run",
+        hint="choose another --checkpoint_path (one folder holds one run)",
+    )
+    try:
+        if fresh:
+            _refuse_existing_states(run_dir, config.train.resume_checkpoint)
+        for path in remove_stale_temp_files(run_dir):
+            get_logger("train").info("removed %s, left by a writer that was killed", path.name)
+        tokenizer.save(run_dir)
+        config.save_yaml(run_dir / "config.yaml")
+        write_json(run_dir / "training_args.json", dict(training_args))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
+    if list_state_files(run_dir):
+        raise ConfigError(
+            f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
+            "them or choose another --checkpoint_path"
+            if resume_checkpoint == "auto"
+            else f"{run_dir} already holds training states (state_*.pt); pass "
+            "--resume_checkpoint auto to "
+            "continue that run, or choose another --checkpoint_path"
+        )
 
 
 def _on_rank0_or_raise(action: Callable[[], Any]) -> Any:
@@ -390,19 +429,13 @@ def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
     proposal = None
     if dist.is_main():
         stamp = time.strftime("%Y%m%d-%H:%M:%S")
-        folder = tr.checkpoint_path or str(RUNS_ROOT / run_folder_name(config, timestamp=stamp))
+        folder = tr.checkpoint_path or str(
+            contained(RUNS_ROOT, run_folder_name(config, timestamp=stamp), "the run folder")
+        )
         proposal = (folder, tr.notes + stamp if tr.notes else tr.notes)
     folder, notes = dist.broadcast_object(proposal)
     run_dir = Path(folder)
-    if list_state_files(run_dir):
-        raise ConfigError(
-            f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
-            "them or choose another --checkpoint_path"
-            if tr.resume_checkpoint == "auto"
-            else f"{run_dir} already holds training states (state_*.pt); pass "
-            "--resume_checkpoint auto to "
-            "continue that run, or choose another --checkpoint_path"
-        )
+    _refuse_existing_states(run_dir, tr.resume_checkpoint)  # early; again under the lock
     return run_dir, notes
 
 
