@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from diffuseq.checkpoint import (
     resolve_resume,
     seed_everything,
 )
-from diffuseq.cli.common import program_name, run_cli
+from diffuseq.cli.common import on_rank0_or_raise, program_name, run_cli
 from diffuseq.config import (
     SECTIONS,
     RunConfig,
@@ -56,7 +56,7 @@ from diffuseq.config import (
     write_json,
 )
 from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
-from diffuseq.errors import CheckpointError, ConfigError, UserError
+from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.factory import build_diffusion, build_model, build_timestep_distribution
 from diffuseq.logger import MetricsWriter, get_logger, open_wandb, require_wandb, setup_logging
 from diffuseq.safe_io import FolderLock, contained, remove_stale_temp_files
@@ -193,13 +193,13 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     tokenizer, train_batches, valid_batches = _load_data(config, resume, run_dir, rank)
     config = config.replace("model", vocab_size=tokenizer.vocab_size)
     training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
-    run_lock = _on_rank0_or_raise(
+    run_lock = on_rank0_or_raise(
         lambda: _create_run_folder(
             run_dir, config, training_args, tokenizer, fresh=resume.kind != "state"
         )
     )
     setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
-    wandb_run = _on_rank0_or_raise(
+    wandb_run = on_rank0_or_raise(
         lambda: (
             open_wandb(run_name=str(run_dir), run_dir=run_dir, config=training_args)
             if tr.log_wandb
@@ -346,26 +346,6 @@ def _refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
             "--resume_checkpoint auto to "
             "continue that run, or choose another --checkpoint_path"
         )
-
-
-def _on_rank0_or_raise(action: Callable[[], Any]) -> Any:
-    """Run ``action`` on rank 0 and tell every rank whether it failed, so that a failure (a
-    folder that cannot be created, a missing package) stops all ranks instead of leaving the
-    others waiting. Returns the result on rank 0, ``None`` elsewhere."""
-    result, failure = None, None
-    if dist.is_main():
-        try:
-            result = action()
-        except UserError as err:
-            failure = err
-        except OSError as err:
-            failure = ConfigError(f"cannot write the run folder: {err}")
-    message = dist.broadcast_object(None if failure is None else str(failure))
-    if failure is not None:
-        raise failure
-    if message is not None:
-        raise UserError(f"rank 0 failed: {message}")
-    return result
 
 
 def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
