@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from diffuseq import dist
 from diffuseq.data import merge_and_mask
+from diffuseq.decode_manifest import write_outputs
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.jsonl import iter_records
 from diffuseq.logger import get_logger
+from diffuseq.safe_io import contained, path_component
 from diffuseq.sampling import SAMPLERS, run_sampler
 from diffuseq.sampling.noise import NoiseSource
 from diffuseq.sampling.rounding import make_rounding_fn
@@ -163,7 +166,9 @@ def samples_dir_name(
 
 def output_file_name(seed: int, clamp_step: int, note: str | None = None) -> str:
     """``seed{S}_step{clamp}.json`` (``step`` is the clamp step, as the original); v2's
-    ``--note`` adds ``_{note}``."""
+    ``--note`` adds ``_{note}`` (ConfigError if it cannot be part of a file name)."""
+    if note:
+        path_component(note, "--note", purpose="the output file name")
     return f"seed{seed}_step{clamp_step}" + (f"_{note}" if note else "") + ".json"
 
 
@@ -425,14 +430,17 @@ def decode_to_files(
     note: str | None = None,
     append: bool = False,
     clean: bool = False,
+    info: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Decode ``inputs`` on every rank (strided shard) and let rank 0 write one file per seed.
+    """Decode ``inputs`` on every rank (strided shard) and let rank 0 write one file per seed
+    (atomically, with the folder's manifest: :mod:`diffuseq.decode_manifest`).
 
     Args:
         settings: what to sample (resolved against the model's T here).
         out_folder: ``<out_dir>/<run>/<ckpt>.samples…``; created by rank 0.
         note: v2's file-name suffix. append: append instead of overwrite (the original appends).
         clean: ``--cut_at_sep`` on all three strings.
+        info: more JSON values recorded in the manifest (e.g. the checkpoint decoded).
 
     Returns:
         The written paths (on every rank).
@@ -440,25 +448,25 @@ def decode_to_files(
     settings = settings.resolve(decoder.diffusion.num_timesteps)
     rank, world = dist.rank(), dist.world_size()
     rows = [(i, k) for i in range(rank, len(inputs), world) for k in range(settings.num_samples)]
+    folder = Path(out_folder)
+    paths = [  # checked before any work
+        contained(folder, output_file_name(settings.seed + k, settings.clamp_step, note), "output")
+        for k in range(settings.num_samples)
+    ]
     start = time.perf_counter()
     local = decoder.decode_rows(inputs, rows, settings, progress=rank == 0)
     gathered = [row for part in dist.all_gather_object(local) for row in part]
-    folder = Path(out_folder)
-    paths = [
-        folder / output_file_name(settings.seed + k, settings.clamp_step, note)
-        for k in range(settings.num_samples)
-    ]
     if rank == 0:
         records = _assemble(inputs, decoder.tokenizer, gathered, settings.num_samples)
-        folder.mkdir(parents=True, exist_ok=True)
         specials = decoder.tokenizer.special_tokens
-        for k, path in enumerate(paths):
-            with path.open("a" if append else "w", encoding="utf-8") as handle:
-                for per_example in records:
-                    record = per_example[k]
-                    if clean:
-                        record = {key: cut_at_sep(value, specials) for key, value in record.items()}
-                    handle.write(json.dumps(record) + "\n")
+        if clean:
+            records = [
+                [{key: cut_at_sep(text, specials) for key, text in r.items()} for r in candidates]
+                for candidates in records
+            ]
+        outputs = {path.name: [json.dumps(r[k]) for r in records] for k, path in enumerate(paths)}
+        described = {**asdict(settings), "note": note, "cut_at_sep": clean, **(info or {})}
+        write_outputs(folder, outputs, settings=described, special_tokens=specials, append=append)
         log.info(
             "decoded %d example(s) x %d candidate(s) in %.1f s -> %s",
             len(inputs),

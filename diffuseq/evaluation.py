@@ -20,13 +20,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from multiprocessing import get_context
 
 import numpy as np
 
 from diffuseq import metrics
+from diffuseq.decode_manifest import check_folder, read_manifest
 from diffuseq.errors import DataError
 from diffuseq.jsonl import iter_records
 
@@ -151,20 +152,49 @@ def read_decode_file(path: str, tokens: SpecialTokens = SpecialTokens()) -> Cand
     """Read and clean one decode output (JSONL with ``recover``, ``reference``, ``source``).
 
     Raises:
-        DataError: as :func:`diffuseq.jsonl.iter_records` (file, line and key named).
+        DataError: as :func:`diffuseq.jsonl.iter_records` (file, line and key named); the
+            file differs from its entry in the decode manifest of its folder.
     """
+    if os.path.isfile(path):
+        check_folder(os.path.dirname(path) or ".", [path], whole=False)
     examples = tuple(clean_example(record, tokens) for _, record in iter_records(path, FIELDS))
     return CandidateFile(path=path, examples=examples)
 
 
 def find_decode_files(folder: str) -> list[str]:
-    """The original's file list ``sorted(glob(f"{folder}/*json"))``; an error if there is none."""
+    """The original's file list ``sorted(glob(f"{folder}/*json"))``; an error if there is none.
+
+    A folder with a decode manifest (written by our decoder) must match it: every file listed,
+    complete (line count and size) and none missing. A folder without one (the original's
+    outputs) is taken as it is.
+
+    Raises:
+        DataError: not a folder, no ``*json`` file, or files that do not match the manifest.
+    """
+    if os.path.isfile(folder):
+        raise DataError(folder, None, None, "is a file, not a folder; pass it with --file")
     if not os.path.isdir(folder):
-        raise DataError(folder, None, None, "not a folder; --folder needs the decode output folder")
-    files = sorted(glob.glob(f"{folder}/*json"))
+        raise DataError(
+            folder, None, None, "no such folder; --folder needs the decode output folder"
+        )
+    files = sorted(glob.glob(f"{glob.escape(folder)}/*json"))
     if not files:
         raise DataError(folder, None, None, "no *json files in it (decode outputs seed*.json)")
+    check_folder(folder, files)
     return files
+
+
+def special_tokens_for(source: str, given: dict[str, str | None] | None = None) -> SpecialTokens:
+    """The tokens to delete: explicit values in ``given`` (``--sos/--eos/--sep/--pad``), else
+    those the decode manifest next to ``source`` (a folder, or a file in one) names, else the
+    original's ``[CLS] [SEP] [SEP] [PAD]``."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    folder = source if os.path.isdir(source) else os.path.dirname(source) or "."
+    manifest = read_manifest(folder) if source else None
+    saved = (manifest or {}).get("special_tokens") or {}
+    names = {f.name for f in fields(SpecialTokens)}
+    from_manifest = {k: v for k, v in saved.items() if k in names and isinstance(v, str)}
+    return replace(SpecialTokens(), **{**from_manifest, **given})
 
 
 def read_text_pair(

@@ -129,7 +129,7 @@ def test_bad_inputs_are_user_errors(tmp_path, folder, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     _expect_error(["--folder", str(empty)], capsys, "no *json files")
-    _expect_error(["--folder", str(tmp_path / "missing")], capsys, "not a folder")
+    _expect_error(["--folder", str(tmp_path / "missing")], capsys, "no such folder")
     _expect_error([], capsys, "give exactly one input")
     _expect_error(["--folder", str(folder), "--file", "x.json"], capsys, "give exactly one input")
     bad = tmp_path / "bad"

@@ -11,7 +11,9 @@ Examples::
 Output: ``<out_dir>/<run>/<ckpt>.samples/seed{S}_step{clamp}.json`` for full-step ancestral
 sampling (the original's layout), ``<ckpt>.samples-<sampler>-<N>steps/…`` otherwise; one JSON
 line ``{"recover", "reference", "source"}`` per input, in input order. A re-run overwrites
-(``--append`` appends, as the original). Only the newest matching checkpoint is decoded
+(``--append`` appends, as the original). Each file is renamed into place only when complete, and
+the folder's ``MANIFEST`` (line counts, settings, special tokens) is what ``eval_seq2seq.py``
+checks the files against. Only the newest matching checkpoint is decoded
 (``--checkpoint all`` decodes every one, newest first, as the original).
 """
 
@@ -31,6 +33,7 @@ from diffuseq.decoding import (
     Decoder,
     DecodeSettings,
     decode_to_files,
+    output_file_name,
     read_input_file,
     samples_dir_name,
 )
@@ -194,6 +197,7 @@ def input_pairs(args: argparse.Namespace, run) -> tuple[list[tuple[str, str]], s
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
+    output_file_name(settings.seed, settings.clamp_step, args.note)  # rejects a bad --note now
     targets = resolve_model_dirs(args.model_dir)
     runs = [(open_run(run_dir), ckpt) for run_dir, ckpt in targets]
     jobs = [
@@ -238,6 +242,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 note=args.note,
                 append=args.append,
                 clean=args.cut_at_sep,
+                info={"checkpoint": str(checkpoint)},
             )
     dist.cleanup()
     return 0

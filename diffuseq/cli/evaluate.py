@@ -53,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="MBR: pick per example the candidate with "
         "the highest summed BLEU against the other files' candidates (needs >1 file)",
     )
-    p.add_argument("--sos", default="[CLS]", help="start token deleted from the texts")
-    p.add_argument("--eos", default="[SEP]", help="end token deleted from the texts")
-    p.add_argument("--sep", default="[SEP]", help="separator token deleted from reference/recover")
-    p.add_argument("--pad", default="[PAD]", help="pad token deleted from recover")
+    tokens = "(default: the one the folder's decode MANIFEST names, else %s)"
+    p.add_argument("--sos", help="start token deleted from the texts " + tokens % "[CLS]")
+    p.add_argument("--eos", help="end token deleted from the texts " + tokens % "[SEP]")
+    p.add_argument(
+        "--sep", help="separator token deleted from reference/recover " + tokens % "[SEP]"
+    )
+    p.add_argument("--pad", help="pad token deleted from recover " + tokens % "[PAD]")
     bs = p.add_argument_group("BERTScore")
     bs.add_argument("--no_bertscore", action="store_true", help="skip BERTScore (its line says so)")
     bs.add_argument(
@@ -104,13 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_inputs(args: argparse.Namespace) -> list[evaluation.CandidateFile]:
     """The candidate files named by ``--folder``, ``--file`` or ``--hyp/--ref``."""
-    tokens = evaluation.SpecialTokens(sos=args.sos, eos=args.eos, sep=args.sep, pad=args.pad)
     given = [name for name in ("folder", "file", "hyp", "ref") if getattr(args, name)]
     if given not in (["folder"], ["file"], ["hyp", "ref"]):
         raise ConfigError(
             "give exactly one input: --folder DIR, --file F.json, or --hyp H.txt "
             f"--ref R.txt (got: {', '.join('--' + g for g in given) or 'none'})"
         )
+    flags = {name: getattr(args, name) for name in ("sos", "eos", "sep", "pad")}
+    tokens = evaluation.special_tokens_for(args.folder or args.file, flags)
     if args.hyp:
         return [evaluation.read_text_pair(args.hyp, args.ref, tokens)]
     paths = evaluation.find_decode_files(args.folder) if args.folder else [args.file]
