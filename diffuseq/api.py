@@ -15,13 +15,15 @@ example index (noise is drawn per example, see :mod:`diffuseq.sampling.noise`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from diffuseq.decoding import Decoder, DecodeSettings, cut_at_sep
-from diffuseq.errors import CheckpointError
+from diffuseq.decoding import DTYPES, SAMPLER_CHOICES, Decoder, DecodeSettings, cut_at_sep
+from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.run_folder import open_run
 
 __all__ = ["TextGenerator", "load"]
@@ -61,10 +63,30 @@ class TextGenerator:
             steps: sampling steps (default T); sampler: ``auto``/``ancestral``/``ddim``/``dpm-solver++``.
             num_samples: candidates per source; candidate ``k`` uses seed ``seed + k``.
             Others: as the ``run_decode.py`` flags of the same names.
+
+        Raises:
+            TypeError: ``sources`` is a single string or holds a non-string; an argument of
+                the wrong type (``steps=2.5``, ``top_p="x"``). ValueError: a value out of range.
         """
-        references = [""] * len(sources) if references is None else list(references)
+        sources = _texts("sources", sources)
+        references = [""] * len(sources) if references is None else _texts("references", references)
         if len(references) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(references)} references")
+        for name, value, minimum in (
+            ("steps", steps, 1),
+            ("num_samples", num_samples, 1),
+            ("seed", seed, None),
+            ("clamp_step", clamp_step, 0),
+            ("batch_size", batch_size, 1),
+        ):
+            if name != "steps" or value is not None:
+                _integer(name, value, minimum)
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))):
+            raise TypeError(f"top_p must be a number or None, got {type(top_p).__name__} {top_p!r}")
+        if not isinstance(sampler, str) or sampler not in SAMPLER_CHOICES:
+            raise ValueError(
+                f"sampler must be one of {', '.join(SAMPLER_CHOICES)}, got {sampler!r}"
+            )
         settings = DecodeSettings(
             sampler=sampler,
             steps=steps,
@@ -92,6 +114,54 @@ class TextGenerator:
         ]
 
 
+def _texts(name: str, values: Any) -> list[str]:
+    """``values`` as a list of strings; TypeError naming the argument otherwise."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of strings, got a single {type(values).__name__}: "
+            f"pass [{name[:-1]}] for one text"
+        )
+    if not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list of strings, got {type(values).__name__}")
+    values = list(values)
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(value).__name__} {value!r:.60}")
+    return values
+
+
+def _integer(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.60}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device {device!r} is not a device name such as 'cpu' or 'cuda' ({err})"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={str(device)!r}: no CUDA GPU is visible to this process; "
+                "pass device='cpu' (or leave device out to use a GPU only when there is one)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={str(device)!r}: this process sees only "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"device {str(device)!r}: only 'cpu' and 'cuda' are supported")
+    return device
+
+
 def load(
     path: str | Path,
     *,
@@ -105,7 +175,17 @@ def load(
         path: ``diffusion_models/<run>`` (ours or the original's) or ``…/<run>/ema_0.9999_050000.pt``.
         device: default ``cuda`` if available, else ``cpu``.
         dtype: ``fp32``, ``bf16`` or ``fp16`` autocast for the network.
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or value (the message names it).
+        ConfigError: ``device="cuda"`` where no CUDA GPU is visible.
+        CheckpointError: ``path`` is no run folder or checkpoint, or does not load.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    device = _device(device)
     path = Path(path)
     if path.is_file():
         run, checkpoint = open_run(path.parent), path
@@ -114,7 +194,5 @@ def load(
         checkpoint = run.select_checkpoints(pattern, "latest")[0]
     else:
         raise CheckpointError(f"{path} is neither a run folder nor a checkpoint file")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    DecodeSettings(dtype=dtype).check()
     decoder = Decoder.from_checkpoint(run, checkpoint, device=device)
     return TextGenerator(run=run, checkpoint=checkpoint, decoder=decoder, dtype=dtype)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diffuseq.errors import CheckpointError
+from diffuseq.errors import CheckpointError, first_sentence
 from diffuseq.logger import get_logger
 from diffuseq.safe_io import atomic_write, atomic_write_text
 
@@ -118,7 +118,7 @@ def load_state_file(path: str | Path, *, mmap: bool = False) -> Any:
                 "it holds objects other than tensors and plain data, or is no checkpoint at all"
             )
         else:
-            reason = f"{type(err).__name__}: {text.splitlines()[0][:160] if text else 'no details'}"
+            reason = f"{type(err).__name__}: {first_sentence(text) or 'no details'}"
         raise CheckpointError(
             f"checkpoint {path} cannot be read: it is truncated, corrupt or not a PyTorch "
             f"checkpoint ({reason}); use another checkpoint"

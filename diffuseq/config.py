@@ -178,6 +178,7 @@ class RunConfig:
         m, d, da, tr = self.model, self.diffusion, self.data, self.train
         path_component(da.dataset, "--dataset")  # both become part of the run folder's name
         path_component(tr.notes, "--notes")
+        _check_respacing(d.timestep_respacing, d.diffusion_steps)
         checks = [
             (
                 d.noise_schedule in SCHEDULE_CHOICES,
@@ -262,7 +263,7 @@ class RunConfig:
             else:
                 flat[key] = value
         return cls(
-            **{name: _section_from_flat(kind, flat) for name, kind in SECTIONS.items()}
+            **{name: _section_from_flat(kind, flat, source) for name, kind in SECTIONS.items()}
         )._check_unknown(flat, source)
 
     def _check_unknown(self, flat: dict[str, Any], source: str) -> RunConfig:
@@ -346,7 +347,9 @@ class RunConfig:
                 "(it is broken in the original too)"
             )
         flat = {k: v for k, v in args.items() if k in _FIELD_NAMES}
-        return cls(**{name: _section_from_flat(kind, flat) for name, kind in SECTIONS.items()})
+        return cls(
+            **{name: _section_from_flat(kind, flat, source) for name, kind in SECTIONS.items()}
+        )
 
 
 _FIELD_NAMES: set[str] = {f.name for kind in SECTIONS.values() for f in fields(kind)}
@@ -355,13 +358,25 @@ _FLAG_TO_FIELD: dict[str, str] = {
 }
 
 
-def _section_from_flat(kind: type, flat: dict[str, Any]):
+def _check_respacing(respacing: str, steps: int) -> None:
+    from diffuseq.diffusion.respace import space_timesteps
+
+    try:
+        space_timesteps(steps, respacing)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            f"--timestep_respacing {respacing!r} does not fit --diff_steps {steps} ({err}); give "
+            "'' (every step), ddimN or comma-separated counts per section such as 10,15,20"
+        ) from None
+
+
+def _section_from_flat(kind: type, flat: dict[str, Any], source: str):
     hints = get_type_hints(kind)
     values = {}
     for f in fields(kind):
         for key in (f.name, f.metadata.get("flag")):
             if key and key in flat:
-                values[f.name] = _coerce(flat[key], hints[f.name], f.name)
+                values[f.name] = _coerce(flat[key], hints[f.name], f"{source}: {key}")
     return kind(**values)
 
 
@@ -379,12 +394,18 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; pass a YAML file such as configs/qqp.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
     return data

@@ -65,6 +65,10 @@ def split_file(data_dir: str | os.PathLike, split: str) -> Path:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
     folder = Path(data_dir)
     path = folder / f"{split}.jsonl"
+    if folder.is_file():
+        raise DataError(
+            str(folder), None, None, "--data_dir is a file; pass the folder that holds train.jsonl."
+        )
     if not folder.is_dir():
         raise DataError(str(folder), None, None, "--data_dir folder not found.")
     if not path.is_file():

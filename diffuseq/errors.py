@@ -9,6 +9,19 @@ invariants use ``assert``.
 from __future__ import annotations
 
 
+def first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of the first line of ``text`` (a library's error message), whole; a
+    sentence over ``limit`` characters is cut at a word boundary and marked with ``...``."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    for end in (". ", "; "):
+        if end in line:
+            line = line[: line.index(end) + 1].rstrip(";")
+            break
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return line
+
+
 class UserError(Exception):
     """An error the user can fix: bad flag, bad file, bad checkpoint. Message says how."""
 

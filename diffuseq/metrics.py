@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from diffuseq.errors import ConfigError, OfflineAssetError
+from diffuseq.errors import ConfigError, OfflineAssetError, first_sentence
 
 METHOD4_K = 5  # nltk SmoothingFunction(k=5)
 DEFAULT_BERTSCORE_MODEL = "microsoft/deberta-xlarge-mnli"
@@ -300,6 +300,16 @@ def resolve_local_model(name_or_path: str) -> str:
     """
     if os.path.isdir(name_or_path):
         return name_or_path
+    if os.path.isfile(name_or_path):
+        raise ConfigError(
+            f"--bertscore_model {name_or_path} is a file; pass the model's folder (with "
+            "config.json, the tokenizer and the weights)"
+        )
+    if _looks_local(name_or_path):
+        raise ConfigError(
+            f"--bertscore_model {name_or_path}: no such folder; pass an existing local model "
+            "folder, a hub name in the local Hugging Face cache, or --no_bertscore"
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -311,6 +321,17 @@ def resolve_local_model(name_or_path: str) -> str:
             "or pass --bertscore_model /path/to/local/model with --bertscore_layer N, "
             "or use --no_bertscore."
         ) from err
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``owner/name``): absolute, ``./``, ``~`` or more than one
+    ``/``."""
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
 
 
 def default_bertscore_layer(model_name: str) -> int | None:
@@ -375,10 +396,18 @@ class BertScorer:
             scorer = BERTScorer(
                 model_type=self.path, num_layers=self.layer, lang="en", batch_size=self.batch_size
             )
-        except (OSError, ValueError) as err:
+        except Exception as err:  # OSError, ValueError, UnpicklingError, RuntimeError, ...
+            text = str(err)
+            reason = (
+                "its weights file is corrupt or holds objects other than tensors, so a "
+                "weights-only load refused it"
+                if text.startswith("Weights only load failed")
+                else f"{type(err).__name__}: {first_sentence(text) or 'no details'}"
+            )
             raise OfflineAssetError(
-                f"cannot load the BERTScore model from '{self.path}': {err}"
-            ) from err
+                f"cannot load the BERTScore model from '{self.path}' ({reason}); pass another "
+                "--bertscore_model folder or --no_bertscore"
+            ) from None
         limit = getattr(scorer._model.config, "max_position_embeddings", None)
         _adapt_tokenizer_for_bert_score(scorer._tokenizer, max_length=limit)
         return scorer

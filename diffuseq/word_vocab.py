@@ -72,13 +72,23 @@ class VocabFileTokenizer(TextTokenizer):
             )
         vocab = {token: i for i, token in enumerate(cls.SPECIALS)}
         first_line: dict[str, int] = {}
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                token = line.strip().split(" ")[0]
-                if token in vocab and not allow_duplicates:
-                    raise DataError(str(path), line_no, None, _duplicate_message(token, first_line))
-                first_line.setdefault(token, line_no)
-                vocab[token] = len(vocab)
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as err:
+            problem = f"cannot read the vocab file ({err.strerror})."
+            raise DataError(str(path), None, None, problem) from None
+        for line_no, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    str(path), line_no, None, f"not UTF-8 text ({err.reason} at byte {err.start})."
+                ) from None
+            token = line.strip().split(" ")[0]
+            if token in vocab and not allow_duplicates:
+                raise DataError(str(path), line_no, None, _duplicate_message(token, first_line))
+            first_line.setdefault(token, line_no)
+            vocab[token] = len(vocab)
         return cls(vocab, source=str(path))
 
     @classmethod
@@ -86,7 +96,7 @@ class VocabFileTokenizer(TextTokenizer):
         """Load a saved ``vocab.json`` (token → id dict, the original's run-folder file)."""
         try:
             vocab = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, ValueError) as err:  # also UnicodeDecodeError
             raise CheckpointError(f"{path}: cannot read the saved vocabulary ({err}).") from err
         if not isinstance(vocab, dict) or not all(
             isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()

@@ -1,0 +1,501 @@
+"""Bad input, table-driven: every case gets a clean error, never a traceback.
+
+For the three command-line programs (called in-process through their ``main(argv)``): exit
+status 2, no traceback, ``<prog>: error:`` and a message naming the file/line/field or flag.
+For the Python API: the documented exception type with a message naming the argument. A failed
+``run_train.py`` has not created its run folder (every value is checked before it is).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from diffuseq import api
+from diffuseq.cli.decode import main as decode_main
+from diffuseq.cli.evaluate import main as eval_main
+from diffuseq.cli.train import main as train_main
+from diffuseq.decode_manifest import write_outputs
+from diffuseq.errors import CheckpointError, ConfigError
+from tests.test_decode import make_run
+from tests.train_helpers import make_tiny_data, tiny_argv
+
+
+@dataclass
+class Ctx:
+    """Inputs shared by the cases (built once per module)."""
+
+    root: Path
+    data: Path
+    run: Path
+    decoded: Path  # a decode output file
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def file(self, name: str, content: bytes | str) -> Path:
+        path = self.root / "inputs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+    def data_with(self, name: str, split: str, content: bytes | str) -> Path:
+        folder = make_tiny_data(self.root / "datasets" / name)
+        (folder / f"{split}.jsonl").write_bytes(
+            content.encode() if isinstance(content, str) else content
+        )
+        return folder
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory) -> Ctx:
+    root = tmp_path_factory.mktemp("bad_inputs")
+    run = make_run(root / "work")
+    record = {"recover": "a b c", "reference": "a b c", "source": "x"}
+    decoded = root / "decoded" / "seed101_step0.json"
+    decoded.parent.mkdir()
+    decoded.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
+    return Ctx(root=root, data=make_tiny_data(root / "data"), run=run, decoded=decoded)
+
+
+NOT_UTF8 = b'{"src": "caf\xe9", "trg": "x"}\n'
+
+
+# ------------------------------------------------------------------------------ run_train.py
+
+
+def _train(**flags: Any) -> Callable[[Ctx, Path], list[str]]:
+    """``run_train.py`` flags on the tiny data; ``data_dir`` may be a function of the context."""
+
+    def build(c: Ctx, out: Path) -> list[str]:
+        values = {k: (v(c) if callable(v) else v) for k, v in flags.items()}
+        extra = values.pop("_extra", [])
+        return tiny_argv(c.data, checkpoint_path=out, **values) + [str(x) for x in extra]
+
+    return build
+
+
+def _preset(text: str | bytes, **flags: Any) -> Callable[[Ctx, Path], list[str]]:
+    def build(c: Ctx, out: Path) -> list[str]:
+        path = c.file(f"preset{abs(hash(text))}.yaml", text)
+        return _train(_extra=["--config", path], **flags)(c, out)
+
+    return build
+
+
+def _truncated_checkpoint(c: Ctx) -> Path:
+    data = (c.run / "ema_0.9999_000010.pt").read_bytes()
+    return c.file("truncated.pt", data[: len(data) // 2])
+
+
+TRAIN_CASES = {
+    "respacing-abc": (_train(timestep_respacing="abc"), ["--timestep_respacing", "'abc'"]),
+    "respacing-too-many": (_train(timestep_respacing="100"), ["--timestep_respacing", "'100'"]),
+    "noise-schedule": (_train(noise_schedule="foo"), ["--noise_schedule", "foo"]),
+    "schedule-sampler": (_train(schedule_sampler="foo"), ["--schedule_sampler", "foo"]),
+    "notes-escape": (_train(notes="/../../../x"), ["--notes", "/../../../x"]),
+    "dataset-escape": (_train(dataset="../../../x"), ["--dataset", "../../../x"]),
+    "preset-dataset-escape": (_preset("dataset: ../../x\n", dataset=None), ["--dataset"]),
+    "preset-type": (_preset("hidden_dim: abc\n", hidden_dim=None), ["preset", "hidden_dim"]),
+    "preset-unknown-key": (_preset("hiden_dim: 3\n"), ["preset", "hiden_dim"]),
+    "preset-syntax": (_preset("a: [1, 2\n"), ["preset", "invalid YAML"]),
+    "preset-list": (_preset("- 1\n- 2\n"), ["preset", "mapping"]),
+    "preset-not-utf8": (_preset(b"notes: caf\xe9\n"), ["preset", "UTF-8"]),
+    "preset-folder": (_train(_extra=lambda c: ["--config", c.root]), ["--config", "folder"]),
+    "preset-missing": (_train(_extra=["--config", "nope.yaml"]), ["nope.yaml", "does not exist"]),
+    "data-dir-missing": (_train(data_dir="no/such/dir"), ["no/such/dir", "--data_dir"]),
+    "data-dir-is-a-file": (
+        _train(data_dir=lambda c: c.data / "train.jsonl"),
+        ["train.jsonl", "--data_dir is a file"],
+    ),
+    "train-not-utf8": (
+        _train(data_dir=lambda c: c.data_with("latin1", "train", NOT_UTF8)),
+        ["train.jsonl", "line 1", "UTF-8"],
+    ),
+    "train-bad-json": (
+        _train(data_dir=lambda c: c.data_with("badjson", "train", '{"src": "a", "trg": "b"}\n{\n')),
+        ["train.jsonl", "line 2", "invalid JSON"],
+    ),
+    "train-missing-field": (
+        _train(data_dir=lambda c: c.data_with("nofield", "train", '{"src": "a"}\n')),
+        ["train.jsonl", "line 1", "field 'trg'"],
+    ),
+    "valid-number-field": (
+        _train(data_dir=lambda c: c.data_with("number", "valid", '{"src": "a", "trg": 3}\n')),
+        ["valid.jsonl", "line 1", "field 'trg'", "string"],
+    ),
+    "test-split-missing": (
+        _train(data_dir=lambda c: _without(make_tiny_data(c.root / "datasets" / "novalid"))),
+        ["valid.jsonl", "missing"],
+    ),
+    "bsz-zero": (_train(bsz=0), ["--bsz"]),
+    "microbatch-divides": (_train(bsz=10, microbatch=4), ["--bsz 10", "--microbatch 4"]),
+    "ema-rate": (_train(ema_rate="abc"), ["--ema_rate", "abc"]),
+    "lr-negative": (_train(lr=-1), ["--lr"]),
+    "dropout": (_train(dropout=1.5), ["--dropout"]),
+    "seq-len": (_train(seq_len=3), ["--seq_len"]),
+    "hidden-dim-type": (_train(hidden_dim="abc"), ["--hidden_dim", "abc"]),
+    "keep-states": (_train(keep_states=-1), ["--keep_states"]),
+    "unknown-flag": (_train(_extra=["--no_such_flag", "1"]), ["--no_such_flag"]),
+    "denoise-needs-mean": (_train(denoise="true"), ["--denoise", "--learned_mean_embed"]),
+    "resume-missing": (_train(resume_checkpoint="nope.pt"), ["--resume_checkpoint", "nope.pt"]),
+    "resume-truncated": (
+        _train(resume_checkpoint=_truncated_checkpoint),
+        ["truncated.pt", "truncated", "use another checkpoint"],
+    ),
+    "vocab-missing": (_train(vocab="no_vocab.txt"), ["no_vocab.txt"]),
+    "vocab-not-utf8": (
+        _train(vocab=lambda c: c.file("vocab_latin1.txt", b"a\ncaf\xe9\n")),
+        ["vocab_latin1.txt", "UTF-8"],
+    ),
+}
+
+
+def _without(folder: Path) -> Path:
+    (folder / "valid.jsonl").unlink()
+    return folder
+
+
+def _exit_code(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """``main(argv)``'s status; argparse's own usage errors exit 2 via SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+def _message(err: str, prog: str) -> str:
+    assert "Traceback" not in err, err
+    assert f"{prog}: error:" in err, err
+    return err[err.index(f"{prog}: error:") :]
+
+
+def _assert_names(message: str, needles: list[str]) -> None:
+    squeezed = re.sub(r"\s", "", message)  # the paragraph is wrapped, also inside long paths
+    for needle in needles:
+        assert re.sub(r"\s", "", str(needle)) in squeezed, (needle, message)
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_train(ctx, case, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default run folder would go to tmp_path/diffusion_models
+    build, needles = TRAIN_CASES[case]
+    out = tmp_path / "run"
+    assert _exit_code(train_main, build(ctx, out)) == 2
+    message = _message(capsys.readouterr().err, "run_train.py")
+    _assert_names(message, needles)
+    # checked before anything was written: no run folder at all
+    assert not out.exists() and not (tmp_path / "diffusion_models").exists()
+
+
+def test_train_unreadable_file(ctx, capsys, tmp_path, monkeypatch):
+    """A train.jsonl that cannot be opened (PermissionError; faked, as root may read anything)."""
+    data = make_tiny_data(tmp_path / "data")
+    target = data / "train.jsonl"
+    real_open = Path.open
+
+    def fake_open(self, *args, **kwargs):
+        if self == target:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", fake_open)
+    assert train_main(tiny_argv(data, checkpoint_path=tmp_path / "run")) == 2
+    message = _message(capsys.readouterr().err, "run_train.py")
+    _assert_names(message, [str(target), "Permission denied"])
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------ run_decode.py
+
+
+def _decode(*extra: Any) -> Callable[[Ctx, Path], list[str]]:
+    def build(c: Ctx, out: Path) -> list[str]:
+        values = [str(x(c) if callable(x) else x) for x in extra]
+        return ["--model_dir", str(c.run), "--out_dir", str(out), *values]
+
+    return build
+
+
+def _truncated_run(c: Ctx) -> Path:
+    folder = c.root / "truncated_run" / c.run.name
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for path in c.run.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        data = (folder / "ema_0.9999_000010.pt").read_bytes()
+        (folder / "ema_0.9999_000010.pt").write_bytes(data[: len(data) // 2])
+    return folder
+
+
+DECODE_CASES = {
+    "model-dir-missing": (lambda c, out: ["--model_dir", "no/such/run"], ["--model_dir"]),
+    "model-dir-empty": (lambda c, out: [], ["--model_dir is required"]),
+    "input-not-utf8": (
+        _decode("--input", lambda c: c.file("latin1.jsonl", NOT_UTF8)),
+        ["latin1.jsonl", "line 1", "UTF-8"],
+    ),
+    "input-folder": (_decode("--input", lambda c: c.root), ["--input", "is a folder"]),
+    "input-missing": (_decode("--input", "nope.jsonl"), ["nope.jsonl", "not found"]),
+    "input-bad-json": (
+        _decode("--input", lambda c: c.file("bad.jsonl", '{"src": "a"}\n{"src": \n')),
+        ["bad.jsonl", "line 2", "invalid JSON"],
+    ),
+    "input-no-src": (
+        _decode("--input", lambda c: c.file("nosrc.jsonl", '{"trg": "a"}\n')),
+        ["nosrc.jsonl", "line 1", "field 'src'"],
+    ),
+    "input-and-text": (
+        _decode("--input", lambda c: c.file("ok.jsonl", '{"src": "a"}\n'), "--text", "a"),
+        ["--input", "--text"],
+    ),
+    "note-dotdot": (_decode("--note", "x/../.."), ["--note", "x/../.."]),
+    "note-absolute": (_decode("--note", "/x"), ["--note", "/x"]),
+    "step-zero": (_decode("--step", "0"), ["--step"]),
+    "step-too-large": (_decode("--step", "1000"), ["--step 1000", "T=10"]),
+    "step-type": (_decode("--step", "2.5"), ["--step", "2.5"]),
+    "ancestral-few-steps": (
+        _decode("--sampler", "ancestral", "--step", "5"),
+        ["--sampler ancestral", "--step 5"],
+    ),
+    "bsz-zero": (_decode("--bsz", "0"), ["--bsz"]),
+    "num-samples-zero": (_decode("--num_samples", "0"), ["--num_samples"]),
+    "ddim-adjacent-dpm": (
+        _decode("--sampler", "dpm-solver++", "--ddim_adjacent"),
+        ["--ddim_adjacent"],
+    ),
+    "dpm-v2-ddim": (_decode("--sampler", "ddim", "--dpm_v2_variant"), ["--dpm_v2_variant"]),
+    "pattern-no-match": (_decode("--pattern", "nothing"), ["--pattern", "nothing"]),
+    "truncated-checkpoint": (
+        lambda c, out: ["--model_dir", str(_truncated_run(c)), "--out_dir", str(out)],
+        ["ema_0.9999_000010.pt", "truncated", "use another checkpoint"],
+    ),
+    "sampler-unknown": (_decode("--sampler", "euler"), ["--sampler", "euler"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DECODE_CASES))
+def test_decode(ctx, case, capsys, tmp_path):
+    build, needles = DECODE_CASES[case]
+    out = tmp_path / "out"
+    assert _exit_code(decode_main, build(ctx, out)) == 2
+    message = _message(capsys.readouterr().err, "run_decode.py")
+    _assert_names(message, needles)
+    if case == "truncated-checkpoint":  # the whole sentence, not cut in the middle
+        assert message.rstrip().endswith("use another checkpoint")
+    assert not list(out.rglob("*.json")) if out.exists() else True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_decode_cuda_without_a_gpu(ctx, capsys, tmp_path):
+    assert decode_main(_decode("--device", "cuda")(ctx, tmp_path)) == 2
+    _assert_names(_message(capsys.readouterr().err, "run_decode.py"), ["--device cuda"])
+
+
+# ------------------------------------------------------------------------------ eval_seq2seq.py
+
+
+def _bad_weights_model(c: Ctx) -> Path:
+    folder = c.root / "bad_bertscore_model"
+    if not folder.exists():
+        folder.mkdir()
+        config = {
+            "model_type": "bert",
+            "hidden_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "intermediate_size": 8,
+            "vocab_size": 10,
+        }
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "pytorch_model.bin").write_bytes(b"not a pickle of tensors")
+    return folder
+
+
+def _manifest_mismatch(c: Ctx) -> Path:
+    folder = c.root / "manifest_mismatch"
+    if not folder.exists():
+        line = c.decoded.read_text().splitlines()[0]
+        write_outputs(folder, {"seed101_step0.json": [line] * 3}, settings={}, special_tokens={})
+        (folder / "seed101_step0.json").write_text(line + "\n")
+    return folder
+
+
+def _folder_of(**files: str) -> Callable[[Ctx], Path]:
+    def build(c: Ctx) -> Path:
+        folder = c.root / ("folder_" + "_".join(sorted(files)))
+        folder.mkdir(exist_ok=True)
+        for name, text in files.items():
+            (folder / f"{name}.json").write_text(text)
+        return folder
+
+    return build
+
+
+def _eval(*argv: Any) -> Callable[[Ctx, Path], list[str]]:
+    def build(c: Ctx, out: Path) -> list[str]:
+        return [str(x(c) if callable(x) else x) for x in argv]
+
+    return build
+
+
+RECORD = json.dumps({"recover": "a", "reference": "a", "source": "x"}) + "\n"
+EVAL_CASES = {
+    "folder-missing": (_eval("--folder", "no/such"), ["no/such", "no such folder"]),
+    "folder-is-a-file": (_eval("--folder", lambda c: c.decoded), ["is a file", "--file"]),
+    "folder-empty": (_eval("--folder", _folder_of()), ["no *json files"]),
+    "folder-unequal-files": (
+        _eval("--folder", _folder_of(seed1=RECORD, seed2=RECORD * 2), "--no_bertscore"),
+        ["seed2.json", "line 2", "line i of every file"],
+    ),
+    "folder-manifest-mismatch": (
+        _eval("--folder", _manifest_mismatch, "--no_bertscore"),
+        ["seed101_step0.json", "incomplete", "MANIFEST"],
+    ),
+    "file-missing": (_eval("--file", "nope.json"), ["nope.json", "not found"]),
+    "file-not-utf8": (
+        _eval("--file", lambda c: c.file("latin1.json", b'{"recover": "\xe9"}\n')),
+        ["latin1.json", "line 1", "UTF-8"],
+    ),
+    "file-missing-field": (
+        _eval("--file", lambda c: c.file("nofield.json", '{"recover": "a", "source": "b"}\n')),
+        ["nofield.json", "line 1", "field 'reference'"],
+    ),
+    "no-input": (_eval(), ["give exactly one input"]),
+    "two-inputs": (_eval("--file", "a.json", "--hyp", "h.txt"), ["--file", "--hyp"]),
+    "hyp-without-ref": (_eval("--hyp", "h.txt"), ["--hyp", "--ref"]),
+    "hyp-ref-lengths": (
+        _eval(
+            "--hyp",
+            lambda c: c.file("hyp.txt", "a\nb\n"),
+            "--ref",
+            lambda c: c.file("ref.txt", "a\n"),
+            "--no_bertscore",
+        ),
+        ["ref.txt", "line 2", "hyp.txt"],
+    ),
+    "bertscore-missing-folder": (
+        _eval("--file", lambda c: c.decoded, "--bertscore_model", "./no_such_model"),
+        ["--bertscore_model", "no_such_model", "no such folder"],
+    ),
+    "bertscore-file": (
+        _eval("--file", lambda c: c.decoded, "--bertscore_model", lambda c: c.decoded),
+        ["--bertscore_model", "is a file"],
+    ),
+    "bertscore-bad-weights": (
+        _eval(
+            "--file",
+            lambda c: c.decoded,
+            "--bertscore_model",
+            _bad_weights_model,
+            "--bertscore_layer",
+            "1",
+        ),
+        ["bad_bertscore_model", "weights", "--bertscore_model"],
+    ),
+    "workers-zero": (_eval("--file", lambda c: c.decoded, "--workers", "0"), ["--workers"]),
+    "json-folder-missing": (
+        _eval("--file", lambda c: c.decoded, "--json", "no/such/dir/out.json"),
+        ["--json", "no/such/dir/out.json"],
+    ),
+    "bertscore-layer-type": (
+        _eval("--file", lambda c: c.decoded, "--bertscore_layer", "x"),
+        ["--bertscore_layer", "'x'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_CASES))
+def test_evaluate(ctx, case, capsys, tmp_path):
+    build, needles = EVAL_CASES[case]
+    assert _exit_code(eval_main, build(ctx, tmp_path)) == 2
+    out, err = capsys.readouterr()
+    message = _message(err, "eval_seq2seq.py")
+    _assert_names(message, needles)
+    assert "hf download" not in message  # never told to download a local path
+
+
+# ------------------------------------------------------------------------------ Python API
+
+
+@pytest.fixture(scope="module")
+def generator(ctx):
+    return api.load(ctx.run, device="cpu")
+
+
+API_CASES: dict[str, tuple[Callable[[Any, Ctx], Any], type[Exception], list[str]]] = {
+    "none-source": (lambda g, c: g.generate([None]), TypeError, ["sources[0]", "NoneType"]),
+    "int-source": (lambda g, c: g.generate([123]), TypeError, ["sources[0]", "int"]),
+    "string-not-list": (lambda g, c: g.generate("a string"), TypeError, ["list of strings"]),
+    "bytes-not-list": (lambda g, c: g.generate(b"abc"), TypeError, ["list of strings"]),
+    "int-not-list": (lambda g, c: g.generate(5), TypeError, ["sources", "int"]),
+    "reference-int": (
+        lambda g, c: g.generate(["a"], references=[1]),
+        TypeError,
+        ["references[0]"],
+    ),
+    "references-count": (
+        lambda g, c: g.generate(["a"], references=["a", "b"]),
+        ValueError,
+        ["references"],
+    ),
+    "steps-float": (lambda g, c: g.generate(["a"], steps=2.5), TypeError, ["steps", "float"]),
+    "steps-bool": (lambda g, c: g.generate(["a"], steps=True), TypeError, ["steps", "bool"]),
+    "steps-zero": (lambda g, c: g.generate(["a"], steps=0), ValueError, ["steps"]),
+    "top-p-string": (lambda g, c: g.generate(["a"], top_p="x"), TypeError, ["top_p", "'x'"]),
+    "num-samples-zero": (
+        lambda g, c: g.generate(["a"], num_samples=0),
+        ValueError,
+        ["num_samples"],
+    ),
+    "seed-string": (lambda g, c: g.generate(["a"], seed="1"), TypeError, ["seed"]),
+    "batch-size-float": (
+        lambda g, c: g.generate(["a"], batch_size=1.5),
+        TypeError,
+        ["batch_size"],
+    ),
+    "sampler-unknown": (
+        lambda g, c: g.generate(["a"], sampler="euler"),
+        ValueError,
+        ["sampler", "euler"],
+    ),
+    "steps-above-T": (lambda g, c: g.generate(["a"], steps=1000), ConfigError, ["T=10"]),
+    "load-missing": (
+        lambda g, c: api.load(c.root / "nope"),
+        CheckpointError,
+        ["nope", "neither a run folder nor a checkpoint"],
+    ),
+    "load-device-name": (
+        lambda g, c: api.load(c.run, device="gpu"),
+        ValueError,
+        ["device", "'gpu'"],
+    ),
+    "load-dtype": (lambda g, c: api.load(c.run, dtype="fp64"), ValueError, ["dtype", "fp64"]),
+    "load-path-type": (lambda g, c: api.load(3), TypeError, ["path", "int"]),
+}
+if not torch.cuda.is_available():
+    API_CASES["load-cuda-without-gpu"] = (
+        lambda g, c: api.load(c.run, device="cuda"),
+        ConfigError,
+        ["device='cuda'", "no CUDA GPU", "device='cpu'"],
+    )
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_api(ctx, generator, case):
+    call, kind, needles = API_CASES[case]
+    with pytest.raises(kind) as err:
+        call(generator, ctx)
+    assert type(err.value) is kind, err.value
+    for needle in needles:
+        assert needle in str(err.value), (needle, str(err.value))
+
+
+def test_the_table_is_large_enough():
+    counted = len(TRAIN_CASES) + len(DECODE_CASES) + len(EVAL_CASES) + len(API_CASES)
+    assert counted >= 40, counted
