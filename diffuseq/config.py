@@ -211,6 +211,18 @@ class RunConfig:
                 "--log_interval and --eval_interval must be positive",
             ),
             (tr.lr > 0, f"--lr must be positive, got {tr.lr}"),
+            (tr.weight_decay >= 0, f"--weight_decay must be ≥ 0, got {tr.weight_decay}"),
+            (d.reg_rate >= 0, f"--reg_rate must be ≥ 0, got {d.reg_rate}"),
+            (da.num_workers >= 0, f"--num_workers must be ≥ 0, got {da.num_workers}"),
+            (
+                da.vocab != "wordpiece" or da.wordpiece_vocab_size > 0,
+                f"--wordpiece_vocab_size must be positive, got {da.wordpiece_vocab_size}",
+            ),
+            (
+                min(m.num_layers, m.num_heads, m.bert_hidden_size, m.intermediate_size) >= 0,
+                "--num_layers, --num_heads, --bert_hidden_size and --intermediate_size must be "
+                "positive (or 0: the value of --config_name)",
+            ),
             (not (tr.use_fp16 and tr.bf16), "--use_fp16 and --bf16 are mutually exclusive"),
             (
                 not d.denoise or m.learned_mean_embed,

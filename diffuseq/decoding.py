@@ -466,7 +466,12 @@ def decode_to_files(
             ]
         outputs = {path.name: [json.dumps(r[k]) for r in records] for k, path in enumerate(paths)}
         described = {**asdict(settings), "note": note, "cut_at_sep": clean, **(info or {})}
-        write_outputs(folder, outputs, settings=described, special_tokens=specials, append=append)
+        try:
+            write_outputs(
+                folder, outputs, settings=described, special_tokens=specials, append=append
+            )
+        except OSError as err:
+            raise ConfigError(f"cannot write the decode outputs to {folder}: {err}") from None
         log.info(
             "decoded %d example(s) x %d candidate(s) in %.1f s -> %s",
             len(inputs),

@@ -11,12 +11,13 @@ from diffuseq.bert_config import build_bert_config
 from diffuseq.config import DiffusionConfig, ModelConfig
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.timestep_sampling import TimestepDistribution, create_timestep_distribution
+from diffuseq.errors import ConfigError
 from diffuseq.model import TransformerNetModel
 
 
-def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> TransformerNetModel:
-    """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's)."""
-    bert_config = build_bert_config(
+def encoder_config(config: ModelConfig):
+    """The BERT encoder's ``transformers`` config for ``config`` (overrides applied)."""
+    return build_bert_config(
         config.config_name,
         dropout=config.dropout,
         num_layers=config.num_layers or None,
@@ -25,6 +26,26 @@ def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> Transf
         intermediate_size=config.intermediate_size or None,
         attn_implementation=config.attention,
     )
+
+
+def check_sequence_length(config: ModelConfig, seq_len: int) -> None:
+    """Reject a ``--seq_len`` longer than the encoder's position table (before any work).
+
+    Raises:
+        ConfigError: ``seq_len`` exceeds ``max_position_embeddings``.
+    """
+    limit = encoder_config(config).max_position_embeddings
+    if seq_len > limit:
+        raise ConfigError(
+            f"--seq_len {seq_len} exceeds the encoder's max_position_embeddings ({limit}) of "
+            f"--config_name {config.config_name}; use a smaller --seq_len or a config with more "
+            "positions"
+        )
+
+
+def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> TransformerNetModel:
+    """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's)."""
+    bert_config = encoder_config(config)
     return TransformerNetModel(
         vocab_size=vocab_size or config.vocab_size,
         hidden_dim=config.hidden_dim,

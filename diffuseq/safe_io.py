@@ -31,6 +31,7 @@ __all__ = [
     "FolderLock",
     "atomic_write",
     "atomic_write_text",
+    "check_writable_folder",
     "contained",
     "fsync_dir",
     "path_component",
@@ -193,6 +194,24 @@ def path_component(value: str, flag: str, *, purpose: str = "the run folder name
             "use letters, digits and - _ . only"
         )
     return value
+
+
+def check_writable_folder(path: str | Path, flag: str) -> None:
+    """Check, without creating anything, that ``path`` is or can become a writable folder.
+
+    Raises:
+        ConfigError: ``path`` (or the nearest existing folder above it) is a file, or is not
+            writable.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise ConfigError(f"{flag} {path} cannot be a folder{where}; pass a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {existing} is not writable; pass another folder")
 
 
 def contained(parent: str | Path, child: str | Path, what: str) -> Path:

@@ -75,7 +75,7 @@ def _train(**flags: Any) -> Callable[[Ctx, Path], list[str]]:
     def build(c: Ctx, out: Path) -> list[str]:
         values = {k: (v(c) if callable(v) else v) for k, v in flags.items()}
         extra = values.pop("_extra", [])
-        return tiny_argv(c.data, checkpoint_path=out, **values) + [str(x) for x in extra]
+        return tiny_argv(c.data, **{"checkpoint_path": out, **values}) + [str(x) for x in extra]
 
     return build
 
@@ -149,6 +149,24 @@ TRAIN_CASES = {
         ["truncated.pt", "truncated", "use another checkpoint"],
     ),
     "vocab-missing": (_train(vocab="no_vocab.txt"), ["no_vocab.txt"]),
+    "num-workers": (_train(num_workers=-1), ["--num_workers"]),
+    "weight-decay": (_train(weight_decay=-1), ["--weight_decay"]),
+    "reg-rate": (_train(reg_rate=-1), ["--reg_rate"]),
+    "num-layers-negative": (_train(num_layers=-1), ["--num_layers"]),
+    "wordpiece-size": (
+        _train(vocab="wordpiece", wordpiece_vocab_size=0),
+        ["--wordpiece_vocab_size"],
+    ),
+    "seq-len-above-positions": (_train(seq_len=100000), ["--seq_len 100000", "512"]),
+    "heads-do-not-divide": (_train(num_heads=3), ["--num_heads", "(3)"]),
+    "config-name-missing": (
+        _train(config_name="no/such/config"),
+        ["--config_name", "no/such/config"],
+    ),
+    "checkpoint-path-is-a-file": (
+        _train(checkpoint_path=lambda c: c.decoded),
+        ["cannot write the run folder", "seed101_step0.json"],
+    ),
     "vocab-not-utf8": (
         _train(vocab=lambda c: c.file("vocab_latin1.txt", b"a\ncaf\xe9\n")),
         ["vocab_latin1.txt", "UTF-8"],
@@ -276,7 +294,60 @@ DECODE_CASES = {
         ["ema_0.9999_000010.pt", "truncated", "use another checkpoint"],
     ),
     "sampler-unknown": (_decode("--sampler", "euler"), ["--sampler", "euler"]),
+    "top-p-type": (_decode("--top_p", "abc"), ["--top_p", "'abc'"]),
+    "clamp-negative": (_decode("--clamp_step", "-1"), ["--clamp_step"]),
+    "input-empty": (
+        _decode("--input", lambda c: c.file("empty.jsonl", "")),
+        ["empty.jsonl", "empty"],
+    ),
+    "out-dir-is-a-file": (
+        _decode("--out_dir", lambda c: c.decoded),
+        ["--out_dir", "pass a folder"],
+    ),
+    "out-dir-below-a-file": (
+        _decode("--out_dir", lambda c: c.decoded / "sub"),
+        ["--out_dir", "seed101_step0.json is a file"],
+    ),
+    "run-config-yaml-syntax": (
+        lambda c, out: ["--model_dir", str(_damaged_run(c, "config.yaml", "model: [1\n"))],
+        ["config.yaml", "invalid YAML"],
+    ),
+    "run-config-yaml-type": (
+        lambda c, out: [
+            "--model_dir",
+            str(_damaged_run(c, "config.yaml", "model:\n  hidden_dim: abc\n")),
+        ],
+        ["config.yaml", "hidden_dim", "'abc'"],
+    ),
+    "run-vocab-json": (
+        lambda c, out: [
+            "--model_dir",
+            str(_damaged_run(c, "vocab.json", "{")),
+            "--out_dir",
+            str(out),
+        ],
+        ["vocab.json", "cannot read the saved vocabulary"],
+    ),
+    "run-training-args-list": (
+        lambda c, out: [
+            "--model_dir",
+            str(_damaged_run(c, "training_args.json", "[1]", drop="config.yaml")),
+        ],
+        ["training_args.json", "JSON object"],
+    ),
 }
+
+
+def _damaged_run(c: Ctx, name: str, content: str, *, drop: str = "") -> Path:
+    """A copy of the run folder with ``name`` replaced by ``content`` (``drop`` removed)."""
+    folder = c.root / f"damaged_{name}_{len(content)}" / c.run.name
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for path in c.run.iterdir():
+            if path.name != drop:
+                (folder / path.name).write_bytes(path.read_bytes())
+        (folder / name).write_text(content)
+    return folder
 
 
 @pytest.mark.parametrize("case", sorted(DECODE_CASES))
@@ -402,6 +473,29 @@ EVAL_CASES = {
     "json-folder-missing": (
         _eval("--file", lambda c: c.decoded, "--json", "no/such/dir/out.json"),
         ["--json", "no/such/dir/out.json"],
+    ),
+    "file-blank-line": (
+        _eval("--file", lambda c: c.file("blank.json", RECORD + "\n"), "--no_bertscore"),
+        ["blank.json", "line 2", "blank line"],
+    ),
+    "file-empty": (_eval("--file", lambda c: c.file("empty.json", "")), ["empty.json", "empty"]),
+    "file-is-a-folder": (_eval("--file", lambda c: c.root), ["is a folder"]),
+    "hyp-not-utf8": (
+        _eval(
+            "--hyp",
+            lambda c: c.file("hyp_latin1.txt", b"\xff\n"),
+            "--ref",
+            lambda c: c.file("ref1.txt", "a\n"),
+        ),
+        ["hyp_latin1.txt", "UTF-8"],
+    ),
+    "hyp-is-a-folder": (
+        _eval("--hyp", lambda c: c.root, "--ref", lambda c: c.file("ref1.txt", "a\n")),
+        ["Is a directory"],
+    ),
+    "json-is-a-folder": (
+        _eval("--file", lambda c: c.decoded, "--json", lambda c: c.root, "--no_bertscore"),
+        ["--json", "cannot write"],
     ),
     "bertscore-layer-type": (
         _eval("--file", lambda c: c.decoded, "--bertscore_layer", "x"),

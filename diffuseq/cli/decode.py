@@ -40,6 +40,7 @@ from diffuseq.decoding import (
 from diffuseq.errors import ConfigError
 from diffuseq.logger import get_logger, setup_logging
 from diffuseq.run_folder import open_run, resolve_model_dirs
+from diffuseq.safe_io import check_writable_folder
 
 PROG = program_name("run_decode.py", "diffuseq.cli.decode", "diffuseq-decode")
 
@@ -198,6 +199,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
     output_file_name(settings.seed, settings.clamp_step, args.note)  # rejects a bad --note now
+    check_writable_folder(args.out_dir, "--out_dir")
     targets = resolve_model_dirs(args.model_dir)
     runs = [(open_run(run_dir), ckpt) for run_dir, ckpt in targets]
     jobs = [

@@ -57,7 +57,12 @@ from diffuseq.config import (
 )
 from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
 from diffuseq.errors import CheckpointError, ConfigError
-from diffuseq.factory import build_diffusion, build_model, build_timestep_distribution
+from diffuseq.factory import (
+    build_diffusion,
+    build_model,
+    build_timestep_distribution,
+    check_sequence_length,
+)
 from diffuseq.logger import MetricsWriter, get_logger, open_wandb, require_wandb, setup_logging
 from diffuseq.safe_io import FolderLock, contained, remove_stale_temp_files
 from diffuseq.tokenizer import TextTokenizer, load_tokenizer, load_tokenizer_from_run
@@ -243,6 +248,7 @@ def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, R
     """The run's config and what to resume from; rejects what cannot run here."""
     config = invocation.config
     autocast_dtype(config.train, device)  # fp16 on CPU: fail before any work
+    check_sequence_length(config.model, config.data.seq_len)
     if config.train.log_wandb:
         require_wandb()  # on every rank, so that no rank waits for one that failed
     resume = resolve_resume(
