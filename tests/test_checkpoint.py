@@ -4,11 +4,8 @@ in the middle of writing a checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from diffuseq.errors import CheckpointError
 from tests.train_helpers import (
     REPO_ROOT,
     make_tiny_data,
+    stalled_process,
     tiny_argv,
 )
 
@@ -148,43 +146,11 @@ def test_sigkill_while_writing_a_checkpoint_then_auto_resume(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     argv = tiny_argv(data, learning_steps=8, save_interval=2)
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO_ROOT / "tests" / "slow_save_train.py"),
-                "4",
-                *argv,
-                "--checkpoint_path",
-                str(run),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-        )
-        try:
-            lines = []
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("STALLING"):
-                    break
-            assert lines and lines[-1].startswith("STALLING"), (
-                lines,
-                (tmp_path / "stderr.txt").read_text(),
-            )
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    cmd = [sys.executable, str(REPO_ROOT / "tests" / "slow_save_train.py"), "4", *argv]
+    with stalled_process(
+        [*cmd, "--checkpoint_path", str(run)], cwd=tmp_path, log=tmp_path / "stderr.txt"
+    ) as proc:
+        pass  # killed half-way through writing state_000004.pt
 
     # the crash left a partial temp file, never a truncated file under a final name
     assert [p.name for p in run.glob("state_000004.pt.*.tmp")] == [

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +11,7 @@ from diffuseq.cli.evaluate import main as eval_main
 from diffuseq.decode_manifest import MANIFEST_NAME, read_manifest, write_outputs
 from diffuseq.evaluation import find_decode_files, special_tokens_for
 from tests.test_decode import PAIRS, RUN_NAME, _decode, _folder, make_run
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.train_helpers import REPO_ROOT, run_command, stalled_process, subprocess_env
 
 
 @pytest.fixture
@@ -150,27 +145,10 @@ def test_append_keeps_the_manifest_exact(run_dir, tmp_path):
 @pytest.mark.parametrize("moment", ["write", "rename"])
 def test_a_killed_decode_leaves_complete_files_or_none(run_dir, tmp_path, capsys, moment):
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
     argv = ["--model_dir", str(run_dir), "--out_dir", str(out), "--num_samples", "3", "--step", "5"]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "slow_decode.py"), moment, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout.readline().startswith("STALLING")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    helper = [sys.executable, str(REPO_ROOT / "tests" / "slow_decode.py"), moment, *argv]
+    with stalled_process(helper, cwd=tmp_path, log=tmp_path / "stderr.txt"):
+        pass  # killed at that moment
     folder = out / RUN_NAME / "ema_0.9999_000010.pt.samples-ddim-5steps"
     outputs = sorted(folder.glob("*.json"))
     for path in outputs:  # every file under a final name is complete
@@ -186,11 +164,12 @@ def test_a_killed_decode_leaves_complete_files_or_none(run_dir, tmp_path, capsys
     assert code == 2 and "Traceback" not in err
     assert ("no *json files" if moment == "write" else "but missing") in err
     # the next decode finishes the folder and removes the killed writer's temporary files
-    assert (
-        subprocess.run(
-            [sys.executable, str(REPO_ROOT / "run_decode.py"), *argv], env=env
-        ).returncode
-        == 0
+    again = run_command(
+        [sys.executable, str(REPO_ROOT / "run_decode.py"), *argv],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        timeout=300,
     )
+    assert again.returncode == 0, again.stderr
     assert not list(folder.glob("*.tmp")) and len(list(folder.glob("*.json"))) == 3
     assert _eval(capsys, "--folder", str(folder))[0] == 0

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -22,7 +20,14 @@ from diffuseq.safe_io import (
     remove_stale_temp_files,
     temp_name,
 )
-from tests.train_helpers import REPO_ROOT, make_tiny_data, tiny_argv
+from tests.train_helpers import (
+    REPO_ROOT,
+    make_tiny_data,
+    run_command,
+    stalled_process,
+    subprocess_env,
+    tiny_argv,
+)
 
 
 def test_a_second_lock_is_refused_and_names_the_holder(tmp_path):
@@ -74,57 +79,25 @@ def test_two_runs_on_one_folder(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     run = tmp_path / "run"
     argv = tiny_argv(data, learning_steps=8, save_interval=2) + ["--checkpoint_path", str(run)]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    with open(tmp_path / "stderr.txt", "w") as stderr:
-        holder = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tests" / "slow_save_train.py"), "4", *argv],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
+    holder_cmd = [sys.executable, str(REPO_ROOT / "tests" / "slow_save_train.py"), "4", *argv]
+    with stalled_process(holder_cmd, cwd=tmp_path, log=tmp_path / "stderr.txt") as holder:
+        args_before = (run / "training_args.json").read_text()
+        # a second run continuing the folder would pass every check but the lock
+        second = run_command(
+            [sys.executable, str(REPO_ROOT / "run_train.py"), *argv, "--resume_checkpoint", "auto"],
             cwd=tmp_path,
+            env=subprocess_env(),
+            timeout=300,
         )
-        try:
-            lines = []
-            for line in holder.stdout:
-                lines.append(line)
-                if line.startswith("STALLING"):
-                    break
-            assert lines and lines[-1].startswith("STALLING"), (tmp_path / "stderr.txt").read_text()
-            args_before = (run / "training_args.json").read_text()
-            # a second run continuing the folder would pass every check but the lock
-            second = subprocess.run(
-                [
-                    sys.executable,
-                    str(REPO_ROOT / "run_train.py"),
-                    *argv,
-                    "--resume_checkpoint",
-                    "auto",
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                cwd=tmp_path,
-                timeout=300,
-            )
-            assert second.returncode == 2, second.stderr
-            assert "Traceback" not in second.stderr
-            message = " ".join(second.stderr.split())
-            assert "is in use by another training run" in message
-            assert f"pid {holder.pid}" in message and socket.gethostname() in message
-            assert str(run).replace(" ", "") in message.replace(" ", "")
-            # the refused run wrote nothing into the folder
-            assert (run / "training_args.json").read_text() == args_before
-            assert len(list(run.glob("*.tmp"))) == 1
-            holder.send_signal(signal.SIGKILL)
-            holder.wait(timeout=30)
-        finally:
-            if holder.poll() is None:
-                holder.kill()
+        assert second.returncode == 2, second.stderr
+        assert "Traceback" not in second.stderr
+        message = " ".join(second.stderr.split())
+        assert "is in use by another training run" in message
+        assert f"pid {holder.pid}" in message and socket.gethostname() in message
+        assert str(run).replace(" ", "") in message.replace(" ", "")
+        # the refused run wrote nothing into the folder
+        assert (run / "training_args.json").read_text() == args_before
+        assert len(list(run.glob("*.tmp"))) == 1
     resumed = main(argv + ["--resume_checkpoint", "auto"])
     assert resumed == 0
     assert (run / "state_000008.pt").is_file() and not list(run.glob("*.tmp"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,34 @@ def run_command(
         out, err = proc.communicate()
         pytest.fail(f"{' '.join(cmd[:6])} ... timed out after {timeout} s:\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a test's child process: this checkout first, one torch thread."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@contextlib.contextmanager
+def stalled_process(cmd: list[str], *, cwd: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """Start ``cmd`` (a helper that prints ``STALLING`` and sleeps at the moment under test),
+    yield it once it stalls, and SIGKILL it on leaving (the test's ``kill -9``)."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=subprocess_env(), cwd=cwd
+        )
+        try:
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("STALLING"):
+                    break
+            assert lines and lines[-1].startswith("STALLING"), (lines, log.read_text())
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
