@@ -65,12 +65,9 @@ def split_file(data_dir: str | os.PathLike, split: str) -> Path:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
     folder = Path(data_dir)
     path = folder / f"{split}.jsonl"
-    if folder.is_file():
-        raise DataError(
-            str(folder), None, None, "--data_dir is a file; pass the folder that holds train.jsonl."
-        )
     if not folder.is_dir():
-        raise DataError(str(folder), None, None, "--data_dir folder not found.")
+        what = "is a file, not a folder" if folder.is_file() else "folder not found"
+        raise DataError(str(folder), None, None, f"--data_dir {what}.")
     if not path.is_file():
         present = sorted(p.name for p in folder.glob("*.jsonl")) or ["no .jsonl files"]
         raise DataError(

@@ -348,9 +348,8 @@ def _refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
             f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
             "them or choose another --checkpoint_path"
             if resume_checkpoint == "auto"
-            else f"{run_dir} already holds training states (state_*.pt); pass "
-            "--resume_checkpoint auto to "
-            "continue that run, or choose another --checkpoint_path"
+            else f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint "
+            "auto to continue that run, or choose another --checkpoint_path"
         )
 
 
