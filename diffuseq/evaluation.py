@@ -9,7 +9,10 @@ for line as the original does (§7.4). Everything is also returned as an :class:
 Known quirks kept on purpose (docs/original.md §10.1 items 13 and 23): texts are not cut at ``[SEP]``,
 ``avg len`` counts empty strings, the MBR block prints ``ROUGE-l`` and no ``avg len``.
 Deviations: files of different lengths are an error (the original leaves gaps or crashes), and
-BERTScore can be skipped or pointed at a local model; its line then says so.
+BERTScore can be skipped or pointed at a local model; its line then says so. A folder written by
+our decoder holds a ``MANIFEST`` (:mod:`diffuseq.decode_manifest`): its files must match it (an
+incomplete or unlisted file is an error), and its special tokens are the default ``--sos/--eos/
+--sep/--pad``. A folder without one (the original's outputs) is read as the original reads it.
 """
 
 from __future__ import annotations
