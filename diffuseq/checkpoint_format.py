@@ -37,6 +37,7 @@ _FLAG_OF = {
     "intermediate_size": "--intermediate_size / --config_name",
     "max_position_embeddings": "--config_name (max_position_embeddings)",
     "learned_mean_embed": "--learned_mean_embed",
+    "self_cond": "--self_cond",
 }
 
 
@@ -64,7 +65,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
     Returns:
         dict with some of ``vocab_size, hidden_dim, hidden_t_dim, bert_hidden_size,
         num_layers, intermediate_size, max_position_embeddings`` and always
-        ``learned_mean_embed``.
+        ``learned_mean_embed`` and ``self_cond``.
     """
     sd = prepare_state_dict(state_dict)
     arch: dict[str, int | bool] = {}
@@ -85,6 +86,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
     if "position_embeddings.weight" in sd:
         arch["max_position_embeddings"] = sd["position_embeddings.weight"].shape[0]
     arch["learned_mean_embed"] = "mean_embed" in sd
+    arch["self_cond"] = "self_cond_proj.weight" in sd
     return {k: (v if isinstance(v, bool) else int(v)) for k, v in arch.items()}
 
 

@@ -69,6 +69,11 @@ class ModelConfig:
     learned_mean_embed: bool = opt(
         False, "DiffuSeq-v2 soft absorbing state: learn a mean embedding"
     )
+    self_cond: bool = opt(
+        False,
+        "self-conditioning (beyond the original): the denoiser also sees its previous estimate "
+        "of x_0 (trained with a 50%% two-pass forward; every sampler feeds the last step's)",
+    )
     vocab_size: int = opt(0, "vocabulary size (filled in from the tokenizer)")
 
 

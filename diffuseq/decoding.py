@@ -37,6 +37,7 @@ from diffuseq.safe_io import contained, path_component
 from diffuseq.sampling import SAMPLERS, run_sampler
 from diffuseq.sampling.noise import NoiseSource
 from diffuseq.sampling.rounding import make_rounding_fn
+from diffuseq.sampling.self_cond import SelfConditioned
 
 __all__ = [
     "DTYPES",
@@ -250,9 +251,12 @@ class Decoder:
         x_start = self.model.get_embeds(ids).float()  # x̄_0 [B, L, h]
         noise = NoiseSource(seeds, indices, shape=tuple(x_start.shape[1:]), device=self.device)
         x_T = torch.where(mask.unsqueeze(-1) == 0, x_start, noise.gaussian())
+        # A self-conditioned model sees the previous call's x̂_0 (fresh state per batch).
         model = (
-            self.model if s.dtype == "fp32" else _Autocast(self.model, DTYPES[s.dtype], self.device)
+            SelfConditioned(self.model) if getattr(self.model, "self_cond", False) else self.model
         )
+        if s.dtype != "fp32":
+            model = _Autocast(model, DTYPES[s.dtype], self.device)
         mean_embed = getattr(self.model, "mean_embed", None)
         common = {
             "input_mask": mask,

@@ -53,6 +53,7 @@ def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> Transf
         dropout=config.dropout,
         bert_config=bert_config,
         learned_mean_embed=config.learned_mean_embed,
+        self_cond=config.self_cond,
         init_pretrained=config.use_plm_init,
         config_name=config.config_name,
     )

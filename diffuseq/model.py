@@ -55,6 +55,7 @@ class TransformerNetModel(nn.Module):
         learned_mean_embed: bool = False,
         init_pretrained: Literal["no", "bert"] = "no",
         config_name: str | None = None,
+        self_cond: bool = False,
     ) -> None:
         super().__init__()
         config = copy.deepcopy(bert_config)
@@ -100,6 +101,14 @@ class TransformerNetModel(nn.Module):
             nn.init.normal_(self.mean_embed, mean=0.0, std=hidden_dim**-0.5)
         else:
             self.mean_embed = None
+        # Self-conditioning (beyond the original; Chen, Zhang & Hinton 2022, "Analog Bits"):
+        # x̂_0 of a previous pass enters through W_sc [H, h], added to the input projection.
+        # Zero-initialised (no RNG drawn) and registered last, so that a model without it keeps
+        # the original's keys and initial weights, and one with it starts as the plain model.
+        self.self_cond = self_cond
+        if self_cond:
+            self.self_cond_proj = nn.utils.skip_init(nn.Linear, hidden_dim, H, bias=False)
+            nn.init.zeros_(self.self_cond_proj.weight)
 
     def _take_pretrained_bert(self, config_name: str | None, config: BertConfig) -> None:
         """``use_plm_init='bert'``: embeddings, LayerNorm and encoder of a local BERT."""
@@ -137,12 +146,16 @@ class TransformerNetModel(nn.Module):
         self.LayerNorm = bert.embeddings.LayerNorm
         self.config = bert.config
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, self_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predict ``x_0`` (docs/original.md §4.2).
 
         Args:
             x: ``[B, L, h]`` noisy embeddings, ``L ≤ max_position_embeddings``.
             timesteps: ``[B]`` float, already rescaled (``t·1000/T``, docs/original.md §5.4).
+            self_cond: ``[B, L, h]`` a previous estimate x̂_0 (models built with
+                ``self_cond=True``; ``None`` means zeros: no previous estimate).
 
         Returns:
             ``[B, L, h]`` in ``x.dtype``.
@@ -158,6 +171,12 @@ class TransformerNetModel(nn.Module):
             )
         emb_t = self.time_embed(timestep_embedding(timesteps, self.hidden_t_dim))  # [B, H]
         emb_x = self.input_up_proj(x) if self.input_up_proj is not None else x  # [B, L, H]
+        if self.self_cond:
+            if self_cond is None:
+                self_cond = torch.zeros_like(x)
+            emb_x = emb_x + self.self_cond_proj(self_cond.to(x.dtype))  # + W_sc·x̂_0 [B, L, H]
+        elif self_cond is not None:
+            raise ValueError("self_cond was given but the model was built without self_cond=True")
         emb_pos = self.position_embeddings(self.position_ids[:, :L])  # [1, L, H]
         emb = emb_pos + emb_x + emb_t.unsqueeze(1).expand(-1, L, -1)  # [B, L, H]
         emb = self.dropout(self.LayerNorm(emb))

@@ -25,10 +25,13 @@ from tests.train_helpers import (
 )
 
 
-def test_half_resume_half_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("self_cond", ["false", "true"], ids=["plain", "self_cond"])
+def test_half_resume_half_is_bit_identical(tmp_path, self_cond):
     data = make_tiny_data(tmp_path / "data")
     steps, half = 40, 20
-    argv = tiny_argv(data, learning_steps=steps, save_interval=half, ema_rate="0.9,0.999")
+    argv = tiny_argv(
+        data, learning_steps=steps, save_interval=half, ema_rate="0.9,0.999", self_cond=self_cond
+    )
     straight, split = tmp_path / "straight", tmp_path / "split"
 
     assert main(argv + ["--checkpoint_path", str(straight)]) == 0

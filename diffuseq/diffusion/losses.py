@@ -26,7 +26,7 @@ from diffuseq.ops.linear_cross_entropy import linear_cross_entropy
 if TYPE_CHECKING:
     from diffuseq.diffusion.gaussian import GaussianDiffusion
 
-__all__ = ["training_losses", "token_nll"]
+__all__ = ["self_condition", "training_losses", "token_nll"]
 
 
 def token_nll(
@@ -83,6 +83,26 @@ def _token_losses(
     return decoder_nll, nll
 
 
+def self_condition(
+    model, x_t: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The self-condition of a training forward (Chen, Zhang & Hinton 2022, Analog Bits §3.3).
+
+    For each example, with probability ½ a first forward without gradient gives
+    ``x̂_0 = f_θ(z_t, t, 0)``, used as the self-condition; otherwise zeros (the model learns both
+    cases). ``model`` is the unwrapped network: the first pass needs no DDP hooks, and every rank
+    runs it whatever its draws, so ranks stay in step. One uniform draw ``[B]`` from ``generator`` after the loss's other draws, so runs
+    without self-conditioning consume the same random numbers as the original.
+
+    Returns:
+        ``[B, L, h]``, detached.
+    """
+    use = torch.rand(x_t.shape[0], generator=generator, device=x_t.device) < 0.5  # [B]
+    with torch.no_grad():
+        estimate = model(x_t, timesteps, self_cond=torch.zeros_like(x_t))
+    return torch.where(use[:, None, None], estimate.to(x_t.dtype), torch.zeros_like(x_t)).detach()
+
+
 def training_losses(
     diffusion: GaussianDiffusion,
     model,
@@ -117,7 +137,8 @@ def training_losses(
     peak memory per micro-batch at ``seq_len`` 128 and the time spent writing and reading it.
 
     Random draws happen in the original's order (ε_0, ε, Bernoulli) from ``generator``
-    unless injected.
+    unless injected. A model built with ``self_cond=True`` gets its self-condition from
+    :func:`self_condition` in step 4 (one more draw, and a first no-grad forward).
 
     Args:
         diffusion: the :class:`~diffuseq.diffusion.GaussianDiffusion`.
@@ -164,7 +185,12 @@ def training_losses(
         bernoulli_draw=bernoulli_draw,
         generator=generator,
     )
-    model_output = model(x_t, diffusion.scale_timesteps(t))
+    timesteps = diffusion.scale_timesteps(t)
+    if getattr(text_model, "self_cond", False):
+        condition = self_condition(text_model, x_t, timesteps, generator)
+        model_output = model(x_t, timesteps, self_cond=condition)
+    else:
+        model_output = model(x_t, timesteps)
     assert model_output.shape == x_start.shape
 
     t0_loss = mean_flat((x_start_mean - model_output) ** 2)
