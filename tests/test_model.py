@@ -369,6 +369,7 @@ def test_infer_architecture():
         "intermediate_size": 64,
         "max_position_embeddings": 24,
         "learned_mean_embed": True,
+        "self_cond": False,
     }
 
 
