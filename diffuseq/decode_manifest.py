@@ -41,20 +41,24 @@ VERSION = 1
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
-    """The folder's manifest, or ``None`` if it has none.
+    """The folder's manifest, or ``None`` if it has none (a ``MANIFEST`` file that is not a
+    decode manifest, e.g. another tool's, does not count: ours is written atomically, so it is
+    never a partial file).
 
     Raises:
-        DataError: the manifest exists but is not one of ours.
+        DataError: the manifest cannot be read, or is ours but malformed.
     """
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+    except OSError as err:
         raise DataError(str(path), None, None, f"cannot read the decode manifest ({err})") from None
+    except ValueError:  # not JSON: not ours
+        return None
     if not (isinstance(data, dict) and data.get("format") == FORMAT):
-        raise DataError(str(path), None, None, f"not a decode manifest (expected format {FORMAT})")
+        return None
     if not isinstance(data.get("files"), dict):
         raise DataError(str(path), None, "files", "missing or not a mapping of file entries")
     return data

@@ -173,3 +173,15 @@ def test_a_killed_decode_leaves_complete_files_or_none(run_dir, tmp_path, capsys
     assert again.returncode == 0, again.stderr
     assert not list(folder.glob("*.tmp")) and len(list(folder.glob("*.json"))) == 3
     assert _eval(capsys, "--folder", str(folder))[0] == 0
+
+
+def test_another_tools_manifest_file_is_not_ours(tmp_path, capsys):
+    (tmp_path / MANIFEST_NAME).write_text("include README.md\n")  # e.g. a packaging MANIFEST
+    (tmp_path / "seed101_step0.json").write_text(
+        json.dumps({"recover": "a", "reference": "a", "source": "x"}) + "\n"
+    )
+    assert read_manifest(tmp_path) is None
+    assert _eval(capsys, "--folder", str(tmp_path))[0] == 0
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "diffuseq-decode-outputs"}))
+    code, _, err = _eval(capsys, "--folder", str(tmp_path))  # ours, but malformed
+    assert code == 2 and "field 'files'" in err
