@@ -52,6 +52,37 @@ def shared_data_dir() -> Path:
     return path
 
 
+def pinned_versions() -> dict[str, str]:
+    """``{package: version}`` of the ``name==version`` lines of ``constraints.txt``."""
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def require_pinned(*packages: str) -> None:
+    """Skip (fail under DIFFUSEQ_REQUIRE_GOLDEN) unless each package is at its pinned version.
+
+    The golden numbers come from the versions in ``constraints.txt``; another release of, e.g.,
+    nltk changes BLEU smoothing, so the comparison would test the library, not this code.
+    """
+    from importlib.metadata import version
+
+    pins = pinned_versions()
+    for package in packages:
+        installed, wanted = version(package), pins[package]
+        if installed != wanted:
+            message = (
+                f"{package} {installed} is installed; the golden values need {package}=={wanted} "
+                "(pip install -c constraints.txt ...)"
+            )
+            if REQUIRE_SHARED:
+                pytest.fail(message + "; DIFFUSEQ_REQUIRE_GOLDEN is set", pytrace=False)
+            pytest.skip(message)
+
+
 def load_golden(golden_dir: Path, name: str):
     """``torch.load`` a golden ``.pt`` file with ``weights_only=True``; skip if it is missing."""
     path = golden_dir / name

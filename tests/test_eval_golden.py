@@ -14,10 +14,16 @@ import pytest
 
 from diffuseq import evaluation, metrics
 from diffuseq.cli.evaluate import main
-from tests.conftest import skip_missing
+from tests.conftest import require_pinned, skip_missing
 
 TOL = 1e-12
 BERTSCORE_LINE = "avg berscore"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _pinned_versions():
+    """BLEU smoothing (nltk) and ROUGE-L (torchmetrics) differ between releases."""
+    require_pinned("nltk", "torchmetrics")
 
 
 @pytest.fixture(scope="module")
