@@ -33,7 +33,9 @@ def word_list(vocab_path: str | os.PathLike) -> list[str]:
             if token.isascii() and token.isalpha() and (len(token) > 1 or token in "ai"):
                 words.append(token)
     if len(words) < 100:
-        raise SystemExit(f"{vocab_path}: found only {len(words)} whole words; pass a BERT vocab.txt")
+        raise SystemExit(
+            f"{vocab_path}: found only {len(words)} whole words; pass a BERT vocab.txt"
+        )
     return words
 
 
