@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from diffuseq.config import DTYPES
+
 ORIGINAL_S_PER_STEP = 12.9  # the original code, fp32, this 2-core CPU (paper model, 64 × 128)
 ORIGINAL_DPM_S_PER_STEP = 9.6  # the original v2 code, DPM-Solver++, same model and batch
 DPM_STEPS = 2  # model calls of the timed DPM-Solver++ run (its mean per step is reported)
@@ -68,8 +70,9 @@ def _bleu(records: list[list[dict[str, str]]], special_tokens: dict[str, str]) -
 
 
 def run_demo(args: argparse.Namespace) -> list[str]:
+    from diffuseq.config import DecodeConfig
     from diffuseq.data import read_pairs
-    from diffuseq.decoding import Decoder, DecodeSettings
+    from diffuseq.decoding import Decoder
     from diffuseq.run_folder import open_run
 
     run = open_run(args.run_dir)
@@ -85,10 +88,10 @@ def run_demo(args: argparse.Namespace) -> list[str]:
     for sampler in {
         s for s, _ in configs if s != "ancestral"
     }:  # imports and first-call set-up, untimed
-        decoder.generate(warm, DecodeSettings(sampler=sampler, steps=2, dtype=args.dtype))
+        decoder.generate(warm, DecodeConfig(sampler=sampler, steps=2, dtype=args.dtype))
     rows = []
     for sampler, steps in configs:
-        settings = DecodeSettings(
+        settings = DecodeConfig(
             sampler=sampler, steps=steps, seed=args.seed, batch_size=args.bsz, dtype=args.dtype
         )
         seconds, records = [], None
@@ -146,7 +149,7 @@ def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int):
 
 
 def run_per_step(args: argparse.Namespace) -> list[str]:
-    from diffuseq.decoding import DTYPES, _Autocast
+    from diffuseq.decoding import _Autocast, torch_dtype
     from diffuseq.diffusion.gaussian import GaussianDiffusion
     from diffuseq.perf import device_clock
     from diffuseq.sampling.dpm_solver import dpm_solver_sample
@@ -169,7 +172,7 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     clock = device_clock(device)
 
     def step(dtype: str) -> dict[str, float]:
-        net = model if dtype == "fp32" else _Autocast(model, DTYPES[dtype], device)
+        net = model if dtype == "fp32" else _Autocast(model, torch_dtype(dtype), device)
         t0 = clock()
         with torch.no_grad():
             out = net(x, diffusion.scale_timesteps(t))
@@ -267,9 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--bsz", type=int, default=50, help="sequences per model call")
     demo.add_argument("--seed", type=int, default=101, help="decoding seed")
-    demo.add_argument(
-        "--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype"
-    )
+    demo.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="autocast dtype")
     demo.add_argument("--repeats", type=int, default=3, help="timing repeats (median reported)")
     demo.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
     demo.add_argument(
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtypes",
         nargs="+",
         default=["fp32", "bf16"],
-        choices=("fp32", "bf16", "fp16"),
+        choices=tuple(DTYPES),
         help="autocast dtypes to time",
     )
     step.add_argument(

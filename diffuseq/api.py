@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffuseq.decoding import DTYPES, SAMPLER_CHOICES, Decoder, DecodeSettings, cut_at_sep
+from diffuseq.config import DTYPES, DecodeConfig, sampler_choices
+from diffuseq.decoding import Decoder, cut_at_sep
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.run_folder import open_run
 
@@ -43,75 +45,86 @@ class TextGenerator:
     def generate_raw(
         self,
         sources: Sequence[str],
+        config: DecodeConfig | None = None,
         *,
         references: Sequence[str] | None = None,
-        steps: int | None = None,
-        sampler: str = "auto",
-        num_samples: int = 1,
-        seed: int = 101,
-        top_p: float | None = None,
-        clamp_step: int = 0,
-        batch_size: int = 50,
-        ddim_adjacent: bool = False,
-        dpm_v2_variant: bool = False,
         progress: bool = False,
+        **overrides: Any,
     ) -> list[list[dict[str, str]]]:
         """``result[i][k]`` = ``{"recover", "reference", "source"}`` as in the decode files.
 
         Args:
             sources: source texts; references: optional gold targets (default empty).
-            steps: sampling steps (default T); sampler: ``auto``/``ancestral``/``ddim``/``dpm-solver++``.
-            num_samples: candidates per source; candidate ``k`` uses seed ``seed + k``.
-            Others: as the ``run_decode.py`` flags of the same names.
+            config: what to sample (default: :class:`~diffuseq.config.DecodeConfig` with this
+                generator's dtype, i.e. the ``run_decode.py`` defaults); candidate ``k`` uses
+                seed ``seed + k``.
+            overrides: :class:`~diffuseq.config.DecodeConfig` fields replacing the config's
+                (``steps=10, sampler="dpm-solver++", num_samples=3, seed=101, top_p, clamp_step,
+                batch_size, ddim_adjacent, dpm_v2_variant``).
 
         Raises:
-            TypeError: ``sources`` is a single string or holds a non-string; an argument of
-                the wrong type (``steps=2.5``, ``top_p="x"``). ValueError: a value out of range.
+            TypeError: ``sources`` is a single string or holds a non-string; an unknown option
+                or one of the wrong type (``steps=2.5``, ``top_p="x"``). ValueError: a value
+                out of range.
         """
         sources = _texts("sources", sources)
         references = [""] * len(sources) if references is None else _texts("references", references)
         if len(references) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(references)} references")
-        for name, value, minimum in (
-            ("steps", steps, 1),
-            ("num_samples", num_samples, 1),
-            ("seed", seed, None),
-            ("clamp_step", clamp_step, 0),
-            ("batch_size", batch_size, 1),
-        ):
-            if name != "steps" or value is not None:
-                _integer(name, value, minimum)
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))):
-            raise TypeError(f"top_p must be a number or None, got {type(top_p).__name__} {top_p!r}")
-        if not isinstance(sampler, str) or sampler not in SAMPLER_CHOICES:
-            raise ValueError(
-                f"sampler must be one of {', '.join(SAMPLER_CHOICES)}, got {sampler!r}"
-            )
-        settings = DecodeSettings(
-            sampler=sampler,
-            steps=steps,
-            clamp_step=clamp_step,
-            top_p=top_p,
-            seed=seed,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            dtype=self.dtype,
-            ddim_adjacent=ddim_adjacent,
-            dpm_v2_variant=dpm_v2_variant,
-        )
+        unknown = sorted(set(overrides) - {f.name for f in fields(DecodeConfig)})
+        if unknown:
+            raise TypeError(f"unknown decode option(s): {', '.join(unknown)}")
+        config = (config or DecodeConfig(dtype=self.dtype)).replace(**overrides)
+        _check_values(config)
         inputs = self.decoder.encode(list(zip(sources, references)))
-        return self.decoder.generate(inputs, settings, progress=progress)
+        return self.decoder.generate(inputs, config, progress=progress)
 
-    def generate(self, sources: Sequence[str], **kwargs) -> list[list[str]]:
+    def generate(
+        self,
+        sources: Sequence[str],
+        *,
+        steps: int | None = None,
+        sampler: str = "auto",
+        num_samples: int = 1,
+        seed: int = 101,
+        **options: Any,
+    ) -> list[list[str]]:
         """Cleaned candidates ``result[i][k]``: cut at the first [SEP]/eos, special tokens removed.
 
-        Keyword arguments as :meth:`generate_raw`.
+        Args:
+            steps: sampling steps (default T); sampler: ``auto`` or a name of
+                :data:`diffuseq.sampling.SAMPLERS`; num_samples: candidates per source;
+                seed: seed of candidate 0.
+            options: as :meth:`generate_raw` (``config``, ``references``, ``progress`` and the
+                other :class:`~diffuseq.config.DecodeConfig` fields).
         """
         specials = self.decoder.tokenizer.special_tokens
-        return [
-            [cut_at_sep(r["recover"], specials) for r in per_source]
-            for per_source in self.generate_raw(sources, **kwargs)
-        ]
+        raw = self.generate_raw(
+            sources, steps=steps, sampler=sampler, num_samples=num_samples, seed=seed, **options
+        )
+        return [[cut_at_sep(r["recover"], specials) for r in per_source] for per_source in raw]
+
+
+def _check_values(config: DecodeConfig) -> None:
+    """Python-level checks of a config built from keywords (TypeError/ValueError naming the
+    keyword, where the command line's ``validate()`` names the flag)."""
+    for name, minimum in (
+        ("steps", 1),
+        ("num_samples", 1),
+        ("seed", None),
+        ("clamp_step", 0),
+        ("batch_size", 1),
+    ):
+        value = getattr(config, name)
+        if name != "steps" or value is not None:
+            _integer(name, value, minimum)
+    top_p = config.top_p
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))):
+        raise TypeError(f"top_p must be a number or None, got {type(top_p).__name__} {top_p!r}")
+    choices = sampler_choices()
+    if not isinstance(config.sampler, str) or config.sampler not in choices:
+        raise ValueError(f"sampler must be one of {', '.join(choices)}, got {config.sampler!r}")
+    config.validate()
 
 
 def _texts(name: str, values: Any) -> list[str]:

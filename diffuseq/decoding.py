@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +29,18 @@ import torch
 from tqdm.auto import tqdm
 
 from diffuseq import dist
+from diffuseq.config.decode import DTYPES, DecodeConfig
 from diffuseq.decode_manifest import write_outputs
 from diffuseq.decode_text import EncodedInputs, cut_at_sep, read_input_file, texts_from_tokens
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.logger import get_logger
 from diffuseq.safe_io import contained, path_component
-from diffuseq.sampling import SAMPLERS, run_sampler
+from diffuseq.sampling import run_sampler
 from diffuseq.sampling.noise import NoiseSource
 from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.sampling.self_cond import SelfConditioned
 
 __all__ = [
-    "DTYPES",
-    "SAMPLER_CHOICES",
-    "DecodeSettings",
     "Decoder",
     "EncodedInputs",
     "cut_at_sep",
@@ -51,116 +49,24 @@ __all__ = [
     "read_input_file",
     "samples_dir_name",
     "texts_from_tokens",
+    "torch_dtype",
 ]
 
-#: ``--sampler`` choices: ``auto`` plus every registered sampler name. ``ddim-adjacent`` and
-#: ``dpm-solver++-v2`` are also reachable as ``ddim --ddim_adjacent`` and
-#: ``dpm-solver++ --dpm_v2_variant`` (the flags the first releases had).
-SAMPLER_CHOICES = ("auto", *SAMPLERS)
-_VARIANTS = {
-    "ddim-adjacent": ("ddim", "ddim_adjacent"),
-    "dpm-solver++-v2": ("dpm-solver++", "dpm_v2_variant"),
-}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = get_logger("decode")
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    """What to sample (the decode flags). ``resolve(T)`` fills ``steps``/``sampler`` and validates.
-
-    Attributes:
-        sampler: ``auto`` (= ``ancestral`` at ``steps == T``, else ``ddim``), ``ancestral``,
-            ``ddim`` or ``dpm-solver++``.
-        steps: number of sampling steps (``None`` = T, the original's ``--step 2000``).
-        clamp_step: round x̂_0 only at levels ``t ≥ clamp_step`` (0: every step).
-        top_p: the original's noise truncation threshold ``|ε| ≤ top_p`` (``None``/≤0: off).
-        seed: seed of candidate 0; candidate ``k`` uses ``seed + k``.
-        num_samples: candidates per source (K), sampled in one pass.
-        batch_size: rows (example × candidate) per model call.
-        dtype: ``fp32``, ``bf16`` or ``fp16`` autocast for the network (rounding and logits fp32).
-        ddim_adjacent: the original's pseudo-DDIM instead of respaced DDIM.
-        dpm_v2_variant: DiffuSeq-v2's modified DPM-Solver++ loop instead of the standard one.
-    """
-
-    sampler: str = "auto"
-    steps: int | None = None
-    clamp_step: int = 0
-    top_p: float | None = None
-    seed: int = 101
-    num_samples: int = 1
-    batch_size: int = 50
-    dtype: str = "fp32"
-    ddim_adjacent: bool = False
-    dpm_v2_variant: bool = False
-
-    def check(self) -> DecodeSettings:
-        """Checks that need no model (run at CLI start)."""
-        if self.sampler in _VARIANTS:
-            base, flag = _VARIANTS[self.sampler]
-            return replace(self, sampler=base, **{flag: True}).check()
-        problems = [
-            (
-                self.sampler in SAMPLER_CHOICES,
-                f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLER_CHOICES)}",
-            ),
-            (self.num_samples >= 1, f"--num_samples must be at least 1, got {self.num_samples}"),
-            (self.batch_size >= 1, f"--bsz must be at least 1, got {self.batch_size}"),
-            (self.steps is None or self.steps >= 1, f"--step must be at least 1, got {self.steps}"),
-            (self.clamp_step >= 0, f"--clamp_step must be ≥ 0, got {self.clamp_step}"),
-            (self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}"),
-            (
-                not (self.ddim_adjacent and self.sampler not in ("ddim", "auto")),
-                "--ddim_adjacent selects the original's pseudo-DDIM: use it with --sampler ddim",
-            ),
-            (
-                not (self.dpm_v2_variant and self.sampler != "dpm-solver++"),
-                "--dpm_v2_variant selects DiffuSeq-v2's solver loop: use it with --sampler dpm-solver++",
-            ),
-        ]
-        for ok, message in problems:
-            if not ok:
-                raise ConfigError(message)
-        return self
-
-    def resolve(self, num_timesteps: int) -> DecodeSettings:
-        """Fill ``steps`` (default T) and ``sampler`` (``auto``) for a model with T steps."""
-        self = self.check()
-        T = num_timesteps
-        steps = T if self.steps is None else self.steps
-        if steps > T:
-            raise ConfigError(
-                f"--step {steps} is larger than the model's diffusion steps T={T}; pass --step ≤ {T}"
-            )
-        sampler = self.sampler
-        if sampler == "auto":
-            sampler = "ancestral" if steps == T and not self.ddim_adjacent else "ddim"
-        if sampler == "ancestral" and steps != T:
-            raise ConfigError(
-                f"--sampler ancestral always runs all T={T} steps (got --step {steps}); for fewer steps use "
-                "--sampler ddim, --sampler ddim --ddim_adjacent (the original's pseudo-DDIM) or --sampler dpm-solver++"
-            )
-        return replace(self, steps=steps, sampler=sampler)
-
-    @property
-    def label(self) -> str:
-        """Sampler name used in output folder names."""
-        if self.sampler == "ddim" and self.ddim_adjacent:
-            return "ddim-adjacent"
-        if self.sampler == "dpm-solver++" and self.dpm_v2_variant:
-            return "dpm-solver++-v2"
-        return self.sampler
+def torch_dtype(name: str) -> torch.dtype:
+    """The autocast dtype of ``--dtype name`` (:data:`diffuseq.config.decode.DTYPES`)."""
+    return getattr(torch, DTYPES[name])
 
 
-def samples_dir_name(
-    checkpoint_name: str, settings: DecodeSettings, *, input_label: str = ""
-) -> str:
+def samples_dir_name(checkpoint_name: str, config: DecodeConfig, *, input_label: str = "") -> str:
     """``<ckpt>.samples`` for full-step ancestral sampling (the original's folder), else
     ``<ckpt>.samples-<sampler>-<N>steps``; ``input_label`` (non-test split, ad-hoc input) is
     appended as ``-<label>``, so every folder holds the seeds of one configuration only."""
     name = f"{checkpoint_name}.samples"
-    if settings.sampler != "ancestral":
-        name += f"-{settings.label}-{settings.steps}steps"
+    if config.sampler != "ancestral":
+        name += f"-{config.label}-{config.steps}steps"
     return name + (f"-{input_label}" if input_label else "")
 
 
@@ -238,7 +144,7 @@ class Decoder:
         *,
         seeds: Sequence[int],
         indices: Sequence[int],
-        settings: DecodeSettings,
+        config: DecodeConfig,
         progress: bool = False,
     ) -> torch.Tensor:
         """Sample one batch of rows and return their tokens ``[B, L]`` (CPU).
@@ -246,7 +152,7 @@ class Decoder:
         Row ``r`` draws from the generator of ``(seeds[r], indices[r])``: first ``z`` for
         ``x_T``, then the sampler's per-step draws.
         """
-        s = settings
+        s = config
         ids, mask = input_ids.to(self.device), input_mask.to(self.device)
         x_start = self.model.get_embeds(ids).float()  # x̄_0 [B, L, h]
         noise = NoiseSource(seeds, indices, shape=tuple(x_start.shape[1:]), device=self.device)
@@ -256,7 +162,7 @@ class Decoder:
             SelfConditioned(self.model) if getattr(self.model, "self_cond", False) else self.model
         )
         if s.dtype != "fp32":
-            model = _Autocast(model, DTYPES[s.dtype], self.device)
+            model = _Autocast(model, torch_dtype(s.dtype), self.device)
         mean_embed = getattr(self.model, "mean_embed", None)
         common = {
             "input_mask": mask,
@@ -266,14 +172,13 @@ class Decoder:
             "progress": progress,
             "denoised_fn": make_rounding_fn(self.model.word_embedding.weight),
         }
-        top_p = s.top_p if s.top_p is not None and s.top_p > 0 else None
         x0 = run_sampler(
             s.label,
             model,
             self.diffusion,
             x_T,
             steps=s.steps,
-            top_p=top_p,
+            top_p=s.noise_top_p,
             mean_embed=mean_embed,
             **common,
         )
@@ -284,23 +189,23 @@ class Decoder:
         self,
         inputs: EncodedInputs,
         rows: Sequence[tuple[int, int]],
-        settings: DecodeSettings,
+        config: DecodeConfig,
         *,
         progress: bool = False,
     ) -> list[tuple[int, int, str]]:
         """``(example index, candidate k, recover)`` for each row, in batches of ``batch_size``."""
         out: list[tuple[int, int, str]] = []
-        batches = range(0, len(rows), settings.batch_size)
+        batches = range(0, len(rows), config.batch_size)
         for start in tqdm(batches, desc="batches", disable=not progress, dynamic_ncols=True):
-            batch = rows[start : start + settings.batch_size]
+            batch = rows[start : start + config.batch_size]
             index = torch.tensor([i for i, _ in batch], dtype=torch.long)
             ids, mask = inputs.input_ids[index], inputs.input_mask[index]
             tokens = self.sample_tokens(
                 ids,
                 mask,
-                seeds=[settings.seed + k for _, k in batch],
+                seeds=[config.seed + k for _, k in batch],
                 indices=[i for i, _ in batch],
-                settings=settings,
+                config=config,
                 progress=progress,
             )
             texts = texts_from_tokens(self.tokenizer, ids, mask, tokens)
@@ -308,17 +213,17 @@ class Decoder:
         return out
 
     def generate(
-        self, inputs: EncodedInputs, settings: DecodeSettings, *, progress: bool = False
+        self, inputs: EncodedInputs, config: DecodeConfig, *, progress: bool = False
     ) -> list[list[dict[str, str]]]:
         """All candidates of all examples in this process: ``result[i][k]`` = record of example
         ``i``, candidate ``k`` (keys ``recover, reference, source``)."""
-        settings = settings.resolve(self.diffusion.num_timesteps)
-        rows = [(i, k) for i in range(len(inputs)) for k in range(settings.num_samples)]
+        config = config.resolve(self.diffusion.num_timesteps)
+        rows = [(i, k) for i in range(len(inputs)) for k in range(config.num_samples)]
         return _assemble(
             inputs,
             self.tokenizer,
-            self.decode_rows(inputs, rows, settings, progress=progress),
-            settings.num_samples,
+            self.decode_rows(inputs, rows, config, progress=progress),
+            config.num_samples,
         )
 
 
@@ -341,7 +246,7 @@ def _assemble(
 def decode_to_files(
     decoder: Decoder,
     inputs: EncodedInputs,
-    settings: DecodeSettings,
+    config: DecodeConfig,
     *,
     out_folder: str | Path,
     note: str | None = None,
@@ -353,7 +258,7 @@ def decode_to_files(
     (atomically, with the folder's manifest: :mod:`diffuseq.decode_manifest`).
 
     Args:
-        settings: what to sample (resolved against the model's T here).
+        config: what to sample (resolved against the model's T here).
         out_folder: ``<out_dir>/<run>/<ckpt>.samples…``; created by rank 0.
         note: v2's file-name suffix. append: append instead of overwrite (the original appends).
         clean: ``--cut_at_sep`` on all three strings.
@@ -362,19 +267,19 @@ def decode_to_files(
     Returns:
         The written paths (on every rank).
     """
-    settings = settings.resolve(decoder.diffusion.num_timesteps)
+    config = config.resolve(decoder.diffusion.num_timesteps)
     rank, world = dist.rank(), dist.world_size()
-    rows = [(i, k) for i in range(rank, len(inputs), world) for k in range(settings.num_samples)]
+    rows = [(i, k) for i in range(rank, len(inputs), world) for k in range(config.num_samples)]
     folder = Path(out_folder)
     paths = [  # checked before any work
-        contained(folder, output_file_name(settings.seed + k, settings.clamp_step, note), "output")
-        for k in range(settings.num_samples)
+        contained(folder, output_file_name(config.seed + k, config.clamp_step, note), "output")
+        for k in range(config.num_samples)
     ]
     start = time.perf_counter()
-    local = decoder.decode_rows(inputs, rows, settings, progress=rank == 0)
+    local = decoder.decode_rows(inputs, rows, config, progress=rank == 0)
     gathered = [row for part in dist.all_gather_object(local) for row in part]
     if rank == 0:
-        records = _assemble(inputs, decoder.tokenizer, gathered, settings.num_samples)
+        records = _assemble(inputs, decoder.tokenizer, gathered, config.num_samples)
         specials = decoder.tokenizer.special_tokens
         if clean:
             records = [
@@ -382,7 +287,7 @@ def decode_to_files(
                 for candidates in records
             ]
         outputs = {path.name: [json.dumps(r[k]) for r in records] for k, path in enumerate(paths)}
-        described = {**asdict(settings), "note": note, "cut_at_sep": clean, **(info or {})}
+        described = {**asdict(config), "note": note, "cut_at_sep": clean, **(info or {})}
         try:
             write_outputs(
                 folder, outputs, settings=described, special_tokens=specials, append=append
@@ -392,7 +297,7 @@ def decode_to_files(
         log.info(
             "decoded %d example(s) x %d candidate(s) in %.1f s -> %s",
             len(inputs),
-            settings.num_samples,
+            config.num_samples,
             time.perf_counter() - start,
             folder,
         )

@@ -7,13 +7,8 @@ import json
 
 import pytest
 
-from diffuseq.config import (
-    SECTIONS,
-    RunConfig,
-    add_dataclass_flags,
-    run_config_from_args,
-    run_folder_name,
-)
+from diffuseq.cli.flags import add_dataclass_flags, given_flags
+from diffuseq.config import SECTIONS, RunConfig, run_folder_name
 from diffuseq.errors import ConfigError
 
 
@@ -22,6 +17,12 @@ def _parser() -> argparse.ArgumentParser:
     for kind in SECTIONS.values():
         add_dataclass_flags(parser, kind)
     return parser
+
+
+def run_config_from_args(ns: argparse.Namespace, *, base: RunConfig | None = None) -> RunConfig:
+    """Defaults < ``base`` < the flags given (the training CLI's layering)."""
+    flags = {k: v for kind in SECTIONS.values() for k, v in given_flags(ns, kind).items()}
+    return RunConfig.from_layers(((base or RunConfig()).to_dict(), "base"), (flags, "flags"))
 
 
 def test_original_flag_names_and_defaults():

@@ -19,8 +19,8 @@ from diffuseq import api
 from diffuseq.bert_config import build_bert_config
 from diffuseq.checkpoint_format import state_dict_for_saving
 from diffuseq.cli.decode import main
-from diffuseq.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig
-from diffuseq.decoding import DecodeSettings, cut_at_sep, samples_dir_name
+from diffuseq.config import DataConfig, DecodeConfig, DiffusionConfig, ModelConfig, RunConfig
+from diffuseq.decoding import cut_at_sep, samples_dir_name
 from diffuseq.model import TransformerNetModel
 from diffuseq.run_folder import open_run
 from diffuseq.tokenizer import VocabFileTokenizer
@@ -262,6 +262,10 @@ def test_api_matches_cli(run_dir, tmp_path):
         num_samples=2,
         seed=101,
     )
+    config = DecodeConfig(sampler="dpm-solver++", steps=3, num_samples=2)
+    assert gen.generate_raw(sources, config, references=[t for _, t in PAIRS]) == raw
+    with pytest.raises(TypeError, match="stepz"):
+        gen.generate_raw(sources, stepz=3)
     folder = _folder(out, "ema_0.9999_000010.pt.samples-dpm-solver++-3steps")
     for k in range(2):
         assert [r[k] for r in raw] == _lines(folder / f"seed{101 + k}_step0.json")
@@ -442,15 +446,15 @@ def test_user_errors_exit_2_without_traceback(run_dir, tmp_path, capsys, case):
 
 
 def test_settings_and_folder_names():
-    s = DecodeSettings().resolve(2000)
+    s = DecodeConfig().resolve(2000)
     assert (s.sampler, s.steps) == ("ancestral", 2000)
     assert samples_dir_name("ema_0.9999_050000.pt", s) == "ema_0.9999_050000.pt.samples"
-    s = DecodeSettings(steps=200).resolve(2000)
+    s = DecodeConfig(steps=200).resolve(2000)
     assert (
         samples_dir_name("ema_0.9999_050000.pt", s, input_label="valid")
         == "ema_0.9999_050000.pt.samples-ddim-200steps-valid"
     )
     assert re.fullmatch(
         r".*\.samples-dpm-solver\+\+-10steps",
-        samples_dir_name("x.pt", DecodeSettings(sampler="dpm-solver++", steps=10).resolve(2000)),
+        samples_dir_name("x.pt", DecodeConfig(sampler="dpm-solver++", steps=10).resolve(2000)),
     )

@@ -27,11 +27,11 @@ import torch
 
 from diffuseq import dist
 from diffuseq.cli.common import program_name, run_cli
+from diffuseq.cli.flags import build_parser as build_flag_parser
+from diffuseq.cli.flags import config_from_args
+from diffuseq.config import DecodeConfig, DecodeJob
 from diffuseq.decoding import (
-    DTYPES,
-    SAMPLER_CHOICES,
     Decoder,
-    DecodeSettings,
     decode_to_files,
     output_file_name,
     read_input_file,
@@ -46,175 +46,51 @@ PROG = program_name("run_decode.py", "diffuseq.cli.decode", "diffuseq-decode")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The original's flags first, then this toolkit's additions."""
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    """The flags of :class:`DecodeJob` and :class:`DecodeConfig` (diffuseq.config.decode)."""
+    return build_flag_parser(
+        PROG, __doc__, [(DecodeJob, "checkpoints"), (DecodeConfig, "sampling")]
     )
-    p.add_argument(
-        "--model_dir",
-        default="",
-        help="run folder (a glob: every match is decoded) or one .pt file",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=101,
-        help="decoding seed (candidate k of --num_samples uses seed+k)",
-    )
-    p.add_argument(
-        "--split",
-        default="test",
-        choices=("train", "valid", "test"),
-        help="data split of the run's data_dir to decode (file order)",
-    )
-    p.add_argument(
-        "--step",
-        type=int,
-        default=None,
-        help="sampling steps (default: the model's T, i.e. the original's 2000 = full ancestral sampling)",
-    )
-    p.add_argument(
-        "--bsz", type=int, default=50, help="sequences per model call (each candidate counts)"
-    )
-    p.add_argument(
-        "--top_p",
-        type=float,
-        default=-1.0,
-        help="the original's noise truncation: redraw noise entries with |x| > top_p (<= 0: off; "
-        "ancestral sampler only)",
-    )
-    p.add_argument(
-        "--clamp_step",
-        type=int,
-        default=0,
-        help="round to the nearest word embedding only at levels t >= clamp_step (0: every step)",
-    )
-    p.add_argument(
-        "--pattern", default="ema", help="checkpoint file prefix: <model_dir>/<pattern>*.pt"
-    )
-    p.add_argument("--out_dir", default="generation_outputs", help="output root folder")
-    p.add_argument(
-        "--note",
-        default=None,
-        help="suffix of the output file name: seed{S}_step{clamp}_{note}.json (v2)",
-    )
-    new = p.add_argument_group("additions")
-    new.add_argument(
-        "--checkpoint",
-        default="latest",
-        choices=("latest", "all"),
-        help="decode only the newest matching checkpoint (default) or all of them, newest first "
-        "(the original)",
-    )
-    new.add_argument(
-        "--sampler",
-        default="auto",
-        choices=SAMPLER_CHOICES,
-        help="auto: ancestral at --step T, else ddim. ancestral: the original's DDPM loop with "
-        "rounding; ddim: DDIM eta=0 over --step respaced levels; dpm-solver++: DPM-Solver++(2M)",
-    )
-    new.add_argument(
-        "--ddim_adjacent",
-        action="store_true",
-        help="with ddim: the original's pseudo-DDIM (steps to the adjacent level, never reaches t=0)",
-    )
-    new.add_argument(
-        "--dpm_v2_variant",
-        action="store_true",
-        help="with dpm-solver++: DiffuSeq-v2's modified solver loop (reproduces v2 numbers)",
-    )
-    new.add_argument(
-        "--num_samples",
-        type=int,
-        default=1,
-        help="candidates per source in one pass, written to seed{seed+k} files (for MBR)",
-    )
-    new.add_argument(
-        "--input",
-        default="",
-        metavar="FILE.jsonl",
-        help='decode these {"src": ..., "trg": ...} lines (trg optional) instead of --split',
-    )
-    new.add_argument(
-        "--text",
-        action="append",
-        default=[],
-        metavar="SOURCE",
-        help="decode this source text instead of --split (repeatable)",
-    )
-    new.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=tuple(DTYPES),
-        help="autocast dtype of the network (rounding and logits stay fp32)",
-    )
-    new.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="auto: cuda:LOCAL_RANK if CUDA is available, else cpu",
-    )
-    new.add_argument(
-        "--append",
-        action="store_true",
-        help="append to existing output files (the original) instead of overwriting them",
-    )
-    new.add_argument(
-        "--cut_at_sep",
-        action="store_true",
-        help="cut texts at the first [SEP]/eos and drop special tokens (off: the original's text)",
-    )
-    return p
 
 
-def settings_from_args(args: argparse.Namespace) -> DecodeSettings:
-    return DecodeSettings(
-        sampler=args.sampler,
-        steps=args.step,
-        clamp_step=args.clamp_step,
-        top_p=args.top_p,
-        seed=args.seed,
-        num_samples=args.num_samples,
-        batch_size=args.bsz,
-        dtype=args.dtype,
-        ddim_adjacent=args.ddim_adjacent,
-        dpm_v2_variant=args.dpm_v2_variant,
-    ).check()
+def parse_args(argv: Sequence[str] | None) -> tuple[DecodeJob, DecodeConfig]:
+    """The validated job and sampling configs of a command line."""
+    args = build_parser().parse_args(argv)
+    return (
+        config_from_args(args, DecodeJob).validate(),
+        config_from_args(args, DecodeConfig).validate(),
+    )
 
 
-def input_pairs(args: argparse.Namespace, run) -> tuple[list[tuple[str, str]], str]:
+def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
     """The pairs to decode and their output-folder label ('' for the test split)."""
     from diffuseq.data import read_pairs
 
-    if args.input and args.text:
-        raise ConfigError("give either --input FILE.jsonl or --text, not both")
-    if args.text:
-        return [(text.strip(), "") for text in args.text], "text"
-    if args.input:
-        return read_input_file(args.input), f"input-{Path(args.input).stem}"
-    return read_pairs(run.split_path(args.split)), "" if args.split == "test" else args.split
+    if job.text:
+        return [(text.strip(), "") for text in job.text], "text"
+    if job.input:
+        return read_input_file(job.input), f"input-{Path(job.input).stem}"
+    return read_pairs(run.split_path(job.split)), "" if job.split == "test" else job.split
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
-    output_file_name(settings.seed, settings.clamp_step, args.note)  # rejects a bad --note now
-    check_writable_folder(args.out_dir, "--out_dir")
-    targets = resolve_model_dirs(args.model_dir)
+    job, settings = parse_args(argv)
+    output_file_name(settings.seed, settings.clamp_step, job.note)  # rejects a bad --note now
+    check_writable_folder(job.out_dir, "--out_dir")
+    targets = resolve_model_dirs(job.model_dir)
     runs = [(open_run(run_dir), ckpt) for run_dir, ckpt in targets]
     jobs = [
-        (run, [ckpt] if ckpt else run.select_checkpoints(args.pattern, args.checkpoint))
+        (run, [ckpt] if ckpt else run.select_checkpoints(job.pattern, job.checkpoint))
         for run, ckpt in runs
     ]
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if job.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "--device cuda: no CUDA device is available here; use --device cpu (or auto)"
         )
-    info, device = dist.init(device=None if args.device == "auto" else args.device)
+    info, device = dist.init(device=None if job.device == "auto" else job.device)
     setup_logging(is_main=info.is_main)
     log = get_logger("decode")
     for run, checkpoints in jobs:
-        pairs, label = input_pairs(args, run)
+        pairs, label = input_pairs(job, run)
         for checkpoint in checkpoints:
             decoder = Decoder.from_checkpoint(run, checkpoint, device=device)
             resolved = settings.resolve(decoder.diffusion.num_timesteps)
@@ -223,16 +99,16 @@ def _main(argv: Sequence[str] | None) -> int:
                 len(pairs),
                 resolved.label,
                 resolved.steps,
-                args.dtype,
+                settings.dtype,
                 info.world_size,
                 checkpoint,
             )
-            if args.top_p > 0 and resolved.sampler != "ancestral":
+            if settings.noise_top_p and resolved.sampler != "ancestral":
                 log.warning(
                     "--top_p only affects the ancestral sampler; %s draws no noise", resolved.label
                 )
             folder = (
-                Path(args.out_dir)
+                Path(job.out_dir)
                 / run.name
                 / samples_dir_name(checkpoint.name, resolved, input_label=label)
             )
@@ -241,9 +117,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 decoder.encode(pairs),
                 resolved,
                 out_folder=folder,
-                note=args.note,
-                append=args.append,
-                clean=args.cut_at_sep,
+                note=job.note,
+                append=job.append,
+                clean=job.cut_at_sep,
                 info={"checkpoint": str(checkpoint)},
             )
     dist.cleanup()

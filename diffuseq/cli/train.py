@@ -26,6 +26,7 @@ initialised on rank 0's stream (DDP broadcasts rank 0's weights).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,17 +45,9 @@ from diffuseq.checkpoint import (
     seed_everything,
 )
 from diffuseq.cli.common import on_rank0_or_raise, program_name, run_cli
-from diffuseq.config import (
-    SECTIONS,
-    RunConfig,
-    add_dataclass_flags,
-    given_flags,
-    opt,
-    read_yaml,
-    run_config_from_args,
-    run_folder_name,
-    write_json,
-)
+from diffuseq.cli.flags import build_parser as build_flag_parser
+from diffuseq.cli.flags import config_from_args, given_flags
+from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml, run_folder_name, write_json
 from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.factory import (
@@ -97,26 +90,13 @@ class RuntimeOptions:
     progress: bool = opt(True, "show a progress bar on rank 0")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument errors become :class:`ConfigError` (one paragraph, exit status 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """Every flag of the run configuration (generated from config.py) plus the runtime options."""
-    parser = _Parser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    """Every flag of the run configuration (generated from diffuseq.config) plus the runtime options."""
+    return build_flag_parser(
+        PROG,
+        __doc__,
+        [(RuntimeOptions, "runtime"), *((kind, name) for name, kind in SECTIONS.items())],
     )
-    add_dataclass_flags(parser, RuntimeOptions, title="runtime")
-    for name, kind in SECTIONS.items():
-        add_dataclass_flags(parser, kind, title=name)
-    return parser
-
-
-def runtime_options(namespace: argparse.Namespace) -> RuntimeOptions:
-    return RuntimeOptions(**given_flags(namespace, RuntimeOptions))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,22 +123,30 @@ def _main(argv: Sequence[str] | None) -> int:
 
 @dataclass(frozen=True)
 class Invocation:
-    """A parsed command line: the run config (preset < flags), runtime options, the raw parts."""
+    """A parsed command line: the run config, the runtime options and the layers it came from."""
 
     config: RunConfig
     options: RuntimeOptions
-    args: argparse.Namespace
     preset: Mapping[str, Any]
+    flags: Mapping[str, Any]
+
+    def merged(self, saved: tuple[Mapping[str, Any], str] | None = None) -> RunConfig:
+        """Defaults < ``saved`` (a continued run's config) < ``--config`` preset < flags."""
+        layers = [saved] if saved else []
+        layers += [(self.preset, self.options.config), (self.flags, "the command line")]
+        return RunConfig.from_layers(*layers).validate()
 
 
 def parse_invocation(argv: Sequence[str] | None) -> Invocation:
     """Parse and validate ``argv``: defaults < ``--config`` YAML < flags on the command line."""
     args = build_parser().parse_args(argv)
-    options = runtime_options(args)
-    preset = read_yaml(options.config) if options.config else {}
-    config = run_config_from_args(
-        args, base=RunConfig.from_dict(preset, source=options.config)
-    ).validate()
+    options = config_from_args(args, RuntimeOptions)
+    invocation = Invocation(
+        config=RunConfig(),
+        options=options,
+        preset=read_yaml(options.config) if options.config else {},
+        flags={k: v for kind in SECTIONS.values() for k, v in given_flags(args, kind).items()},
+    )
     if options.keep_states < 0:
         raise ConfigError(
             f"--keep_states must be 0 (keep all) or positive, got {options.keep_states}"
@@ -167,7 +155,7 @@ def parse_invocation(argv: Sequence[str] | None) -> Invocation:
         raise ConfigError(
             f"--max_minutes must be 0 (no budget) or positive, got {options.max_minutes}"
         )
-    return Invocation(config=config, options=options, args=args, preset=preset)
+    return dataclasses.replace(invocation, config=invocation.merged())
 
 
 def prepare(argv: Sequence[str] | None) -> Trainer:
@@ -255,7 +243,7 @@ def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, R
         config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path
     )
     if resume.kind == "state":
-        config = _config_for_resume(resume, invocation.args, invocation.preset)
+        config = _config_for_resume(resume, invocation)
     return config, resume
 
 
@@ -353,33 +341,18 @@ def _refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
         )
 
 
-def _flat(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if key in SECTIONS and isinstance(value, Mapping):
-            out.update(value)
-        else:
-            out[key] = value
-    return out
-
-
 # Values that must not change when a run continues from its training state.
 _FIXED_DATA = ("seq_len", "vocab")
 
 
-def _config_for_resume(
-    resume: ResumeSource, args: argparse.Namespace, preset: Mapping[str, Any]
-) -> RunConfig:
+def _config_for_resume(resume: ResumeSource, invocation: Invocation) -> RunConfig:
     """The state's config, overridden by the ``--config`` preset and the flags given now.
 
     Raises:
         ConfigError: a model, diffusion or tokenization value differs from the state's.
     """
     saved = RunConfig.from_dict(resume.payload["config"], source=str(resume.path))
-    merged = {**_flat(saved.to_dict()), **_flat(preset)}
-    config = run_config_from_args(
-        args, base=RunConfig.from_dict(merged, source=str(resume.path))
-    ).validate()
+    config = invocation.merged((saved.to_dict(), str(resume.path)))
     diffs = [
         f"{field}: {old!r} in the state, {new!r} now"
         for section in ("model", "diffusion")

@@ -1,11 +1,11 @@
-"""Typed run configuration: one frozen dataclass per concern.
+"""The training run's configuration: one frozen dataclass per concern, grouped in :class:`RunConfig`.
 
 Replaces the original's `diffuseq/config.json` + `scripts/run_train.py` flags +
 `training_args.json` + `args.__dict__.update` (docs/original.md §2.2, §2.3, §10.1 item 16).
 
 * Each field carries its help text and, where the original used another name on the
   command line, the original flag (``--bsz`` for ``batch_size``, ``--diff_steps`` for
-  ``diffusion_steps``). Flags are generated from the fields (:func:`add_dataclass_flags`).
+  ``diffusion_steps``). Flags are generated from the fields (:mod:`diffuseq.cli.flags`).
 * Defaults are those of the original `run_train.py` wrapper, which is what users launch.
 * A run saves its config as ``config.yaml`` (sectioned, our format) and as
   ``training_args.json`` with the original's key set (docs/original.md §2.3), so that tools written for
@@ -14,38 +14,39 @@ Replaces the original's `diffuseq/config.json` + `scripts/run_train.py` flags +
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
+from diffuseq.config.fields import (
+    choice_checks,
+    opt,
+    raise_first,
+    read_layer,
+    read_yaml,
+    values_from_dict,
+)
 from diffuseq.errors import ConfigError
 from diffuseq.safe_io import path_component
 
-SCHEDULE_CHOICES = ("linear", "cosine", "sqrt", "trunc_cos", "trunc_lin", "pw_lin", "warmup-decay")
-SAMPLER_CHOICES = ("uniform", "lossaware", "fixstep")
+
+def schedule_names() -> tuple[str, ...]:
+    """``--noise_schedule`` choices: the beta schedules of :mod:`diffuseq.diffusion.schedules`."""
+    from diffuseq.diffusion.schedules import SCHEDULE_NAMES
+
+    return SCHEDULE_NAMES
 
 
-def opt(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None):
-    """A dataclass field with CLI metadata (help text, original flag name, choices)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+def timestep_distribution_names() -> tuple[str, ...]:
+    """``--schedule_sampler`` choices: :data:`diffuseq.diffusion.timestep_sampling.TIMESTEP_DISTRIBUTIONS`."""
+    from diffuseq.diffusion.timestep_sampling import TIMESTEP_DISTRIBUTIONS
 
-
-def str2bool(value: str | bool) -> bool:
-    """The original's boolean parser: yes/true/t/y/1 and no/false/f/n/0, any case."""
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).lower()
-    if lowered in ("yes", "true", "t", "y", "1"):
-        return True
-    if lowered in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+    return TIMESTEP_DISTRIBUTIONS
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class ModelConfig:
     self_cond: bool = opt(
         False,
         "self-conditioning (beyond the original): the denoiser also sees its previous estimate "
-        "of x_0 (trained with a 50%% two-pass forward; every sampler feeds the last step's)",
+        "of x_0 (trained with a 50% two-pass forward; every sampler feeds the last step's)",
     )
     vocab_size: int = opt(0, "vocabulary size (filled in from the tokenizer)")
 
@@ -82,8 +83,10 @@ class DiffusionConfig:
     """The forward process, the loss and the timestep sampler (docs/original.md §5)."""
 
     diffusion_steps: int = opt(4000, "number of diffusion steps T", flag="diff_steps")
-    noise_schedule: str = opt("cosine", "beta schedule", choices=SCHEDULE_CHOICES)
-    schedule_sampler: str = opt("uniform", "timestep sampler for training", choices=SAMPLER_CHOICES)
+    noise_schedule: str = opt("cosine", "beta schedule", choices=schedule_names)
+    schedule_sampler: str = opt(
+        "uniform", "timestep distribution for training", choices=timestep_distribution_names
+    )
     timestep_respacing: str = opt("", "respacing of the training process ('' = none)")
     rescale_timesteps: bool = opt(True, "feed the network t*1000/T instead of t")
     denoise: bool = opt(
@@ -185,14 +188,7 @@ class RunConfig:
         path_component(tr.notes, "--notes")
         _check_respacing(d.timestep_respacing, d.diffusion_steps)
         checks = [
-            (
-                d.noise_schedule in SCHEDULE_CHOICES,
-                f"--noise_schedule {d.noise_schedule!r} is unknown; choose one of {', '.join(SCHEDULE_CHOICES)}",
-            ),
-            (
-                d.schedule_sampler in SAMPLER_CHOICES,
-                f"--schedule_sampler {d.schedule_sampler!r} is unknown; choose one of {', '.join(SAMPLER_CHOICES)}",
-            ),
+            *(check for section in (m, d, da, tr) for check in choice_checks(section)),
             (d.diffusion_steps >= 2, f"--diff_steps must be at least 2, got {d.diffusion_steps}"),
             (
                 m.hidden_dim > 0 and m.hidden_t_dim > 0,
@@ -255,9 +251,7 @@ class RunConfig:
             checks.append(
                 (False, f"--ema_rate {tr.ema_rate!r} is not a comma-separated list of numbers")
             )
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        raise_first(checks)
         return self
 
     def replace(self, section: str, **changes: Any) -> RunConfig:
@@ -271,24 +265,28 @@ class RunConfig:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RunConfig:
         """Build from a sectioned dict (``{"model": {...}, ...}``) or a flat one (field or flag names)."""
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in SECTIONS and isinstance(value, dict):
-                flat.update(value)
-            else:
-                flat[key] = value
-        return cls(
-            **{name: _section_from_flat(kind, flat, source) for name, kind in SECTIONS.items()}
-        )._check_unknown(flat, source)
+        return cls.from_layers((data, source))
 
-    def _check_unknown(self, flat: dict[str, Any], source: str) -> RunConfig:
-        known = set(_FLAG_TO_FIELD) | set(_FLAG_TO_FIELD.values())
-        unknown = sorted(k for k in flat if k not in known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        return self
+    @classmethod
+    def from_layers(cls, *layers: tuple[Mapping[str, Any], str]) -> RunConfig:
+        """Defaults overridden by each ``(mapping, source)`` in turn, later ones winning.
+
+        The one merging path of the training CLI: ``(preset, --config), (flags, command line)``
+        for a new run, ``(saved config, state file), (preset, ...), (flags, ...)`` when a run
+        continues. Mappings are sectioned or flat, with field or flag names; an unknown key or
+        a value of the wrong type raises :class:`ConfigError` naming its source.
+        """
+        merged: dict[str, Any] = {}
+        for data, source in layers:
+            merged.update(read_layer(_flatten(data), SECTIONS.values(), source=source))
+        return cls(
+            **{
+                name: kind(**{f.name: merged[f.name] for f in fields(kind) if f.name in merged})
+                for name, kind in SECTIONS.items()
+            }
+        )
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -365,14 +363,24 @@ class RunConfig:
             )
         flat = {k: v for k, v in args.items() if k in _FIELD_NAMES}
         return cls(
-            **{name: _section_from_flat(kind, flat, source) for name, kind in SECTIONS.items()}
+            **{
+                name: kind(**values_from_dict(kind, flat, source=source))
+                for name, kind in SECTIONS.items()
+            }
         )
 
 
 _FIELD_NAMES: set[str] = {f.name for kind in SECTIONS.values() for f in fields(kind)}
-_FLAG_TO_FIELD: dict[str, str] = {
-    (f.metadata.get("flag") or f.name): f.name for kind in SECTIONS.values() for f in fields(kind)
-}
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
 
 
 def _check_respacing(respacing: str, steps: int) -> None:
@@ -385,92 +393,6 @@ def _check_respacing(respacing: str, steps: int) -> None:
             f"--timestep_respacing {respacing!r} does not fit --diff_steps {steps} ({err}); give "
             "'' (every step), ddimN or comma-separated counts per section such as 10,15,20"
         ) from None
-
-
-def _section_from_flat(kind: type, flat: dict[str, Any], source: str):
-    hints = get_type_hints(kind)
-    values = {}
-    for f in fields(kind):
-        for key in (f.name, f.metadata.get("flag")):
-            if key and key in flat:
-                values[f.name] = _coerce(flat[key], hints[f.name], f"{source}: {key}")
-    return kind(**values)
-
-
-def _coerce(value: Any, kind: type, name: str) -> Any:
-    try:
-        if kind is bool:
-            return str2bool(value)
-        if kind is int and isinstance(value, float) and value.is_integer():
-            return int(value)
-        return kind(value)
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
-        raise ConfigError(f"{name}: cannot read {value!r} as {kind.__name__} ({err})") from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--config {path} is a folder; pass a YAML file such as configs/qqp.yaml")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({err})") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values")
-    return data
-
-
-# ---------------------------------------------------------------------- argparse
-
-
-def add_dataclass_flags(
-    parser: argparse.ArgumentParser, kind: type, *, title: str | None = None
-) -> None:
-    """Add one flag per field of ``kind``; defaults are left as ``None`` so that only
-    flags given on the command line override a ``--config`` file."""
-    group = parser.add_argument_group(title or kind.__name__)
-    hints = get_type_hints(kind)
-    for f in fields(kind):
-        flag = f.metadata.get("flag") or f.name
-        names = [f"--{flag}"] + ([f"--{f.name}"] if flag != f.name else [])
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
-        if hints[f.name] is bool:
-            kwargs.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
-        else:
-            kwargs.update(type=hints[f.name])
-        if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(*names, **kwargs)
-
-
-def given_flags(namespace: argparse.Namespace, kind: type) -> dict[str, Any]:
-    """The fields of ``kind`` that were given on the command line."""
-    return {
-        f.name: getattr(namespace, f.name)
-        for f in fields(kind)
-        if getattr(namespace, f.name, None) is not None
-    }
-
-
-def run_config_from_args(
-    namespace: argparse.Namespace, *, base: RunConfig | None = None
-) -> RunConfig:
-    """Defaults < ``--config`` YAML < command-line flags."""
-    config = base or RunConfig()
-    for name, kind in SECTIONS.items():
-        changes = given_flags(namespace, kind)
-        if changes:
-            config = config.replace(name, **changes)
-    return config
 
 
 def run_folder_name(config: RunConfig, *, timestamp: str | None = None) -> str:
@@ -488,7 +410,3 @@ def run_folder_name(config: RunConfig, *, timestamp: str | None = None) -> str:
         stamp = timestamp if timestamp is not None else time.strftime("%Y%m%d-%H:%M:%S")
         name += f"_{tr.notes}{stamp}"
     return name
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2))

@@ -1,0 +1,226 @@
+"""Declaring config fields (help text, original flag name, choices) and reading them back.
+
+Every config of the toolkit is a frozen dataclass whose fields are declared with :func:`opt`:
+one declaration gives the default, the help text, the command-line flag (the field name, or
+the original's name such as ``--bsz``), the choices and the argument group. The command-line
+parsers are generated from these declarations (:mod:`diffuseq.cli.flags`); dictionaries
+(YAML presets, saved configs, JSON) are read back with :func:`read_layer`, which accepts
+field or flag names and coerces the types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import Field, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from diffuseq.errors import ConfigError
+
+#: ``choices`` of a field: a tuple, or a function returning one (for registries whose import
+#: is expensive, resolved only when a parser is built or a value is validated).
+Choices = tuple[str, ...] | Callable[[], tuple[str, ...]]
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Choices | None = None,
+    metavar: str | None = None,
+    group: str | None = None,
+):
+    """A dataclass field with CLI metadata.
+
+    Args:
+        default: the default value (also shown by ``--help`` unless ``help`` names one).
+        help: one-line help text.
+        flag: the command-line name when it differs from the field name (the original's,
+            e.g. ``bsz``); ``--<field name>`` is accepted as well.
+        choices: allowed values (or a function returning them).
+        metavar: the value's placeholder in ``--help``.
+        group: the ``--help`` section (default: the config's title).
+    """
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "flag": flag,
+            "choices": choices,
+            "metavar": metavar,
+            "group": group,
+        },
+    )
+
+
+def str2bool(value: str | bool) -> bool:
+    """The original's boolean parser: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def flag_name(f: Field) -> str:
+    """The command-line name of a field (without ``--``)."""
+    return f.metadata.get("flag") or f.name
+
+
+def field_choices(f: Field) -> tuple[str, ...] | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def field_type(kind: type, name: str) -> tuple[type, bool, bool]:
+    """``(base type, optional, repeated)`` of field ``name``: ``int | None`` gives
+    ``(int, True, False)``, ``tuple[str, ...]`` gives ``(str, False, True)``."""
+    hint = get_type_hints(kind)[name]
+    optional = False
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        hint, optional = args[0], True
+    if get_origin(hint) is tuple:
+        return get_args(hint)[0], optional, True
+    return hint, optional, False
+
+
+def coerce(kind: type, name: str, value: Any, *, label: str | None = None) -> Any:
+    """``value`` (from YAML/JSON/flags) as the type of field ``name`` of ``kind``; errors
+    name ``label`` (e.g. ``preset.yaml: bsz``), default the field name."""
+    base, optional, repeated = field_type(kind, name)
+    if value is None and optional:
+        return None
+    try:
+        if repeated:
+            items = [value] if isinstance(value, str) else list(value)
+            return tuple(_coerce_one(base, item) for item in items)
+        return _coerce_one(base, value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+        raise ConfigError(
+            f"{label or name}: cannot read {value!r} as {base.__name__} ({err})"
+        ) from None
+
+
+def _coerce_one(base: type, value: Any) -> Any:
+    if base is bool:
+        return str2bool(value)
+    if base is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return base(value)
+
+
+def key_map(kinds: Iterable[type]) -> dict[str, str]:
+    """Every accepted key (field name and flag name) -> field name."""
+    out: dict[str, str] = {}
+    for kind in kinds:
+        for f in fields(kind):
+            out[f.name] = f.name
+            out[flag_name(f)] = f.name
+    return out
+
+
+def read_layer(data: Mapping[str, Any], kinds: Iterable[type], *, source: str) -> dict[str, Any]:
+    """Field name -> typed value for the keys of ``data`` (field or flag names of ``kinds``).
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong type; the message names ``source``.
+    """
+    kinds = list(kinds)
+    known = {
+        key: (kind, f.name)
+        for kind in kinds
+        for f in fields(kind)
+        for key in (f.name, flag_name(f))
+    }
+    unknown = sorted(k for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    out = {}
+    for key, value in data.items():
+        kind, name = known[key]
+        out[name] = coerce(kind, name, value, label=f"{source}: {key}")
+    return out
+
+
+def values_from_dict(kind: type, data: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """The fields of ``kind`` present in ``data`` (field or flag names), typed; other keys are
+    ignored."""
+    return read_layer(
+        {k: v for k, v in data.items() if k in key_map([kind])}, [kind], source=source
+    )
+
+
+class FlagConfig:
+    """Dict round trip and ``replace`` for a frozen dataclass declared with :func:`opt`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples as lists), ready for YAML or JSON."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)  # type: ignore[arg-type]
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config"):
+        """Build from field or flag names; unknown keys and unreadable values name ``source``."""
+        return cls(**read_layer(data, [cls], source=source))
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a folder; pass a YAML file such as configs/qqp.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    return data
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=2))
+
+
+def raise_first(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` with the message of the first failed ``(ok, message)``."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def choice_check(flag: str, value: Any, choices: Iterable[str]) -> tuple[bool, str]:
+    """An ``(ok, message)`` check that ``--flag value`` is one of ``choices``."""
+    choices = tuple(choices)
+    return value in choices, f"--{flag} {value!r} is unknown; choose one of {', '.join(choices)}"
+
+
+def choice_checks(config: Any) -> list[tuple[bool, str]]:
+    """:func:`choice_check` for every field of ``config`` declared with choices."""
+    return [
+        choice_check(flag_name(f), getattr(config, f.name), choices)
+        for f in fields(config)
+        if (choices := field_choices(f))
+    ]
