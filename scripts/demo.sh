@@ -4,7 +4,8 @@
 #   steps, one batched pass) -> evaluate (per-seed metrics, diversity, MBR).
 # Re-running resumes or reuses the finished run (--resume_checkpoint auto).
 #
-# Environment (optional): RUN (run folder, default diffusion_models/demo), PYTHON, and any extra
+# Environment (optional): RUN (run folder, default diffusion_models/demo), OMP_NUM_THREADS
+# (default: one per idle core), PYTHON, and any extra
 # run_train.py flags as arguments, e.g. `bash scripts/demo.sh --learning_steps 500`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,11 +15,13 @@ if ! "$PYTHON" -c "import torch, transformers, diffusers, nltk, torchmetrics, ya
     bash scripts/install.sh
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# Two intra-op threads: on a quiet 2-core machine 1.6x faster per step than one for this small
-# model (bench/data/train_demo.md: 0.069 vs 0.109 s/step). On a machine whose cores are shared
-# with other jobs, run with OMP_NUM_THREADS=1: oversubscribed cores made a 2-thread step 30x
-# slower there (4 s vs 0.13 s).
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# One torch thread per idle core (an explicit OMP_NUM_THREADS wins): on a quiet 2-core machine
+# two threads are 1.6x faster per step than one for this small model (bench/data/train_demo.md:
+# 0.069 vs 0.109 s/step), but on cores busy with other jobs a 2-thread step was 30x slower
+# (4 s vs 0.13 s), so never more threads than idle cores.
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
+set_threads demo.sh
 RUN="${RUN:-diffusion_models/demo}"
 STEPS=10
 SAMPLES=5

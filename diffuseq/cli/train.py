@@ -88,6 +88,12 @@ class RuntimeOptions:
         "never deleted",
     )
     progress: bool = opt(True, "show a progress bar on rank 0")
+    check_args: bool = opt(
+        False,
+        "only check the flags, the preset, the data folder and what --resume_checkpoint "
+        "continues, then exit (0: a run would start); scripts/train.sh does this once before "
+        "starting several processes",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    trainer = prepare(argv)
+    invocation = parse_invocation(argv)
+    if invocation.options.check_args:
+        return check(invocation)
+    trainer = prepare(invocation)
     try:
         step = trainer.fit()
         if trainer.is_main:
@@ -158,9 +167,22 @@ def parse_invocation(argv: Sequence[str] | None) -> Invocation:
     return dataclasses.replace(invocation, config=invocation.merged())
 
 
-def prepare(argv: Sequence[str] | None) -> Trainer:
+def check(invocation: Invocation) -> int:
+    """``--check_args``: everything that is checked before a run starts, in this process only
+    (no process group, nothing written): flags, preset, resume source, data files."""
+    choice = _device(invocation.options.device)
+    device = torch.device(choice or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config, resume = _resolve(invocation, device)
+    for split in ("train", "valid"):
+        split_file(config.data.data_dir, split)
+    what = f"continues {resume.path} (step {resume.step})" if resume.kind != "none" else "new run"
+    print(f"{PROG}: arguments OK ({what}; data {config.data.data_dir})")
+    return 0
+
+
+def prepare(argv: Sequence[str] | Invocation | None) -> Trainer:
     """Parse ``argv``, join the process group and build a ready-to-fit :class:`Trainer`."""
-    invocation = parse_invocation(argv)
+    invocation = argv if isinstance(argv, Invocation) else parse_invocation(argv)
     device = _device(invocation.options.device)
     info, device = dist.init(device=device)
     try:
