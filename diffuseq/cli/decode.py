@@ -33,14 +33,12 @@ from diffuseq.config import DecodeConfig, DecodeJob
 from diffuseq.decoding import (
     Decoder,
     decode_to_files,
-    output_file_name,
     read_input_file,
     samples_dir_name,
 )
 from diffuseq.errors import ConfigError
 from diffuseq.logger import get_logger, setup_logging
 from diffuseq.run_folder import open_run, resolve_model_dirs
-from diffuseq.safe_io import check_writable_folder
 
 PROG = program_name("run_decode.py", "diffuseq.cli.decode", "diffuseq-decode")
 
@@ -55,10 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> tuple[DecodeJob, DecodeConfig]:
     """The validated job and sampling configs of a command line."""
     args = build_parser().parse_args(argv)
-    return (
-        config_from_args(args, DecodeJob).validate(),
-        config_from_args(args, DecodeConfig).validate(),
-    )
+    config = config_from_args(args, DecodeConfig).validate()
+    return config_from_args(args, DecodeJob).validate(), config
 
 
 def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
@@ -74,8 +70,6 @@ def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
 
 def _main(argv: Sequence[str] | None) -> int:
     job, settings = parse_args(argv)
-    output_file_name(settings.seed, settings.clamp_step, job.note)  # rejects a bad --note now
-    check_writable_folder(job.out_dir, "--out_dir")
     targets = resolve_model_dirs(job.model_dir)
     runs = [(open_run(run_dir), ckpt) for run_dir, ckpt in targets]
     jobs = [

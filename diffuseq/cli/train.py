@@ -26,10 +26,10 @@ initialised on rank 0's stream (DDP broadcasts rank 0's weights).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +134,14 @@ def _main(argv: Sequence[str] | None) -> int:
 class Invocation:
     """A parsed command line: the run config, the runtime options and the layers it came from."""
 
-    config: RunConfig
     options: RuntimeOptions
     preset: Mapping[str, Any]
     flags: Mapping[str, Any]
+
+    @cached_property
+    def config(self) -> RunConfig:
+        """The validated run config: defaults < ``--config`` preset < flags."""
+        return self.merged()
 
     def merged(self, saved: tuple[Mapping[str, Any], str] | None = None) -> RunConfig:
         """Defaults < ``saved`` (a continued run's config) < ``--config`` preset < flags."""
@@ -151,7 +155,6 @@ def parse_invocation(argv: Sequence[str] | None) -> Invocation:
     args = build_parser().parse_args(argv)
     options = config_from_args(args, RuntimeOptions)
     invocation = Invocation(
-        config=RunConfig(),
         options=options,
         preset=read_yaml(options.config) if options.config else {},
         flags={k: v for kind in SECTIONS.values() for k, v in given_flags(args, kind).items()},
@@ -164,7 +167,8 @@ def parse_invocation(argv: Sequence[str] | None) -> Invocation:
         raise ConfigError(
             f"--max_minutes must be 0 (no budget) or positive, got {options.max_minutes}"
         )
-    return dataclasses.replace(invocation, config=invocation.merged())
+    _ = invocation.config  # merge and validate now, before any work
+    return invocation
 
 
 def check(invocation: Invocation) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from diffuseq.config.fields import FlagConfig, choice_checks, opt, raise_first
 from diffuseq.errors import ConfigError
+from diffuseq.safe_io import check_writable_folder, path_component
 
 __all__ = ["DTYPES", "DecodeConfig", "DecodeJob", "SAMPLER_VARIANTS", "sampler_choices"]
 
@@ -203,6 +204,11 @@ class DecodeJob(FlagConfig):
     )
 
     def validate(self) -> DecodeJob:
+        """Reject bad values before any work: a ``--note`` that cannot be part of a file name,
+        an ``--out_dir`` that cannot become a writable folder (nothing is created here)."""
+        if self.note:
+            path_component(self.note, "--note", purpose="the output file name")
+        check_writable_folder(self.out_dir, "--out_dir")
         raise_first(
             [
                 *choice_checks(self),
