@@ -11,6 +11,9 @@ learned from the training data, for runs without any hub asset.
 * ``hf:NAME_OR_PATH``, or an existing directory: any Hugging Face fast tokenizer. A directory
   holding only ``vocab.txt`` is read as an uncased BERT WordPiece vocabulary.
 * ``wordpiece``: learned from the training files' ``src`` and ``trg`` texts.
+* a BERT WordPiece ``vocab.txt`` file (it lists ``[PAD] [UNK] [CLS] [SEP] [MASK]`` and ``##``
+  pieces, e.g. bert-base-uncased's): a BERT tokenizer on that vocabulary, lower-casing unless
+  the vocabulary holds upper-case tokens (a cased BERT). This is how to use BERT offline.
 * anything else: a word-level vocab file in the original's format.
 
 Nothing is ever downloaded: hub names are looked up with ``local_files_only=True`` and a name
@@ -222,8 +225,46 @@ def load_hf_tokenizer(name_or_path: str, *, flag: str = "--vocab") -> HFTokenize
     return HFTokenizer(tok, source=name_or_path)
 
 
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def is_bert_vocab_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a BERT WordPiece vocabulary: one token per line, all of
+    :data:`BERT_SPECIAL_TOKENS` and at least one ``##`` continuation piece."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tokens = {line.rstrip("\n") for line in handle}
+    except (OSError, UnicodeDecodeError):
+        return False  # the word-level loader reports the file's problem
+    return set(BERT_SPECIAL_TOKENS) <= tokens and any(t.startswith("##") for t in tokens)
+
+
+def load_bert_vocab_file(path: str | os.PathLike) -> HFTokenizer:
+    """A BERT fast tokenizer on the WordPiece vocabulary file ``path`` (no download).
+
+    transformers 5.x ignores ``BertTokenizerFast(vocab_file=...)``, so the file is copied as
+    ``vocab.txt`` into a temporary folder that ``from_pretrained`` reads. Lower-cases (uncased
+    BERT) unless a non-special token holds an upper-case letter (cased BERT vocabularies do).
+    """
+    import shutil
+    import tempfile
+
+    from transformers import BertTokenizerFast
+
+    with open(path, encoding="utf-8") as handle:
+        tokens = [line.rstrip("\n") for line in handle]
+    cased = any(t not in BERT_SPECIAL_TOKENS and t != t.lower() for t in tokens)
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copyfile(path, Path(folder) / "vocab.txt")
+        tok = BertTokenizerFast.from_pretrained(
+            folder, local_files_only=True, do_lower_case=not cased
+        )
+    return HFTokenizer(tok, source=str(path))
+
+
 def _vocab_kind(vocab: str, config_name: str) -> tuple[str, str]:
-    """``--vocab`` value → (kind, argument); kinds: ``hf``, ``wordpiece``, ``vocab_file``."""
+    """``--vocab`` value → (kind, argument); kinds: ``hf``, ``wordpiece``, ``bert_vocab_file``,
+    ``vocab_file``."""
     if vocab == "bert":
         return "hf", config_name
     if vocab == "wordpiece":
@@ -232,6 +273,8 @@ def _vocab_kind(vocab: str, config_name: str) -> tuple[str, str]:
         return "hf", vocab[3:]
     if Path(vocab).expanduser().is_dir():
         return "hf", vocab
+    if Path(vocab).expanduser().is_file() and is_bert_vocab_file(Path(vocab).expanduser()):
+        return "bert_vocab_file", str(Path(vocab).expanduser())
     return "vocab_file", vocab
 
 
@@ -256,6 +299,8 @@ def load_tokenizer(
     if kind == "hf":
         flag = "--config_name" if vocab == "bert" else "--vocab"
         return load_hf_tokenizer(arg, flag=flag)
+    if kind == "bert_vocab_file":
+        return load_bert_vocab_file(arg)
     if kind == "wordpiece":
         if not train_files:
             raise ConfigError(

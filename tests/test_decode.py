@@ -232,6 +232,26 @@ def test_adhoc_inputs(run_dir, tmp_path):
     assert [r["reference"] for r in lines] == ["[START] [END]", "[START] a cat [END]"]
 
 
+def test_text_prints_sources_and_candidates(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _decode(run_dir, out, "--text", "where is the dog ?", "--text", "how big",
+                   "--num_samples", "2", "--seed", "5") == 0  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    folder = _folder(out, "ema_0.9999_000010.pt.samples-text")
+    seed5, seed6 = _lines(folder / "seed5_step0.json"), _lines(folder / "seed6_step0.json")
+    assert printed == [
+        line
+        for a, b in zip(seed5, seed6)
+        for line in (
+            f"source: {a['source']}",
+            f"  seed5: {a['recover']}",
+            f"  seed6: {b['recover']}",
+        )
+    ]
+    assert printed[0] == "source: [START] where is the dog ? [END] [END]"
+
+
 # ------------------------------------------------------------------------------ reproducibility
 
 

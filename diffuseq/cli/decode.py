@@ -20,6 +20,7 @@ checks the files against. Only the newest matching checkpoint is decoded
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +69,20 @@ def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
     return read_pairs(run.split_path(job.split)), "" if job.split == "test" else job.split
 
 
+def print_candidates(paths: Sequence[Path]) -> None:
+    """Print each source and its candidates (one per seed file) on stdout (``--text``)."""
+    import json
+
+    files = [
+        [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()] for p in paths
+    ]
+    for i, first in enumerate(files[0]):
+        print(f"source: {first['source']}")
+        for path, records in zip(paths, files):
+            print(f"  {path.stem.split('_')[0]}: {records[i]['recover']}")
+    sys.stdout.flush()
+
+
 def _main(argv: Sequence[str] | None) -> int:
     job, settings = parse_args(argv)
     targets = resolve_model_dirs(job.model_dir)
@@ -106,7 +121,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 / run.name
                 / samples_dir_name(checkpoint.name, resolved, input_label=label)
             )
-            decode_to_files(
+            paths = decode_to_files(
                 decoder,
                 decoder.encode(pairs),
                 resolved,
@@ -116,6 +131,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 clean=job.cut_at_sep,
                 info={"checkpoint": str(checkpoint)},
             )
+            if job.text and info.is_main:
+                print_candidates(paths)
     dist.cleanup()
     return 0
 

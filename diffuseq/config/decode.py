@@ -176,7 +176,8 @@ class DecodeJob(FlagConfig):
     )
     text: tuple[str, ...] = opt(
         (),
-        "decode this source text instead of --split (repeatable)",
+        "decode this source text instead of --split (repeatable); the candidates are also "
+        "printed on stdout",
         metavar="SOURCE",
         group="inputs",
     )
