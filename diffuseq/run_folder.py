@@ -1,4 +1,4 @@
-"""Read a training run folder, ours or the original's, for decoding.
+"""Create a training run folder; read one, ours or the original's, for decoding.
 
 A run folder written by our trainer holds ``config.yaml`` (and ``training_args.json``); one
 written by the original holds only ``training_args.json`` (docs/original.md §2.3, golden G9). Both hold
@@ -20,14 +20,23 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from diffuseq.config import RunConfig
+from diffuseq.config import RunConfig, write_json
 from diffuseq.errors import CheckpointError, ConfigError, DataError
 
-__all__ = ["RunFolder", "open_run", "resolve_model_dirs", "resolve_run_path"]
+__all__ = [
+    "RunFolder",
+    "create_run_folder",
+    "open_run",
+    "refuse_existing_states",
+    "resolve_model_dirs",
+    "resolve_run_path",
+]
 
 CONFIG_YAML = "config.yaml"
 TRAINING_ARGS = "training_args.json"
@@ -185,3 +194,68 @@ def resolve_model_dirs(pattern: str) -> list[tuple[Path, Path | None]]:
             f"--model_dir {pattern!r} matches no run folder or .pt file: {', '.join(matches)}"
         )
     return out
+
+
+# ---------------------------------------------------------------------------------- creating
+
+
+def create_run_folder(
+    run_dir: Path,
+    config: RunConfig,
+    training_args: Mapping[str, Any],
+    tokenizer,
+    *,
+    resume,
+    device: str,
+):
+    """Lock the run folder (before anything is written in it), check again under the lock that
+    a new run finds no training states, then write the tokenizer, the config files and this
+    launch's environment (:mod:`diffuseq.environment`). Call on rank 0.
+
+    Args:
+        tokenizer: the run's :class:`~diffuseq.tokenizer.TextTokenizer`.
+        resume: the :class:`~diffuseq.checkpoint.ResumeSource` (``"state"``: the run continues).
+        device: the training device, recorded in ``environment.json``.
+
+    Returns:
+        The held :class:`~diffuseq.safe_io.FolderLock`.
+    """
+    from diffuseq import dist
+    from diffuseq.environment import record_environment
+    from diffuseq.logger import get_logger
+    from diffuseq.safe_io import FolderLock, remove_stale_temp_files
+
+    lock = FolderLock(
+        run_dir,
+        what="training run",
+        hint="choose another --checkpoint_path (one folder holds one run)",
+    )
+    try:
+        if resume.kind != "state":
+            refuse_existing_states(run_dir, config.train.resume_checkpoint)
+        for path in remove_stale_temp_files(run_dir):
+            get_logger("train").info("removed %s, left by a writer that was killed", path.name)
+        tokenizer.save(run_dir)
+        config.save_yaml(run_dir / CONFIG_YAML)
+        write_json(run_dir / TRAINING_ARGS, dict(training_args))
+        record_environment(
+            run_dir, start_step=resume.step, world_size=dist.world_size(), device=device
+        )
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
+    """ConfigError if a new run's folder already holds training states."""
+    from diffuseq.checkpoint import list_state_files
+
+    if list_state_files(run_dir):
+        raise ConfigError(
+            f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
+            "them or choose another --checkpoint_path"
+            if resume_checkpoint == "auto"
+            else f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint "
+            "auto to continue that run, or choose another --checkpoint_path"
+        )

@@ -14,6 +14,7 @@ flag names, meanings and defaults; flags override a ``--config`` YAML preset. Th
 (``diffusion_models/<name>`` of the current directory unless ``--checkpoint_path``) is named by
 rank 0 and broadcast (the original named it on every rank, a race). It receives
 ``training_args.json`` (the original's keys), ``config.yaml``, the tokenizer, ``log.txt``,
+``environment.json`` (library versions, git commit and devices of every launch),
 ``metrics.jsonl``, ``ema_{rate}_{step:06d}.pt`` files in the original format and full training
 states ``state_{step:06d}.pt`` with a ``latest.json`` pointer.
 
@@ -39,7 +40,6 @@ from diffuseq import dist
 from diffuseq.checkpoint import (
     ResumeSource,
     ema_file_name,
-    list_state_files,
     load_state_file,
     resolve_resume,
     seed_everything,
@@ -47,7 +47,7 @@ from diffuseq.checkpoint import (
 from diffuseq.cli.common import on_rank0_or_raise, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args, given_flags
-from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml, run_folder_name, write_json
+from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml, run_folder_name
 from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.factory import (
@@ -57,7 +57,8 @@ from diffuseq.factory import (
     check_sequence_length,
 )
 from diffuseq.logger import MetricsWriter, get_logger, open_wandb, require_wandb, setup_logging
-from diffuseq.safe_io import FolderLock, contained, remove_stale_temp_files
+from diffuseq.run_folder import create_run_folder, refuse_existing_states
+from diffuseq.safe_io import contained
 from diffuseq.tokenizer import TextTokenizer, load_tokenizer, load_tokenizer_from_run
 from diffuseq.trainer import Trainer, autocast_dtype
 
@@ -213,8 +214,8 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     config = config.replace("model", vocab_size=tokenizer.vocab_size)
     training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
     run_lock = on_rank0_or_raise(
-        lambda: _create_run_folder(
-            run_dir, config, training_args, tokenizer, fresh=resume.kind != "state"
+        lambda: create_run_folder(
+            run_dir, config, training_args, tokenizer, resume=resume, device=str(device)
         )
     )
     setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
@@ -327,46 +328,6 @@ def _load_data(
     return tokenizer, train_batches, valid_batches
 
 
-def _create_run_folder(
-    run_dir: Path,
-    config: RunConfig,
-    training_args: Mapping[str, Any],
-    tokenizer: TextTokenizer,
-    *,
-    fresh: bool,
-) -> FolderLock:
-    """Lock the run folder (before anything is written in it), check again under the lock that
-    a new run finds no training states, then write the tokenizer and the config files."""
-    lock = FolderLock(
-        run_dir,
-        what="training run",
-        hint="choose another --checkpoint_path (one folder holds one run)",
-    )
-    try:
-        if fresh:
-            _refuse_existing_states(run_dir, config.train.resume_checkpoint)
-        for path in remove_stale_temp_files(run_dir):
-            get_logger("train").info("removed %s, left by a writer that was killed", path.name)
-        tokenizer.save(run_dir)
-        config.save_yaml(run_dir / "config.yaml")
-        write_json(run_dir / "training_args.json", dict(training_args))
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-def _refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
-    if list_state_files(run_dir):
-        raise ConfigError(
-            f"{run_dir} already holds training states (state_*.pt), but none is complete; remove "
-            "them or choose another --checkpoint_path"
-            if resume_checkpoint == "auto"
-            else f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint "
-            "auto to continue that run, or choose another --checkpoint_path"
-        )
-
-
 # Values that must not change when a run continues from its training state.
 _FIXED_DATA = ("seq_len", "vocab")
 
@@ -419,7 +380,7 @@ def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
         proposal = (folder, tr.notes + stamp if tr.notes else tr.notes)
     folder, notes = dist.broadcast_object(proposal)
     run_dir = Path(folder)
-    _refuse_existing_states(run_dir, tr.resume_checkpoint)  # early; again under the lock
+    refuse_existing_states(run_dir, tr.resume_checkpoint)  # early; again under the lock
     return run_dir, notes
 
 
