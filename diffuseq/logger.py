@@ -10,7 +10,9 @@ Replaces the original's copied OpenAI-baselines logger (`diffuseq/utils/logger.p
   each key is averaged over the values added since the last dump. Values stay on the device
   (running sums of tensors); the only host synchronisation is one transfer per dump.
   Each dump becomes one JSON object in ``metrics.jsonl`` (instead of ``progress.csv``), a line
-  on the console and, when asked, a ``wandb.log`` call.
+  on the console and one ``log(record, step=...)`` call on each tracker: a wandb run
+  (``--wandb``) and/or :class:`TensorBoardTracker` (``--tensorboard``: the same keys as
+  TensorBoard scalars in ``<run>/tensorboard/``), opened by :func:`open_trackers`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +92,8 @@ class MetricsWriter:
     Args (keyword-only):
         path: ``metrics.jsonl`` to append one JSON object per dump to (``None``: no file).
         enabled: ``False`` (ranks other than 0) makes every method a no-op.
-        wandb_run: an object with ``log(dict, step=...)`` (a wandb run), or ``None``.
+        trackers: objects with ``log(dict, step=...)`` and optionally ``finish()`` (a wandb
+            run, a :class:`TensorBoardTracker`), each given every dumped record.
         console: also log a short line of the main keys on each dump.
     """
 
@@ -99,12 +102,12 @@ class MetricsWriter:
         *,
         path: str | Path | None,
         enabled: bool = True,
-        wandb_run: Any = None,
+        trackers: Sequence[Any] = (),
         console: bool = True,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.enabled = enabled
-        self.wandb_run = wandb_run
+        self.trackers = list(trackers)
         self.console = console
         # keys -> [sums [K], counts [K]]; tensors stay on their device until dump().
         self._groups: dict[tuple[str, ...], list[Any]] = {}
@@ -147,6 +150,13 @@ class MetricsWriter:
         slot[0] = slot[0] + sums
         slot[1] = _add_counts(slot[1], counts)
 
+    def close(self) -> None:
+        """Finish every tracker (flush TensorBoard's files, end the wandb run); idempotent."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            if hasattr(tracker, "finish"):
+                tracker.finish()
+
     def pending(self) -> bool:
         return bool(self._groups or self._last)
 
@@ -173,9 +183,9 @@ class MetricsWriter:
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        if self.wandb_run is not None:
-            step = record.get("step")
-            self.wandb_run.log(dict(record), step=int(step) if step is not None else None)
+        step = record.get("step")
+        for tracker in self.trackers:
+            tracker.log(dict(record), step=int(step) if step is not None else None)
         if self.console:
             shown = [f"{k} {_fmt(record[k])}" for k in CONSOLE_KEYS if k in record]
             get_logger().info(" | ".join(shown))
@@ -250,3 +260,79 @@ def open_wandb(*, run_name: str, run_dir: str | Path, config: Mapping[str, Any])
         dir=str(run_dir),
         config=dict(config),
     )
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def require_tensorboard() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter`` (imported lazily, only when asked for).
+
+    Raises:
+        ConfigError: the tensorboard package is not installed.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "--tensorboard needs the tensorboard package, which is not installed; run "
+            "`pip install .[tensorboard]` (or `pip install tensorboard`) or leave out "
+            "--tensorboard (metrics are always written to metrics.jsonl)"
+        ) from None
+    return SummaryWriter
+
+
+class TensorBoardTracker:
+    """Each dumped record as TensorBoard scalars: one tag per key (``loss``, ``mse_q0``,
+    ``eval_loss``, ``samples``, ...; not ``step``) at the record's ``step``.
+
+    Args:
+        log_dir: the event files' folder (``<run>/tensorboard``).
+        purge_step: a resumed run's first step: events at and after it, left by the launch
+            that was interrupted, are hidden (TensorBoard's ``purge_step``).
+    """
+
+    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None) -> None:
+        self.writer = require_tensorboard()(log_dir=str(log_dir), purge_step=purge_step)
+
+    def log(self, record: Mapping[str, float], step: int | None = None) -> None:
+        for key, value in record.items():
+            if key != "step":
+                self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()  # once per dump: readable while training runs
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
+def require_trackers(*, wandb: bool, tensorboard: bool) -> None:
+    """Check that the packages of the requested trackers are installed (call on every rank, so
+    that no rank waits for one that failed). Raises ConfigError naming the package."""
+    if wandb:
+        require_wandb()
+    if tensorboard:
+        require_tensorboard()
+
+
+def open_trackers(
+    *,
+    wandb: bool,
+    tensorboard: bool,
+    run_name: str,
+    run_dir: str | Path,
+    config: Mapping[str, Any],
+    resume_step: int | None = None,
+) -> list[Any]:
+    """The trackers of a training run (call on rank 0 only): a wandb run (``wandb``) and a
+    :class:`TensorBoardTracker` writing to ``run_dir/tensorboard`` (``tensorboard``).
+
+    Args:
+        config: logged as the wandb run's config.
+        resume_step: the step a continued run starts from (``None``: a new run).
+    """
+    trackers: list[Any] = []
+    if wandb:
+        trackers.append(open_wandb(run_name=run_name, run_dir=run_dir, config=config))
+    if tensorboard:
+        trackers.append(TensorBoardTracker(Path(run_dir) / TENSORBOARD_DIR, purge_step=resume_step))
+    return trackers

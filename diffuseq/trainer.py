@@ -140,8 +140,7 @@ class Trainer:
         self.device = torch.device(device)
         self.writer = writer
         self.run_info = dict(run_info or {})
-        self.max_minutes = max_minutes
-        self.keep_states = keep_states
+        self.max_minutes, self.keep_states = max_minutes, keep_states
         self.progress = progress
         self.log = get_logger("trainer")
 
@@ -179,7 +178,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ loop
     def close(self) -> None:
-        """Release the run folder's lock (if this trainer holds it)."""
+        """Finish the metrics trackers; release the run folder's lock (if this trainer holds it)."""
+        self.writer.close()
         if self.run_lock is not None:
             self.run_lock.release()
 

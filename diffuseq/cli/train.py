@@ -56,7 +56,13 @@ from diffuseq.factory import (
     build_timestep_distribution,
     check_sequence_length,
 )
-from diffuseq.logger import MetricsWriter, get_logger, open_wandb, require_wandb, setup_logging
+from diffuseq.logger import (
+    MetricsWriter,
+    get_logger,
+    open_trackers,
+    require_trackers,
+    setup_logging,
+)
 from diffuseq.run_folder import create_run_folder, refuse_existing_states
 from diffuseq.safe_io import contained
 from diffuseq.tokenizer import TextTokenizer, load_tokenizer, load_tokenizer_from_run
@@ -219,11 +225,14 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
         )
     )
     setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
-    wandb_run = on_rank0_or_raise(
-        lambda: (
-            open_wandb(run_name=str(run_dir), run_dir=run_dir, config=training_args)
-            if tr.log_wandb
-            else None
+    trackers = on_rank0_or_raise(
+        lambda: open_trackers(
+            wandb=tr.log_wandb,
+            tensorboard=tr.tensorboard,
+            run_name=str(run_dir),
+            run_dir=run_dir,
+            config=training_args,
+            resume_step=resume.step if resume.kind == "state" else None,
         )
     )
     log = get_logger("train")
@@ -235,7 +244,7 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     writer = MetricsWriter(
         path=run_dir / "metrics.jsonl" if rank == 0 else None,
         enabled=rank == 0,
-        wandb_run=wandb_run,
+        trackers=trackers or (),
     )
     options = invocation.options
     trainer = Trainer(
@@ -264,8 +273,7 @@ def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, R
     config = invocation.config
     autocast_dtype(config.train, device)  # fp16 on CPU: fail before any work
     check_sequence_length(config.model, config.data.seq_len)
-    if config.train.log_wandb:
-        require_wandb()  # on every rank, so that no rank waits for one that failed
+    require_trackers(wandb=config.train.log_wandb, tensorboard=config.train.tensorboard)
     resume = resolve_resume(
         config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path
     )

@@ -143,6 +143,11 @@ class TrainConfig:
     )
     notes: str = opt("-", "free text appended to the run folder name with a timestamp")
     log_wandb: bool = opt(False, "also log to Weights & Biases (never required)", flag="wandb")
+    tensorboard: bool = opt(
+        False,
+        "also write the metrics as TensorBoard events in RUN/tensorboard/ (needs the "
+        "tensorboard package: pip install .[tensorboard])",
+    )
     ema_tied_quirk: bool = opt(
         False,
         "reproduce the original's EMA file, whose lm_head.weight holds the raw (non-EMA) tied weight",
