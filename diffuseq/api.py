@@ -26,6 +26,7 @@ import torch
 from diffuseq.config import DTYPES, DecodeConfig, sampler_choices
 from diffuseq.decoding import Decoder, cut_at_sep
 from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.logger import get_logger
 from diffuseq.run_folder import open_run
 
 __all__ = ["TextGenerator", "load"]
@@ -77,6 +78,7 @@ class TextGenerator:
         config = (config or DecodeConfig(dtype=self.dtype)).replace(**overrides)
         _check_values(config)
         inputs = self.decoder.encode(list(zip(sources, references)))
+        inputs.unknown.report(get_logger("api"), "sources")
         return self.decoder.generate(inputs, config, progress=progress)
 
     def generate(

@@ -41,7 +41,7 @@ from diffuseq.errors import ConfigError, DataError
 from diffuseq.jsonl import iter_records
 
 if TYPE_CHECKING:
-    from diffuseq.tokenizer import TextTokenizer
+    from diffuseq.tokenizer_base import TextTokenizer, UnknownTokens
 
 SPLITS = ("train", "valid", "test")
 FIELDS = ("src", "trg")
@@ -82,9 +82,8 @@ def split_file(data_dir: str | os.PathLike, split: str) -> Path:
 
 
 def iter_pairs(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
-    """Yield ``(src, trg)`` from a jsonl file, each ``.strip()``ped, validating every line.
-
-    Other fields of a line are ignored.
+    """Yield ``(src, trg)`` from a jsonl file, each ``.strip()``ped, validating every line
+    (other fields of a line are ignored).
 
     Raises:
         DataError: see :func:`diffuseq.jsonl.iter_records` (1-based line numbers).
@@ -254,10 +253,12 @@ def build_dataset(
     *,
     seq_len: int,
     batch_tokenize: int = 10000,
+    unknown: UnknownTokens | None = None,
 ) -> Seq2SeqDataset:
     """Read, tokenise and merge a jsonl file chunk by chunk into a :class:`Seq2SeqDataset`.
 
-    Only one chunk of ``batch_tokenize`` pairs is held as Python objects at a time.
+    Only one chunk of ``batch_tokenize`` pairs is held as Python objects at a time. ``unknown``
+    (if given) counts the sources' and targets' tokens that became the unknown token.
     """
     check_seq_len(seq_len)
     if batch_tokenize < 1:
@@ -270,6 +271,8 @@ def build_dataset(
     while chunk := list(itertools.islice(pairs, batch_tokenize)):
         sources = tokenizer.encode([src for src, _ in chunk])
         targets = tokenizer.encode([trg for _, trg in chunk])
+        if unknown is not None:
+            unknown.add(itertools.chain(sources, targets))
         merged = [
             merge_example(x, y, seq_len=seq_len, sep_token_id=sep) for x, y in zip(sources, targets)
         ]
@@ -352,22 +355,10 @@ def make_loader(
     Yields (when iterated):
         ``{"input_ids": int64 [B, L], "input_mask": int64 [B, L]}``.
     """
-    sampler = ShardedBatchSampler(
-        dataset,
-        batch_size=batch_size,
-        num_replicas=world_size,
-        rank=rank,
-        shuffle=shuffle,
-        seed=seed,
-        drop_last=drop_last,
-    )
-    return DataLoader(
-        dataset,
-        batch_size=None,
-        sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
+    kwargs = dict(num_replicas=world_size, rank=rank, shuffle=shuffle, drop_last=drop_last)
+    sampler = ShardedBatchSampler(dataset, batch_size=batch_size, seed=seed, **kwargs)
+    workers = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    return DataLoader(dataset, batch_size=None, sampler=sampler, **workers)
 
 
 class InfiniteBatches:

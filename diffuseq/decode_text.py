@@ -7,13 +7,14 @@ The original's text steps of `sample_seq2seq.py` (docs/original.md §5.13) and i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from diffuseq.data import merge_and_mask
 from diffuseq.jsonl import iter_records
+from diffuseq.tokenizer_base import UnknownTokens
 
 __all__ = ["EncodedInputs", "cut_at_sep", "read_input_file", "texts_from_tokens"]
 
@@ -71,10 +72,13 @@ def read_input_file(path: str | Path) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class EncodedInputs:
-    """Merged examples (docs/original.md §3.3): ``input_ids``/``input_mask`` int64 ``[N, L]``."""
+    """Merged examples (docs/original.md §3.3): ``input_ids``/``input_mask`` int64 ``[N, L]``;
+    ``unknown`` counts the sources' tokens that became the unknown token (report it with
+    ``inputs.unknown.report(log, "decode inputs")``)."""
 
     input_ids: torch.Tensor
     input_mask: torch.Tensor
+    unknown: UnknownTokens | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -85,6 +89,8 @@ class EncodedInputs:
     ) -> EncodedInputs:
         sources = tokenizer.encode([s for s, _ in pairs])
         targets = tokenizer.encode([t for _, t in pairs])
+        unknown = UnknownTokens(tokenizer)
+        unknown.add(sources)
         merged = [
             merge_and_mask(
                 x,
@@ -98,4 +104,5 @@ class EncodedInputs:
         return cls(
             torch.tensor([ids for ids, _ in merged], dtype=torch.long),
             torch.tensor([mask for _, mask in merged], dtype=torch.long),
+            unknown,
         )

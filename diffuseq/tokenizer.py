@@ -39,13 +39,14 @@ from typing import Any
 
 from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError
 from diffuseq.jsonl import iter_records
-from diffuseq.tokenizer_base import TextTokenizer
+from diffuseq.tokenizer_base import TextTokenizer, UnknownTokens
 from diffuseq.word_vocab import VOCAB_JSON, VocabFileTokenizer
 from diffuseq.wordpiece import build_wordpiece_backend
 
 __all__ = [
     "HFTokenizer",
     "TextTokenizer",
+    "UnknownTokens",
     "VOCAB_JSON",
     "VocabFileTokenizer",
     "load_hf_tokenizer",
@@ -101,6 +102,14 @@ class HFTokenizer(TextTokenizer):
     @property
     def sep_token_id(self) -> int:
         return int(self._tok.sep_token_id)
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return None if self._tok.unk_token_id is None else int(self._tok.unk_token_id)
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(int(i) for i in self._tok.all_special_ids)
 
     @property
     def special_tokens(self) -> dict[str, str]:

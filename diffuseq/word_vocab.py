@@ -122,6 +122,14 @@ class VocabFileTokenizer(TextTokenizer):
         return self.END_ID
 
     @property
+    def unk_token_id(self) -> int:
+        return self.UNK_ID
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset({self.START_ID, self.END_ID, self.PAD_ID})
+
+    @property
     def special_tokens(self) -> dict[str, str]:
         return {"sos": "[START]", "eos": "[END]", "sep": "[END]", "pad": "[PAD]"}
 

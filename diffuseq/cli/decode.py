@@ -121,9 +121,12 @@ def _main(argv: Sequence[str] | None) -> int:
                 / run.name
                 / samples_dir_name(checkpoint.name, resolved, input_label=label)
             )
+            inputs = decoder.encode(pairs)
+            if info.is_main:
+                inputs.unknown.report(log, "decode inputs")
             paths = decode_to_files(
                 decoder,
-                decoder.encode(pairs),
+                inputs,
                 resolved,
                 out_folder=folder,
                 note=job.note,

@@ -65,7 +65,7 @@ from diffuseq.logger import (
 )
 from diffuseq.run_folder import create_run_folder, refuse_existing_states
 from diffuseq.safe_io import contained
-from diffuseq.tokenizer import TextTokenizer, load_tokenizer, load_tokenizer_from_run
+from diffuseq.tokenizer import TextTokenizer, UnknownTokens, load_tokenizer, load_tokenizer_from_run
 from diffuseq.trainer import Trainer, autocast_dtype
 
 PROG = program_name("run_train.py", "diffuseq.cli.train", "diffuseq-train")
@@ -285,11 +285,8 @@ def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, R
 def _load_data(
     config: RunConfig, resume: ResumeSource, run_dir: Path, rank: int
 ) -> tuple[TextTokenizer, InfiniteBatches, InfiniteBatches | None]:
-    """The tokenizer (the run's own when continuing it) and the batch iterators.
-
-    Every rank reads both splits (so a bad file fails everywhere); validation batches are drawn
-    on rank 0 only, from the whole valid split.
-    """
+    """The tokenizer (the run's own when continuing it) and the batch iterators; every rank
+    reads both splits (a bad file fails everywhere), validation batches are drawn on rank 0."""
     da, tr = config.data, config.train
     train_path, valid_path = split_file(da.data_dir, "train"), split_file(da.data_dir, "valid")
     if resume.kind == "state":
@@ -297,8 +294,7 @@ def _load_data(
         if tokenizer.vocab_size != config.model.vocab_size:
             raise CheckpointError(
                 f"{resume.path}: trained with a vocabulary of {config.model.vocab_size} tokens, "
-                "but "
-                f"the tokenizer now has {tokenizer.vocab_size}"
+                f"but the tokenizer now has {tokenizer.vocab_size}"
             )
     else:
         tokenizer = load_tokenizer(
@@ -308,8 +304,11 @@ def _load_data(
             wordpiece_vocab_size=da.wordpiece_vocab_size,
         )
     get_logger("train").info("### Creating data loader... (vocab size %d)", tokenizer.vocab_size)
-    train_set = build_dataset(train_path, tokenizer, seq_len=da.seq_len)
+    unknown = UnknownTokens(tokenizer)
+    train_set = build_dataset(train_path, tokenizer, seq_len=da.seq_len, unknown=unknown)
     valid_set = build_dataset(valid_path, tokenizer, seq_len=da.seq_len)
+    if rank == 0:
+        unknown.report(get_logger("train"), f"training data {train_path}")
     train_batches = infinite_batches(
         make_loader(
             train_set,
