@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from diffuseq import dist
 from diffuseq.config.decode import DTYPES, DecodeConfig
@@ -34,6 +33,7 @@ from diffuseq.decode_manifest import write_outputs
 from diffuseq.decode_text import EncodedInputs, cut_at_sep, read_input_file, texts_from_tokens
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.logger import get_logger
+from diffuseq.progress import progress as progress_display
 from diffuseq.safe_io import contained, path_component
 from diffuseq.sampling import run_sampler
 from diffuseq.sampling.noise import NoiseSource
@@ -196,7 +196,7 @@ class Decoder:
         """``(example index, candidate k, recover)`` for each row, in batches of ``batch_size``."""
         out: list[tuple[int, int, str]] = []
         batches = range(0, len(rows), config.batch_size)
-        for start in tqdm(batches, desc="batches", disable=not progress, dynamic_ncols=True):
+        for start in progress_display(batches, desc="batches", enabled=progress):
             batch = rows[start : start + config.batch_size]
             index = torch.tensor([i for i, _ in batch], dtype=torch.long)
             ids, mask = inputs.input_ids[index], inputs.input_mask[index]

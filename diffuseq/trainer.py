@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from diffuseq import dist
 from diffuseq.checkpoint import (
@@ -59,6 +58,7 @@ from diffuseq.diffusion.timestep_sampling import LossAwareTimesteps, TimestepDis
 from diffuseq.errors import ConfigError
 from diffuseq.logger import MetricsWriter, get_logger
 from diffuseq.nn_utils import grad_norm, update_ema
+from diffuseq.progress import progress
 
 LOSS_KEYS = ("loss", "mse", "nll")
 
@@ -101,7 +101,7 @@ class Trainer:
         run_info: plain data embedded in every state file (the run's config, training args).
         max_minutes: wall-clock budget; when spent, save and stop (``None``: no budget).
         keep_states: full training states to keep (``<= 0``: all); EMA files are never deleted.
-        progress: show a tqdm bar (rank 0 only).
+        progress: show progress on rank 0 (a bar on a terminal, plain lines in a file).
         loss_fn: ``loss_fn(diffusion, model, input_ids, input_mask, t, *, text_model)`` ->
             dict of ``[B]`` loss terms with ``"loss"`` (default
             :func:`diffuseq.diffusion.losses.training_losses`).
@@ -175,6 +175,7 @@ class Trainer:
         self.step = 0  # optimizer updates done
         self.last_saved_step = -1
         self.stopped_early = False
+        self._latest_loss: torch.Tensor | None = None  # of the last micro-batch, for the bar
 
     # ------------------------------------------------------------------------------ loop
     def close(self) -> None:
@@ -190,29 +191,30 @@ class Trainer:
         stop = cfg.learning_steps if until is None else min(until, cfg.learning_steps)
         self.model.train()
         deadline = time.monotonic() + 60.0 * self.max_minutes if self.max_minutes else None
-        bar = tqdm(
+        bar = progress(
+            desc="training",
             total=cfg.learning_steps,
             initial=self.step,
-            disable=not (self.progress and self.is_main),
-            desc="training",
-            dynamic_ncols=True,
+            enabled=self.progress and self.is_main,
         )
         with bar:
             while self.step < stop:
                 index = self.step  # 0-based index of this update, as the original counts
                 self.run_step(self._next_batch(self.train_batches))
                 if index % cfg.log_interval == 0:
-                    self._dump(bar)
+                    self.writer.dump()
                 if self.valid_batches is not None and index % cfg.eval_interval == 0:
                     self.evaluate(self._next_batch(self.valid_batches))
                     self.writer.log_value("step", index)
-                    self._dump(bar)
-                bar.update(1)
+                    self.writer.dump()
+                bar.update(1, loss=self._latest_loss)  # read only when shown
                 if self.step % cfg.save_interval == 0:
                     self.save()
                 if deadline is not None and self._out_of_time(deadline):
                     self.stopped_early = self.step < cfg.learning_steps
                     break
+        if self.writer.pending():
+            self.writer.dump()  # the last, partial log interval
         if self.step != self.last_saved_step:
             self.save()
         if self.stopped_early:
@@ -252,6 +254,7 @@ class Trainer:
                 if isinstance(self.sampler, LossAwareTimesteps):
                     self.sampler.update_with_local_losses(t, losses["loss"].detach().float())
                 loss = (losses["loss"].float() * weights).mean()
+                self._latest_loss = loss.detach()
                 self._log_losses("", t, losses, weights)
                 self.scaler.scale(loss).backward()
 
@@ -327,11 +330,6 @@ class Trainer:
             sums[:-1].reshape(-1),
             sums[-1].repeat(len(keys)),
         )
-
-    def _dump(self, bar: tqdm) -> None:
-        record = self.writer.dump()
-        if "loss" in record:
-            bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
 
     def _out_of_time(self, deadline: float) -> bool:
         """Rank 0 decides (clocks differ between ranks) and tells the others."""

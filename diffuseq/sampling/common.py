@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
+from diffuseq.progress import progress as progress_display
 
 __all__ = [
     "Callback",
@@ -28,8 +28,9 @@ Callback = Callable[[dict[str, Any]], None]
 
 
 def progress_steps(timesteps: list, progress: bool, desc: str):
-    """``timesteps`` wrapped in a tqdm bar when ``progress`` (callers pass ``rank == 0``)."""
-    return tqdm(timesteps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    """``timesteps`` with a transient bar on a terminal when ``progress`` (callers pass
+    ``rank == 0``); nothing in a file (:func:`diffuseq.progress.progress`, ``nested``)."""
+    return progress_display(timesteps, desc=desc, enabled=progress, nested=True)
 
 
 def anchor_source(x: torch.Tensor, input_mask: torch.Tensor, x_start: torch.Tensor) -> torch.Tensor:
