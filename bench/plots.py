@@ -7,6 +7,9 @@ Inputs (each optional; a missing one is skipped with a note):
                                                            -> bench/decode_bleu_vs_steps.png
   --metrics bench/data/demo_metrics.jsonl (a demo run's metrics.jsonl) -> bench/demo_loss_curve.png
 
+The files are written to bench/out/plots/ (not committed); pass --outdir bench to replace the
+committed plots. For the loss curves of any run, use ``diffuseq-plot RUN``.
+
     pip install matplotlib   # the optional "plots" extra
     python -m bench.plots --metrics diffusion_models/<demo run>/metrics.jsonl
 """
@@ -19,8 +22,13 @@ import math
 import sys
 from pathlib import Path
 
+from diffuseq.errors import UserError
+from diffuseq.plots import plot_loss_curves, read_metrics, require_pyplot
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
+# Scratch output (ignored by git): the committed PNGs are rewritten only with --outdir bench.
+DEFAULT_OUTDIR = BENCH / "out" / "plots"
 
 
 def read_markdown_tables(path: Path) -> list[list[dict[str, str]]]:
@@ -175,21 +183,9 @@ def plot_decode(plt, path: Path, out: Path) -> None:
 
 
 def plot_loss(plt, path: Path, out: Path) -> None:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, style in (("loss", "-"), ("eval_loss", "o--"), ("mse", ":"), ("nll", "-.")):
-        points = [(r["step"], r[key]) for r in records if key in r and "step" in r]
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=key, markersize=4)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (mean over the logging interval)")
-    ax.set_title(f"Demo training run ({path.parent.name})", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    """The demo run's loss curves, as ``diffuseq-plot`` draws them for any run."""
+    title = f"Demo training run ({path.parent.name})"
+    plot_loss_curves(plt, read_metrics(path), out, title=title, source=str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         default=str(BENCH / "data" / "demo_metrics.jsonl"),
         help="metrics.jsonl of the demo training run",
     )
-    parser.add_argument("--outdir", default=str(BENCH), help="where the PNG files go")
+    parser.add_argument(
+        "--outdir",
+        default=str(DEFAULT_OUTDIR),
+        help="where the PNG files go (default bench/out/plots; --outdir bench replaces the "
+        "committed plots of bench/RESULTS.md)",
+    )
     args = parser.parse_args(argv)
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: pip install matplotlib (or pip install -e '.[plots]')")
+        plt = require_pyplot()
+    except UserError as err:
+        print(err)
         return 1
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             fn(plt, Path(source), outdir / name)
             print(f"wrote {outdir / name} from {source}")
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, ValueError, json.JSONDecodeError, UserError) as exc:
             print(f"failed {name} from {source}: {exc}")
             status = 1
     return status
