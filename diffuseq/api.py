@@ -4,7 +4,8 @@ Example::
 
     from diffuseq import api
 
-    gen = api.load("diffusion_models/<run>")            # run folder (newest EMA file) or a .pt file
+    gen = api.load("diffusion_models/<run>")            # run folder (newest EMA file), a .pt file
+                                                        # or a model folder (diffuseq.hf_folder)
     texts = gen.generate(["how old are you ?"], steps=10, sampler="dpm-solver++", num_samples=3, seed=101)
     # texts[i][k]: candidate k for source i, special tokens removed and cut at [SEP]
     raw = gen.generate_raw(["how old are you ?"])        # the decode files' records, special tokens kept
@@ -26,6 +27,7 @@ import torch
 from diffuseq.config import DTYPES, DecodeConfig, sampler_choices
 from diffuseq.decoding import Decoder, cut_at_sep
 from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.hf_folder import MODEL_FILE, is_model_folder, read_model_folder
 from diffuseq.logger import get_logger
 from diffuseq.run_folder import open_run
 
@@ -42,6 +44,38 @@ class TextGenerator:
 
     def __init__(self, *, run, checkpoint: Path, decoder: Decoder, dtype: str = "fp32") -> None:
         self.run, self.checkpoint, self.decoder, self.dtype = run, checkpoint, decoder, dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str = "fp32",
+    ) -> TextGenerator:
+        """Load a model folder (:mod:`diffuseq.hf_folder`): a local folder, or a Hub repository
+        id that is already in the local Hugging Face cache (nothing is downloaded).
+
+        Raises:
+            CheckpointError: the folder is no model folder (a run folder: use :func:`load`, or
+                write one with ``diffuseq-export``) or its files are corrupt.
+            OfflineAssetError: a repository id that is not in the local cache.
+        """
+        from diffuseq.hf_folder import snapshot_from_cache
+
+        if not isinstance(name_or_path, (str, os.PathLike)):
+            raise TypeError(
+                f"name_or_path must be a str or a path, got {type(name_or_path).__name__}"
+            )
+        path = Path(name_or_path)
+        if not path.exists():
+            path = snapshot_from_cache(str(name_or_path))
+        if not is_model_folder(path):
+            raise CheckpointError(
+                f"{path} is not a model folder (model.safetensors + config.json); api.load reads "
+                "run folders and checkpoints, diffuseq-export writes model folders"
+            )
+        return load(path, device=device, dtype=dtype)
 
     def generate_raw(
         self,
@@ -184,10 +218,12 @@ def load(
     dtype: str = "fp32",
     pattern: str = "ema",
 ) -> TextGenerator:
-    """Load a run folder (its newest ``{pattern}*.pt``) or one checkpoint file.
+    """Load a run folder (its newest ``{pattern}*.pt``), one checkpoint file or a model folder.
 
     Args:
-        path: ``diffusion_models/<run>`` (ours or the original's) or ``…/<run>/ema_0.9999_050000.pt``.
+        path: ``diffusion_models/<run>`` (ours or the original's), ``…/<run>/ema_0.9999_050000.pt``,
+            or a model folder (``…/<run>/hf/ema_0.9999_050000``, :mod:`diffuseq.hf_folder`; read
+            offline, same outputs as its EMA file) or its ``model.safetensors``.
         device: default ``cuda`` if available, else ``cpu``.
         dtype: ``fp32``, ``bf16`` or ``fp16`` autocast for the network.
 
@@ -202,6 +238,16 @@ def load(
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     device = _device(device)
     path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if is_model_folder(path):
+        folder = read_model_folder(path)
+        return TextGenerator(
+            run=folder,
+            checkpoint=folder.path / MODEL_FILE,
+            decoder=folder.decoder(device=device),
+            dtype=dtype,
+        )
     if path.is_file():
         run, checkpoint = open_run(path.parent), path
     elif path.is_dir():

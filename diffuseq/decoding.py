@@ -107,29 +107,46 @@ class Decoder:
     ) -> Decoder:
         """Build from a :class:`~diffuseq.run_folder.RunFolder` and one of its ``.pt`` files."""
         from diffuseq.checkpoint import is_train_state, load_state_file
-        from diffuseq.factory import build_diffusion, build_model
 
-        tokenizer = run.tokenizer
-        vocab_size = run.config.model.vocab_size or tokenizer.vocab_size
-        if vocab_size != tokenizer.vocab_size:
-            raise ConfigError(
-                f"{run.path}: the run's vocab_size is {vocab_size} but its tokenizer has "
-                f"{tokenizer.vocab_size} tokens; the saved tokenizer does not belong to this run"
-            )
+        tokenizer = run.tokenizer  # checked before the file is read
         state = load_state_file(checkpoint)
         if is_train_state(state):
             raise CheckpointError(
                 f"{checkpoint} is a full training state; decode an ema_*.pt file "
                 "(--pattern ema) or pass one with --model_dir path/to/ema_<rate>_<step>.pt"
             )
-        model = build_model(run.config.model, vocab_size=vocab_size)
+        return cls.from_state_dict(run.config, tokenizer, state, where=run.path, device=device)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        config,
+        tokenizer,
+        state: Mapping[str, torch.Tensor],
+        *,
+        where: str | Path,
+        device: torch.device | str = "cpu",
+        bert_config=None,
+    ) -> Decoder:
+        """Build from a run's :class:`~diffuseq.config.RunConfig`, its tokenizer and a state
+        dict of model weights (the tied-weight rule applies); ``where`` names the source in
+        messages; ``bert_config`` replaces the encoder config built from ``config_name``."""
+        from diffuseq.factory import build_diffusion, build_model
+
+        vocab_size = config.model.vocab_size or tokenizer.vocab_size
+        if vocab_size != tokenizer.vocab_size:
+            raise ConfigError(
+                f"{where}: the run's vocab_size is {vocab_size} but its tokenizer has "
+                f"{tokenizer.vocab_size} tokens; the saved tokenizer does not belong to this run"
+            )
+        model = build_model(config.model, vocab_size=vocab_size, bert_config=bert_config)
         model.load_state_dict(state)
         model.eval().requires_grad_(False).to(device)
         return cls(
             model=model,
-            diffusion=build_diffusion(run.config.diffusion),
+            diffusion=build_diffusion(config.diffusion),
             tokenizer=tokenizer,
-            seq_len=run.config.data.seq_len,
+            seq_len=config.data.seq_len,
             device=device,
         )
 

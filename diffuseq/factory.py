@@ -43,9 +43,14 @@ def check_sequence_length(config: ModelConfig, seq_len: int) -> None:
         )
 
 
-def build_model(config: ModelConfig, *, vocab_size: int | None = None) -> TransformerNetModel:
-    """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's)."""
-    bert_config = encoder_config(config)
+def build_model(
+    config: ModelConfig, *, vocab_size: int | None = None, bert_config=None
+) -> TransformerNetModel:
+    """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's;
+    ``bert_config``, a ``BertConfig``, replaces the one :func:`encoder_config` would build, as
+    a model folder's saved encoder does)."""
+    if bert_config is None:
+        bert_config = encoder_config(config)
     return TransformerNetModel(
         vocab_size=vocab_size or config.vocab_size,
         hidden_dim=config.hidden_dim,

@@ -12,7 +12,7 @@ from tests.conftest import REPO_ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["train", "decode", "evaluate", "plot"])
+@pytest.mark.parametrize("name", ["train", "decode", "evaluate", "plot", "export"])
 def test_python_m_help(name):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

@@ -49,13 +49,14 @@ from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args, given_flags
 from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml, run_folder_name
 from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
-from diffuseq.errors import CheckpointError, ConfigError
+from diffuseq.errors import CheckpointError, ConfigError, UserError
 from diffuseq.factory import (
     build_diffusion,
     build_model,
     build_timestep_distribution,
     check_sequence_length,
 )
+from diffuseq.hf_folder import export_checkpoint
 from diffuseq.logger import (
     MetricsWriter,
     get_logger,
@@ -95,6 +96,11 @@ class RuntimeOptions:
         "never deleted",
     )
     progress: bool = opt(True, "show a progress bar on rank 0")
+    export_model: bool = opt(
+        True,
+        "when training finishes, write the newest EMA checkpoint as a Hugging Face model folder "
+        "RUN/hf/<checkpoint>/ (model.safetensors, config.json, tokenizer, model card)",
+    )
     check_args: bool = opt(
         False,
         "only check the flags, the preset, the data folder and what --resume_checkpoint "
@@ -128,6 +134,8 @@ def _main(argv: Sequence[str] | None) -> int:
             emas = ", ".join(f"ema_{float(r)}_{step:06d}.pt" for r in trainer.ema)
             status = "stopped early (--max_minutes) at" if trainer.stopped_early else "finished at"
             print(f"{PROG}: {status} step {step}; run folder {trainer.run_dir} ({emas})")
+            if invocation.options.export_model and not trainer.stopped_early:
+                _export_model(trainer.run_dir)
     finally:
         trainer.close()
         dist.cleanup()
@@ -389,6 +397,14 @@ def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
     run_dir = Path(folder)
     refuse_existing_states(run_dir, tr.resume_checkpoint)  # early; again under the lock
     return run_dir, notes
+
+
+def _export_model(run_dir: Path) -> None:
+    """The model folder of the newest EMA checkpoint (a failure is a warning: training is done)."""
+    try:
+        print(f"{PROG}: model folder {export_checkpoint(run_dir, replace=True)}")
+    except (UserError, OSError) as err:
+        get_logger("train").warning("no model folder written (%s); run diffuseq-export", err)
 
 
 def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...]) -> None:
