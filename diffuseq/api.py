@@ -38,7 +38,9 @@ class TextGenerator:
     """A loaded checkpoint. Build it with :func:`load`.
 
     Attributes:
-        run: the :class:`~diffuseq.run_folder.RunFolder`; checkpoint: the ``.pt`` file;
+        run: the :class:`~diffuseq.run_folder.RunFolder` (a
+        :class:`~diffuseq.hf_folder.ModelFolder` for a model folder); checkpoint: the ``.pt``
+        file (``model.safetensors``);
         decoder: the underlying :class:`~diffuseq.decoding.Decoder` (model, diffusion, tokenizer).
     """
 

@@ -142,6 +142,17 @@ class ModelFolder:
         config._attn_implementation = self.config.model.attention
         return config
 
+    def select_checkpoints(self, pattern: str = "", which: str = "latest") -> list[Path]:
+        """``[model.safetensors]``: a model folder holds one checkpoint (as
+        :meth:`RunFolder.select_checkpoints <diffuseq.run_folder.RunFolder.select_checkpoints>`)."""
+        return [self.path / MODEL_FILE]
+
+    def split_path(self, split: str) -> Path:
+        """The training run's ``{data_dir}/{split}.jsonl``, where it still exists."""
+        from diffuseq.run_folder import RunFolder
+
+        return RunFolder(path=self.path, config=self.config).split_path(split)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return load_safetensors(self.path / MODEL_FILE)
 

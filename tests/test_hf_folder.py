@@ -13,6 +13,7 @@ import torch
 
 from diffuseq import api
 from diffuseq.checkpoint import load_state_file
+from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.export import main as export_main
 from diffuseq.cli.train import main as train_main
 from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError
@@ -71,6 +72,27 @@ def test_training_writes_a_model_folder_equal_to_the_newest_ema(run):
     assert_same_outputs(from_ema, from_folder)
     assert_same_outputs(from_ema, api.TextGenerator.from_pretrained(folder, device="cpu"))
     assert_same_outputs(from_ema, api.load(folder / MODEL_FILE, device="cpu"))
+
+
+def test_run_decode_reads_a_model_folder(run, tmp_path):
+    outputs = {}
+    for name, model_dir in (
+        ("ema", run / "ema_0.9999_000004.pt"),
+        ("folder", run / "hf" / "ema_0.9999_000004"),
+    ):
+        argv = ["--model_dir", str(model_dir), "--out_dir", str(tmp_path / name)]
+        argv += [
+            "--num_samples",
+            "2",
+            "--seed",
+            "11",
+            "--input",
+            str(run.parent / "data" / "test.jsonl"),
+        ]
+        assert decode_main(argv) == 0
+        files = sorted((tmp_path / name).rglob("seed*.json"))
+        outputs[name] = [(p.name, p.read_text()) for p in files]
+    assert len(outputs["ema"]) == 2 and outputs["ema"] == outputs["folder"]
 
 
 def test_export_cli_any_checkpoint_and_evaluation(run, tmp_path, capsys):

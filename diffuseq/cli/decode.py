@@ -38,6 +38,7 @@ from diffuseq.decoding import (
     samples_dir_name,
 )
 from diffuseq.errors import ConfigError
+from diffuseq.hf_folder import ModelFolder, is_model_folder, read_model_folder
 from diffuseq.logger import get_logger, setup_logging
 from diffuseq.run_folder import open_run, resolve_model_dirs
 
@@ -86,7 +87,10 @@ def print_candidates(paths: Sequence[Path]) -> None:
 def _main(argv: Sequence[str] | None) -> int:
     job, settings = parse_args(argv)
     targets = resolve_model_dirs(job.model_dir)
-    runs = [(open_run(run_dir), ckpt) for run_dir, ckpt in targets]
+    runs = [
+        (read_model_folder(path) if is_model_folder(path) else open_run(path), ckpt)
+        for path, ckpt in targets
+    ]
     jobs = [
         (run, [ckpt] if ckpt else run.select_checkpoints(job.pattern, job.checkpoint))
         for run, ckpt in runs
@@ -101,7 +105,11 @@ def _main(argv: Sequence[str] | None) -> int:
     for run, checkpoints in jobs:
         pairs, label = input_pairs(job, run)
         for checkpoint in checkpoints:
-            decoder = Decoder.from_checkpoint(run, checkpoint, device=device)
+            decoder = (
+                run.decoder(device=device)
+                if isinstance(run, ModelFolder)
+                else Decoder.from_checkpoint(run, checkpoint, device=device)
+            )
             resolved = settings.resolve(decoder.diffusion.num_timesteps)
             log.info(
                 "decoding %d input(s) with %s, %d steps, %s, on %d process(es): %s",

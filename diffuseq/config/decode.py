@@ -149,7 +149,8 @@ class DecodeJob(FlagConfig):
 
     model_dir: str = opt(
         "",
-        "run folder (a glob: every match is decoded) or one .pt file",
+        "run folder (a glob: every match is decoded), one .pt file, or a model folder "
+        "(RUN/hf/<checkpoint>, written by training or diffuseq-export)",
         group="checkpoints",
     )
     pattern: str = opt(
