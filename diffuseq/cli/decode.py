@@ -24,23 +24,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from diffuseq import dist
 from diffuseq.cli.common import program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args
 from diffuseq.config import DecodeConfig, DecodeJob
-from diffuseq.decoding import (
-    Decoder,
-    decode_to_files,
-    read_input_file,
-    samples_dir_name,
-)
 from diffuseq.errors import ConfigError
-from diffuseq.hf_folder import ModelFolder, is_model_folder, read_model_folder
-from diffuseq.logger import get_logger, setup_logging
-from diffuseq.run_folder import open_run, resolve_model_dirs
 
 PROG = program_name("run_decode.py", "diffuseq.cli.decode", "diffuseq-decode")
 
@@ -62,6 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[DecodeJob, DecodeConfig]:
 def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
     """The pairs to decode and their output-folder label ('' for the test split)."""
     from diffuseq.data import read_pairs
+    from diffuseq.decode_text import read_input_file
 
     if job.text:
         return [(text.strip(), "") for text in job.text], "text"
@@ -85,7 +74,15 @@ def print_candidates(paths: Sequence[Path]) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    job, settings = parse_args(argv)
+    job, settings = parse_args(argv)  # --help and flag errors end here, before torch loads
+    import torch
+
+    from diffuseq import dist
+    from diffuseq.decoding import Decoder, decode_to_files, samples_dir_name
+    from diffuseq.hf_folder import ModelFolder, is_model_folder, read_model_folder
+    from diffuseq.logger import get_logger, setup_logging
+    from diffuseq.run_folder import open_run, resolve_model_dirs
+
     targets = resolve_model_dirs(job.model_dir)
     runs = [
         (read_model_folder(path) if is_model_folder(path) else open_run(path), ckpt)

@@ -27,50 +27,21 @@ initialised on rank 0's stream (DDP broadcasts rank 0's weights).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from diffuseq import dist
-from diffuseq.checkpoint import (
-    ResumeSource,
-    ema_file_name,
-    load_state_file,
-    resolve_resume,
-    seed_everything,
-)
-from diffuseq.cli.common import on_rank0_or_raise, program_name, run_cli
+from diffuseq.cli.common import program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args, given_flags
-from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml, run_folder_name
-from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
-from diffuseq.errors import CheckpointError, ConfigError, UserError
-from diffuseq.factory import (
-    build_diffusion,
-    build_model,
-    build_timestep_distribution,
-    check_sequence_length,
-)
-from diffuseq.hf_folder import export_checkpoint
-from diffuseq.logger import (
-    MetricsWriter,
-    get_logger,
-    open_trackers,
-    require_trackers,
-    setup_logging,
-)
-from diffuseq.run_folder import create_run_folder, refuse_existing_states
-from diffuseq.safe_io import contained
-from diffuseq.tokenizer import TextTokenizer, UnknownTokens, load_tokenizer, load_tokenizer_from_run
-from diffuseq.trainer import Trainer, autocast_dtype
+from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml
+from diffuseq.errors import ConfigError
+
+if TYPE_CHECKING:  # the set-up (torch, transformers) is imported only when a run starts
+    from diffuseq.trainer import Trainer
 
 PROG = program_name("run_train.py", "diffuseq.cli.train", "diffuseq-train")
-RUNS_ROOT = Path("diffusion_models")
 
 
 @dataclass(frozen=True)
@@ -124,22 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    invocation = parse_invocation(argv)
-    if invocation.options.check_args:
-        return check(invocation)
-    trainer = prepare(invocation)
-    try:
-        step = trainer.fit()
-        if trainer.is_main:
-            emas = ", ".join(f"ema_{float(r)}_{step:06d}.pt" for r in trainer.ema)
-            status = "stopped early (--max_minutes) at" if trainer.stopped_early else "finished at"
-            print(f"{PROG}: {status} step {step}; run folder {trainer.run_dir} ({emas})")
-            if invocation.options.export_model and not trainer.stopped_early:
-                _export_model(trainer.run_dir)
-    finally:
-        trainer.close()
-        dist.cleanup()
-    return 0
+    invocation = parse_invocation(argv)  # --help and flag errors end here, before torch loads
+    from diffuseq.cli.train_setup import check, run
+
+    return check(invocation) if invocation.options.check_args else run(invocation)
+
+
+def prepare(argv: Sequence[str] | Invocation | None) -> Trainer:
+    """Parse ``argv``, join the process group and build a ready-to-fit :class:`Trainer`
+    (:func:`diffuseq.cli.train_setup.prepare`)."""
+    from diffuseq.cli.train_setup import prepare as prepare_trainer
+
+    return prepare_trainer(argv if isinstance(argv, Invocation) else parse_invocation(argv))
 
 
 # ---------------------------------------------------------------------------------- set-up
@@ -184,249 +151,6 @@ def parse_invocation(argv: Sequence[str] | None) -> Invocation:
         )
     _ = invocation.config  # merge and validate now, before any work
     return invocation
-
-
-def check(invocation: Invocation) -> int:
-    """``--check_args``: everything that is checked before a run starts, in this process only
-    (no process group, nothing written): flags, preset, resume source, data files."""
-    choice = _device(invocation.options.device)
-    device = torch.device(choice or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config, resume = _resolve(invocation, device)
-    for split in ("train", "valid"):
-        split_file(config.data.data_dir, split)
-    what = f"continues {resume.path} (step {resume.step})" if resume.kind != "none" else "new run"
-    print(f"{PROG}: arguments OK ({what}; data {config.data.data_dir})")
-    return 0
-
-
-def prepare(argv: Sequence[str] | Invocation | None) -> Trainer:
-    """Parse ``argv``, join the process group and build a ready-to-fit :class:`Trainer`."""
-    invocation = argv if isinstance(argv, Invocation) else parse_invocation(argv)
-    device = _device(invocation.options.device)
-    info, device = dist.init(device=device)
-    try:
-        return _build(invocation, info.rank, device)
-    except BaseException:
-        dist.cleanup()
-        raise
-
-
-def _device(choice: str) -> str | None:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
-    return None if choice == "auto" else choice
-
-
-def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
-    config, resume = _resolve(invocation, device)
-    tr = config.train
-    seed_everything(tr.seed + (0 if tr.same_seed_all_ranks else rank))
-    setup_logging(is_main=rank == 0)
-    run_dir, notes = _run_dir(config, resume)
-    # Read everything the user supplied before creating anything on disk.
-    tokenizer, train_batches, valid_batches = _load_data(config, resume, run_dir, rank)
-    config = config.replace("model", vocab_size=tokenizer.vocab_size)
-    training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
-    run_lock = on_rank0_or_raise(
-        lambda: create_run_folder(
-            run_dir, config, training_args, tokenizer, resume=resume, device=str(device)
-        )
-    )
-    setup_logging(is_main=rank == 0, log_file=run_dir / "log.txt")
-    trackers = on_rank0_or_raise(
-        lambda: open_trackers(
-            wandb=tr.log_wandb,
-            tensorboard=tr.tensorboard,
-            run_name=str(run_dir),
-            run_dir=run_dir,
-            config=training_args,
-            resume_step=resume.step if resume.kind == "state" else None,
-        )
-    )
-    log = get_logger("train")
-    log.info("run folder %s (%d process(es), device %s)", run_dir, dist.world_size(), device)
-    log.info("### Creating model and diffusion...")
-    model = build_model(config.model).to(device)
-    log.info("### The parameter count is %d", model.parameter_count())
-    diffusion = build_diffusion(config.diffusion)
-    writer = MetricsWriter(
-        path=run_dir / "metrics.jsonl" if rank == 0 else None,
-        enabled=rank == 0,
-        trackers=trackers or (),
-    )
-    options = invocation.options
-    trainer = Trainer(
-        model=model,
-        diffusion=diffusion,
-        sampler=build_timestep_distribution(config.diffusion, diffusion),
-        train_batches=train_batches,
-        valid_batches=valid_batches,
-        config=tr,
-        run_dir=run_dir,
-        device=device,
-        writer=writer,
-        run_info={"config": config.to_dict(), "training_args": training_args},
-        max_minutes=options.max_minutes or None,
-        keep_states=options.keep_states,
-        progress=options.progress,
-        run_lock=run_lock,
-    )
-    _load_resume(trainer, resume, tr.ema_rates)
-    log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
-    return trainer
-
-
-def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, ResumeSource]:
-    """The run's config and what to resume from; rejects what cannot run here."""
-    config = invocation.config
-    autocast_dtype(config.train, device)  # fp16 on CPU: fail before any work
-    check_sequence_length(config.model, config.data.seq_len)
-    require_trackers(wandb=config.train.log_wandb, tensorboard=config.train.tensorboard)
-    resume = resolve_resume(
-        config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path
-    )
-    if resume.kind == "state":
-        config = _config_for_resume(resume, invocation)
-    return config, resume
-
-
-def _load_data(
-    config: RunConfig, resume: ResumeSource, run_dir: Path, rank: int
-) -> tuple[TextTokenizer, InfiniteBatches, InfiniteBatches | None]:
-    """The tokenizer (the run's own when continuing it) and the batch iterators; every rank
-    reads both splits (a bad file fails everywhere), validation batches are drawn on rank 0."""
-    da, tr = config.data, config.train
-    train_path, valid_path = split_file(da.data_dir, "train"), split_file(da.data_dir, "valid")
-    if resume.kind == "state":
-        tokenizer = load_tokenizer_from_run(run_dir, da.vocab, config_name=config.model.config_name)
-        if tokenizer.vocab_size != config.model.vocab_size:
-            raise CheckpointError(
-                f"{resume.path}: trained with a vocabulary of {config.model.vocab_size} tokens, "
-                f"but the tokenizer now has {tokenizer.vocab_size}"
-            )
-    else:
-        tokenizer = load_tokenizer(
-            da.vocab,
-            config_name=config.model.config_name,
-            train_files=[train_path],
-            wordpiece_vocab_size=da.wordpiece_vocab_size,
-        )
-    get_logger("train").info("### Creating data loader... (vocab size %d)", tokenizer.vocab_size)
-    unknown = UnknownTokens(tokenizer)
-    train_set = build_dataset(train_path, tokenizer, seq_len=da.seq_len, unknown=unknown)
-    valid_set = build_dataset(valid_path, tokenizer, seq_len=da.seq_len)
-    if rank == 0:
-        unknown.report(get_logger("train"), f"training data {train_path}")
-    train_batches = infinite_batches(
-        make_loader(
-            train_set,
-            batch_size=tr.batch_size,
-            shuffle=True,
-            seed=tr.seed,
-            rank=rank,
-            world_size=dist.world_size(),
-            num_workers=da.num_workers,
-        ),
-        fixed_order=tr.fixed_data_order,
-    )
-    valid_batches = None
-    if rank == 0:
-        valid_batches = infinite_batches(
-            make_loader(
-                valid_set,
-                batch_size=tr.batch_size,
-                shuffle=True,
-                seed=tr.seed,
-                num_workers=da.num_workers,
-            )
-        )
-    return tokenizer, train_batches, valid_batches
-
-
-# Values that must not change when a run continues from its training state.
-_FIXED_DATA = ("seq_len", "vocab")
-
-
-def _config_for_resume(resume: ResumeSource, invocation: Invocation) -> RunConfig:
-    """The state's config, overridden by the ``--config`` preset and the flags given now.
-
-    Raises:
-        ConfigError: a model, diffusion or tokenization value differs from the state's.
-    """
-    saved = RunConfig.from_dict(resume.payload["config"], source=str(resume.path))
-    config = invocation.merged((saved.to_dict(), str(resume.path)))
-    diffs = [
-        f"{field}: {old!r} in the state, {new!r} now"
-        for section in ("model", "diffusion")
-        for field, old in saved.to_dict()[section].items()
-        if field != "vocab_size" and (new := getattr(getattr(config, section), field)) != old
-    ] + [
-        f"{field}: {getattr(saved.data, field)!r} in the state, {getattr(config.data, field)!r} now"
-        for field in _FIXED_DATA
-        if getattr(saved.data, field) != getattr(config.data, field)
-    ]
-    if diffs:
-        raise ConfigError(
-            f"cannot continue {resume.path} with a different model, diffusion or tokenization ("
-            + "; ".join(diffs)
-            + "); leave these flags out to use the saved values, or start a new run"
-        )
-    return config
-
-
-def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
-    """The run folder and the notes written to training_args.json (``notes`` + timestamp, as the
-    original), decided by rank 0 and broadcast (the original computed them on every rank)."""
-    tr = config.train
-    if resume.kind == "state":
-        if tr.checkpoint_path and Path(tr.checkpoint_path).resolve() != resume.run_dir.resolve():
-            get_logger("train").warning(
-                "continuing in %s, the folder of the training state (not --checkpoint_path %s)",
-                resume.run_dir, tr.checkpoint_path,
-            )  # fmt: skip
-        saved = resume.payload.get("training_args") or {}
-        return resume.run_dir, str(saved.get("notes", tr.notes))
-    proposal = None
-    if dist.is_main():
-        stamp = time.strftime("%Y%m%d-%H:%M:%S")
-        folder = tr.checkpoint_path or str(
-            contained(RUNS_ROOT, run_folder_name(config, timestamp=stamp), "the run folder")
-        )
-        proposal = (folder, tr.notes + stamp if tr.notes else tr.notes)
-    folder, notes = dist.broadcast_object(proposal)
-    run_dir = Path(folder)
-    refuse_existing_states(run_dir, tr.resume_checkpoint)  # early; again under the lock
-    return run_dir, notes
-
-
-def _export_model(run_dir: Path) -> None:
-    """The model folder of the newest EMA checkpoint (a failure is a warning: training is done)."""
-    try:
-        print(f"{PROG}: model folder {export_checkpoint(run_dir, replace=True)}")
-    except (UserError, OSError) as err:
-        get_logger("train").warning("no model folder written (%s); run diffuseq-export", err)
-
-
-def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...]) -> None:
-    log = get_logger("train")
-    if resume.kind == "state":
-        trainer.load_state(resume.payload)
-        log.info("resumed exactly from %s (step %d)", resume.path, resume.step)
-    elif resume.kind == "weights":
-        ema_weights = {}
-        for rate in rates:  # the original also loads the sibling EMA files of the same step
-            sibling = resume.path.parent / ema_file_name(rate, resume.step)
-            if sibling.resolve() == resume.path.resolve():
-                ema_weights[rate] = resume.payload
-            elif sibling.is_file():
-                ema_weights[rate] = load_state_file(sibling)
-        trainer.load_weights(resume.payload, step=resume.step, ema_weights=ema_weights)
-        log.info(
-            "loaded weights from %s; counting steps from %d with a fresh optimizer",
-            resume.path,
-            resume.step,
-        )
-    resume.payload = None  # free the loaded tensors
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ SAMPLER_VARIANTS = {
 
 
 def sampler_choices() -> tuple[str, ...]:
-    """``--sampler`` choices: ``auto`` plus every name of :data:`diffuseq.sampling.SAMPLERS`."""
-    from diffuseq.sampling import SAMPLERS
+    """``--sampler`` choices: ``auto`` plus every sampler name (:data:`diffuseq.names.SAMPLER_NAMES`,
+    the keys of :data:`diffuseq.sampling.SAMPLERS`)."""
+    from diffuseq.names import SAMPLER_NAMES
 
-    return ("auto", *SAMPLERS)
+    return ("auto", *SAMPLER_NAMES)
 
 
 @dataclass(frozen=True)

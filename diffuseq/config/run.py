@@ -43,10 +43,10 @@ def schedule_names() -> tuple[str, ...]:
 
 
 def timestep_distribution_names() -> tuple[str, ...]:
-    """``--schedule_sampler`` choices: :data:`diffuseq.diffusion.timestep_sampling.TIMESTEP_DISTRIBUTIONS`."""
-    from diffuseq.diffusion.timestep_sampling import TIMESTEP_DISTRIBUTIONS
+    """``--schedule_sampler`` choices (:data:`diffuseq.names.TIMESTEP_DISTRIBUTION_NAMES`)."""
+    from diffuseq.names import TIMESTEP_DISTRIBUTION_NAMES
 
-    return TIMESTEP_DISTRIBUTIONS
+    return TIMESTEP_DISTRIBUTION_NAMES
 
 
 @dataclass(frozen=True)

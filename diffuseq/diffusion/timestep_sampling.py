@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from diffuseq.names import TIMESTEP_DISTRIBUTION_NAMES
+
 __all__ = [
     "TIMESTEP_DISTRIBUTIONS",
     "TimestepDistribution",
@@ -218,6 +220,7 @@ _DISTRIBUTIONS = {
 
 #: Names accepted by :func:`create_timestep_distribution`.
 TIMESTEP_DISTRIBUTIONS: tuple[str, ...] = tuple(_DISTRIBUTIONS)
+assert TIMESTEP_DISTRIBUTIONS == TIMESTEP_DISTRIBUTION_NAMES, "see diffuseq.names"
 
 
 def create_timestep_distribution(name: str, diffusion_or_T: Any) -> TimestepDistribution:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from diffuseq.names import SAMPLER_NAMES
 from diffuseq.sampling.ancestral import ancestral_sample
 from diffuseq.sampling.ddim import ddim_adjacent_sample, ddim_sample
 from diffuseq.sampling.dpm_solver import dpm_solver_sample
@@ -43,6 +44,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpm-solver++": dpm_solver_sample,  # DPM-Solver++(2M) (diffusers' scheduler)
     "dpm-solver++-v2": dpm_solver_v2_sample,  # DiffuSeq-v2's modified solver loop
 }
+assert tuple(SAMPLERS) == SAMPLER_NAMES, "diffuseq.names.SAMPLER_NAMES lists the samplers"
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
