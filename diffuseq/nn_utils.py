@@ -57,3 +57,21 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """``√Σ grad²`` over all parameters, on the device (no synchronisation)."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def ddp_without_buffer_sync() -> dict[str, bool]:
+    """The ``DistributedDataParallel`` keyword that turns off the per-forward buffer sync
+    (the original's ``broadcast_buffers=False``).
+
+    torch ≥ 2.13 deprecates ``broadcast_buffers`` (a FutureWarning on every rank) for
+    ``forward_sync_buffers``, which also syncs buffers once at init. Our only buffer is the
+    constant ``position_ids``, identical on every rank, so that sync changes nothing.
+    """
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}

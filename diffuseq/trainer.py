@@ -57,7 +57,7 @@ from diffuseq.diffusion.losses import training_losses
 from diffuseq.diffusion.timestep_sampling import LossAwareTimesteps, TimestepDistribution
 from diffuseq.errors import ConfigError
 from diffuseq.logger import MetricsWriter, get_logger
-from diffuseq.nn_utils import grad_norm, update_ema
+from diffuseq.nn_utils import ddp_without_buffer_sync, grad_norm, update_ema
 from diffuseq.progress import progress
 
 LOSS_KEYS = ("loss", "mse", "nll")
@@ -152,7 +152,7 @@ class Trainer:
             self.ddp_model: torch.nn.Module = DistributedDataParallel(
                 model,
                 device_ids=[self.device] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
+                **ddp_without_buffer_sync(),
                 bucket_cap_mb=128,
                 find_unused_parameters=False,
             )
@@ -390,8 +390,9 @@ class Trainer:
         self.last_saved_step = self.step
         dist.barrier()
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Exact resume from :meth:`state_dict` output (RNG restored last)."""
+    def load_state(self, state: Mapping[str, Any]) -> bool:
+        """Resume from :meth:`state_dict` output (RNG restored last); ``True`` when exact (the
+        same number of processes), else a warning says why not."""
         self.model.load_state_dict(state["model"])
         for rate, params in self.ema.items():
             saved = state["ema"].get(str(rate))
@@ -426,6 +427,7 @@ class Trainer:
             seed_everything(
                 self.config.seed + self.step + (0 if self.config.same_seed_all_ranks else self.rank)
             )
+        return exact
 
     def load_weights(
         self,

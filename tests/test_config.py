@@ -63,7 +63,8 @@ def test_flags_override_and_bool_parsing():
     assert config.model.learned_mean_embed is True and config.diffusion.denoise is True
     assert config.train.use_fp16 is False
     assert config.train.seed == 7  # untouched base value survives
-    assert run_folder_name(config.replace("data", dataset="qqp"), timestamp="T").startswith(
+    original = config.replace("data", dataset="qqp").replace("train", run_name_format="original")
+    assert run_folder_name(original, timestamp="T").startswith(
         "diffuseq_qqp_h128_lr1e-05_t50_cosine_uniform_seed7_-T"
     )
 

@@ -197,7 +197,7 @@ def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, mon
     assert main(tiny_argv(data, learning_steps=3, save_interval=2, notes="test")) == 0
     (run,) = (tmp_path / "diffusion_models").iterdir()
     assert re.fullmatch(
-        r"diffuseq_tiny_h16_lr0\.001_t8_sqrt_lossaware_seed102_test\d{8}-\d\d:\d\d:\d\d", run.name
+        r"diffuseq_tiny_h16_lr0\.001_t8_sqrt_lossaware_seed102_test_\d{8}-\d{6}", run.name
     )
     names = {p.name for p in run.iterdir()}
     assert {
@@ -218,7 +218,7 @@ def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, mon
     g9_keys = set(json.loads(g9_args_path.read_text()))
     assert g9_keys <= set(args) and set(args) - g9_keys <= V2_KEYS
     assert args["checkpoint_path"] == f"diffusion_models/{run.name}"
-    assert args["notes"] == run.name.split("_seed102_")[1]  # notes + timestamp, as the original
+    assert args["notes"] == run.name.split("_seed102_")[1]  # notes and timestamp, as the original
     assert (args["vocab_size"], args["batch_size"], args["diffusion_steps"]) == (158, 8, 8)
 
     config = RunConfig.load_yaml(run / "config.yaml")

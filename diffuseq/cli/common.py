@@ -26,6 +26,13 @@ def program_name(script: str, module: str, console_script: str) -> str:
     return script
 
 
+def describe(doc: str | None, script: str, prog: str) -> str:
+    """The module docstring as ``--help`` text: its ``python <script>`` examples written with the
+    name the program was started by (``diffuseq-eval --folder ...`` for the console script)."""
+    doc = doc or ""
+    return doc if prog == script else doc.replace(f"python {script}", prog)
+
+
 def run_cli(
     main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None, prog: str
 ) -> int:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffuseq.cli.common import program_name, run_cli
+from diffuseq.cli.common import describe, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args
 from diffuseq.config import DecodeConfig, DecodeJob
@@ -36,7 +36,9 @@ PROG = program_name("run_decode.py", "diffuseq.cli.decode", "diffuseq-decode")
 def build_parser() -> argparse.ArgumentParser:
     """The flags of :class:`DecodeJob` and :class:`DecodeConfig` (diffuseq.config.decode)."""
     return build_flag_parser(
-        PROG, __doc__, [(DecodeJob, "checkpoints"), (DecodeConfig, "sampling")]
+        PROG,
+        describe(__doc__, "run_decode.py", PROG),
+        [(DecodeJob, "checkpoints"), (DecodeConfig, "sampling")],
     )
 
 

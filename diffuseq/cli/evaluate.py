@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from diffuseq import evaluation, metrics
-from diffuseq.cli.common import program_name, run_cli
+from diffuseq.cli.common import describe, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args
 from diffuseq.config import EvalConfig
@@ -32,7 +32,9 @@ PROG = program_name("eval_seq2seq.py", "diffuseq.cli.evaluate", "diffuseq-eval")
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of :class:`~diffuseq.config.EvalConfig`."""
-    return build_flag_parser(PROG, __doc__, [(EvalConfig, "evaluation")])
+    return build_flag_parser(
+        PROG, describe(__doc__, "eval_seq2seq.py", PROG), [(EvalConfig, "evaluation")]
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> EvalConfig:

@@ -1,4 +1,4 @@
-"""Train a DiffuSeq model.
+r"""Train a DiffuSeq model.
 
 Single process (CPU or one GPU):
     python run_train.py --config configs/demo.yaml
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from diffuseq.cli.common import program_name, run_cli
+from diffuseq.cli.common import describe, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args, given_flags
 from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Every flag of the run configuration (generated from diffuseq.config) plus the runtime options."""
     return build_flag_parser(
         PROG,
-        __doc__,
+        describe(__doc__, "run_train.py", PROG),
         [(RuntimeOptions, "runtime"), *((kind, name) for name, kind in SECTIONS.items())],
     )
 

@@ -22,6 +22,7 @@ from diffuseq.checkpoint import (
 from diffuseq.cli.common import on_rank0_or_raise
 from diffuseq.cli.train import PROG, Invocation
 from diffuseq.config import RunConfig, run_folder_name
+from diffuseq.config.run import STAMP_FORMATS, run_notes
 from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
 from diffuseq.errors import CheckpointError, ConfigError, UserError
 from diffuseq.factory import (
@@ -253,8 +254,8 @@ def _config_for_resume(resume: ResumeSource, invocation: Invocation) -> RunConfi
 
 
 def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
-    """The run folder and the notes written to training_args.json (``notes`` + timestamp, as the
-    original), decided by rank 0 and broadcast (the original computed them on every rank)."""
+    """The run folder and the notes written to training_args.json (:func:`run_notes`: notes and
+    timestamp, as the original), decided by rank 0 and broadcast (the original computed them on every rank)."""
     tr = config.train
     if resume.kind == "state":
         if tr.checkpoint_path and Path(tr.checkpoint_path).resolve() != resume.run_dir.resolve():
@@ -266,11 +267,11 @@ def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
         return resume.run_dir, str(saved.get("notes", tr.notes))
     proposal = None
     if dist.is_main():
-        stamp = time.strftime("%Y%m%d-%H:%M:%S")
+        stamp = time.strftime(STAMP_FORMATS[tr.run_name_format])
         folder = tr.checkpoint_path or str(
             contained(RUNS_ROOT, run_folder_name(config, timestamp=stamp), "the run folder")
         )
-        proposal = (folder, tr.notes + stamp if tr.notes else tr.notes)
+        proposal = (folder, run_notes(tr, timestamp=stamp))
     folder, notes = dist.broadcast_object(proposal)
     run_dir = Path(folder)
     refuse_existing_states(run_dir, tr.resume_checkpoint)  # early; again under the lock
@@ -288,8 +289,8 @@ def _export_model(run_dir: Path) -> None:
 def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...]) -> None:
     log = get_logger("train")
     if resume.kind == "state":
-        trainer.load_state(resume.payload)
-        log.info("resumed exactly from %s (step %d)", resume.path, resume.step)
+        how = "exactly" if trainer.load_state(resume.payload) else "(not bit-identically)"
+        log.info("resumed %s from %s (step %d)", how, resume.path, resume.step)
     elif resume.kind == "weights":
         ema_weights = {}
         for rate in rates:  # the original also loads the sibling EMA files of the same step

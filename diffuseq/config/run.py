@@ -142,6 +142,12 @@ class TrainConfig:
         "", "run folder (default: diffusion_models/<name built from the flags>)"
     )
     notes: str = opt("-", "free text appended to the run folder name with a timestamp")
+    run_name_format: str = opt(
+        "portable",
+        "run folder name: portable (no ':', notes '-' left out: ..._seed102_qqp_20250101-120000) "
+        "or original (the original's ..._seed102_qqp20250101-12:00:00, for tools that parse it)",
+        choices=("portable", "original"),
+    )
     log_wandb: bool = opt(False, "also log to Weights & Biases (never required)", flag="wandb")
     tensorboard: bool = opt(
         False,
@@ -400,18 +406,34 @@ def _check_respacing(respacing: str, steps: int) -> None:
         ) from None
 
 
-def run_folder_name(config: RunConfig, *, timestamp: str | None = None) -> str:
-    """The original's run folder name (docs/original.md §2.2 step 3), timestamp computed once by the caller.
+#: The timestamp of a run folder name per ``--run_name_format``.
+STAMP_FORMATS = {"portable": "%Y%m%d-%H%M%S", "original": "%Y%m%d-%H:%M:%S"}
 
-    ``diffuseq_{dataset}_h{hidden}_lr{lr}_t{T}_{schedule}_{sampler}_seed{seed}_{notes}{timestamp}``,
-    with ``lr`` formatted by ``str(float)`` (``0.0001``, ``1e-05``).
+
+def run_notes(train: TrainConfig, *, timestamp: str | None = None) -> str:
+    """The notes part of a run folder name (also ``notes`` of training_args.json); ``""`` when
+    ``--notes`` is empty. ``original``: ``notes + timestamp``, as the original; ``portable``:
+    ``notes_timestamp`` without ':' (just the timestamp for the default notes ``-``)."""
+    if not train.notes:
+        return ""
+    stamp = (
+        timestamp if timestamp is not None else time.strftime(STAMP_FORMATS[train.run_name_format])
+    )
+    if train.run_name_format == "original":
+        return train.notes + stamp
+    return stamp if train.notes == "-" else f"{train.notes}_{stamp}"
+
+
+def run_folder_name(config: RunConfig, *, timestamp: str | None = None) -> str:
+    """The run folder name (docs/original.md §2.2 step 3), timestamp computed once by the caller.
+
+    ``diffuseq_{dataset}_h{hidden}_lr{lr}_t{T}_{schedule}_{sampler}_seed{seed}_{notes part}``
+    (:func:`run_notes`), with ``lr`` formatted by ``str(float)`` (``0.0001``, ``1e-05``).
     """
     m, d, da, tr = config.model, config.diffusion, config.data, config.train
     name = (
         f"diffuseq_{da.dataset}_h{m.hidden_dim}_lr{float(tr.lr)}_t{d.diffusion_steps}_"
         f"{d.noise_schedule}_{d.schedule_sampler}_seed{tr.seed}"
     )
-    if tr.notes:
-        stamp = timestamp if timestamp is not None else time.strftime("%Y%m%d-%H:%M:%S")
-        name += f"_{tr.notes}{stamp}"
-    return name
+    notes = run_notes(tr, timestamp=timestamp)
+    return f"{name}_{notes}" if notes else name
