@@ -30,7 +30,7 @@ def test_python_m_help(name):
 HEAVY = ("torch", "transformers", "diffusers", "tokenizers", "matplotlib")
 
 
-@pytest.mark.parametrize("name", ["train", "decode", "evaluate", "plot"])
+@pytest.mark.parametrize("name", ["train", "decode", "evaluate", "plot", "export"])
 def test_help_imports_no_torch(name):
     """--help builds the whole parser (every choice list) without loading torch & co."""
     code = (
