@@ -32,6 +32,8 @@ Differences from the original (deliberate):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -152,6 +154,19 @@ class HFTokenizer(TextTokenizer):
     def save(self, directory: str | os.PathLike) -> None:
         """``save_pretrained`` into ``directory``: ``tokenizer.json``, ``tokenizer_config.json``."""
         self._tok.save_pretrained(str(directory))
+
+    def fingerprint(self) -> dict[str, str]:
+        import tokenizers
+
+        backend = getattr(self._tok, "backend_tokenizer", None)
+        rules = backend.to_str() if backend is not None else repr(self._tok.get_vocab())
+        specials = json.dumps(self._tok.special_tokens_map, sort_keys=True, default=str)
+        return {
+            "class": type(self._tok).__name__,
+            "rules_blake2b": hashlib.blake2b(rules.encode(), digest_size=16).hexdigest(),
+            "special_tokens": specials,
+            "tokenizers": tokenizers.__version__,
+        }
 
     def describe(self) -> dict[str, Any]:
         return {

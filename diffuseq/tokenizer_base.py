@@ -69,6 +69,12 @@ class TextTokenizer(ABC):
     def describe(self) -> dict[str, Any]:
         """``{"kind": ..., ...}``: the kind and what is needed to rebuild it from a run folder."""
 
+    @abstractmethod
+    def fingerprint(self) -> dict[str, str]:
+        """What makes two tokenizers encode alike: class, a hash of the vocabulary and its
+        rules, the special tokens and the tokenizing library's version (the key of a
+        tokenization cache entry, :mod:`diffuseq.data_cache`)."""
+
     def decode(self, ids: Sequence[int]) -> str:
         """Original decode semantics (docs/original.md §3.2, §5.13).
 
@@ -108,6 +114,11 @@ class UnknownTokens:
             self.total += len(ids) - sum(ids.count(s) for s in self.specials)
             if self.unk_id is not None:
                 self.unknown += ids.count(self.unk_id)
+
+    def add_counts(self, *, unknown: int, total: int) -> None:
+        """Add counts made elsewhere (a tokenization cache entry records them)."""
+        self.unknown += unknown
+        self.total += total
 
     @property
     def fraction(self) -> float:

@@ -6,6 +6,7 @@ tokens, and the run folder's ``vocab.json``. Loaded through :func:`diffuseq.toke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -150,6 +151,14 @@ class VocabFileTokenizer(TextTokenizer):
         """Write ``vocab.json`` exactly as the original does (``json.dump`` defaults)."""
         with (Path(directory) / VOCAB_JSON).open("w", encoding="utf-8") as handle:
             json.dump(self._vocab, handle)
+
+    def fingerprint(self) -> dict[str, str]:
+        text = json.dumps(sorted(self._vocab.items(), key=lambda item: item[1]))
+        return {
+            "class": type(self).__name__,
+            "rules_blake2b": hashlib.blake2b(text.encode(), digest_size=16).hexdigest(),
+            "special_tokens": " ".join(self.SPECIALS),
+        }
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -41,6 +41,7 @@ def main() -> int:
 
     out = Path(sys.argv[1])
     trainer = prepare(sys.argv[2:])
+    mapped = getattr(trainer.train_batches.loader.dataset.token_ids.base, "filename", None)
     recorder = _Recorder(trainer.train_batches)
     trainer.train_batches = recorder
     trainer.fit()
@@ -53,6 +54,7 @@ def main() -> int:
             "ema": {str(r): [p.detach().clone() for p in ps] for r, ps in trainer.ema.items()},
             "sampler": trainer.sampler.state_dict(),
             "rng": torch.get_rng_state(),
+            "mapped": None if mapped is None else str(mapped),  # the cache file, when mapped
         },
         out / f"rank{dist.rank()}.pt",
     )

@@ -23,7 +23,8 @@ from diffuseq.cli.common import on_rank0_or_raise
 from diffuseq.cli.train import PROG, Invocation
 from diffuseq.config import RunConfig, run_folder_name
 from diffuseq.config.run import STAMP_FORMATS, run_notes
-from diffuseq.data import InfiniteBatches, build_dataset, infinite_batches, make_loader, split_file
+from diffuseq.data import InfiniteBatches, infinite_batches, make_loader, split_file
+from diffuseq.data_cache import load_split
 from diffuseq.errors import CheckpointError, ConfigError, UserError
 from diffuseq.factory import (
     build_diffusion,
@@ -192,8 +193,9 @@ def _load_data(
         )
     get_logger("train").info("### Creating data loader... (vocab size %d)", tokenizer.vocab_size)
     unknown = UnknownTokens(tokenizer)
-    train_set = build_dataset(train_path, tokenizer, seq_len=da.seq_len, unknown=unknown)
-    valid_set = build_dataset(valid_path, tokenizer, seq_len=da.seq_len)
+    cache = dict(seq_len=da.seq_len, cache=da.data_cache)
+    train_set = load_split(train_path, tokenizer, unknown=unknown, **cache)
+    valid_set = load_split(valid_path, tokenizer, **cache)
     if rank == 0:
         unknown.report(get_logger("train"), f"training data {train_path}")
     train_batches = infinite_batches(

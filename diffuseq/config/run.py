@@ -115,6 +115,14 @@ class DataConfig:
     )
     wordpiece_vocab_size: int = opt(8000, "vocabulary size for --vocab wordpiece")
     num_workers: int = opt(0, "DataLoader worker processes")
+    data_cache: str = opt(
+        "auto",
+        "tokenization cache: 'auto' ($XDG_CACHE_HOME/diffuseq/data, else "
+        "~/.cache/diffuseq/data), 'off' (tokenize on every launch) or a folder; rank 0 "
+        "tokenizes each split once, every rank memory-maps it, a changed file or tokenizer "
+        "is tokenized again",
+        metavar="auto|off|DIR",
+    )
 
 
 @dataclass(frozen=True)
