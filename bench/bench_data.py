@@ -12,11 +12,13 @@ finishes its single step.
 Variants (``--variants``):
   uncached   ``--data_cache off``: today's build, every rank tokenizes the whole file;
   cached     ``--data_cache DIR`` with a fresh DIR: first launch (rank 0 builds the cache,
-             the others wait and map it), then a relaunch in a new run folder (every rank maps
-             the cache).
+             the others wait and map it), then ``--relaunches`` relaunches, each in a new run
+             folder (every rank maps the cache).
 
 Each (variant, ranks) is measured in the same invocation, so the baseline and the cache share
-the machine's load. Writes ``bench/data/data.json`` and ``bench/data/data.md``.
+the machine's load. Writes ``bench/data/data.json`` and ``bench/data/data.md``: every launch,
+then a summary per number of ranks (uncached, cached first launch and the median relaunch, with
+their ratios to uncached; peak RSS of the worst rank).
 
 Example (from the repository root):
   python -m bench.make_ccd_like --vocab VOCAB.txt --out bench/out/ccd
@@ -32,6 +34,7 @@ import platform
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     launches = [("launch", "off")]
                 elif variant == "cached":
                     cache = str(scratch / f"cache_{ranks}")
-                    launches = [("first launch", cache), ("relaunch", cache)]
+                    launches = [("first launch", cache)] + [("relaunch", cache)] * args.relaunches
                 else:
                     raise SystemExit(f"--variants: unknown variant {variant!r}")
                 for n, (label, cache) in enumerate(launches):
@@ -178,6 +181,42 @@ def markdown(rows: list[dict], args: argparse.Namespace, pairs: int) -> list[str
             f"| {r['variant']} | {r['launch']} | {r['world_size']} | {r['first_step_s']:.1f} "
             f"| {r['peak_rss_mib']:.0f} |"
         )
+    return lines + ["", *summary(rows)]
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Per number of ranks: uncached, cached first launch, median cached relaunch; the time to
+    the first step with its ratio to uncached, and peak RSS per rank (MiB)."""
+    lines = [
+        "| ranks | uncached (s) | cached, first launch (s) | ratio | cached, relaunch (s, median "
+        "of n) | ratio | peak RSS per rank, uncached / first / relaunch (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ranks in sorted({r["world_size"] for r in rows}):
+
+        def pick(variant: str, launch: str) -> list[dict]:
+            return [
+                r for r in rows
+                if (r["world_size"], r["variant"], r["launch"]) == (ranks, variant, launch)
+            ]  # fmt: skip
+
+        groups = [pick("uncached", "launch"), pick("cached", "first launch")]
+        groups.append(pick("cached", "relaunch"))
+        times = [statistics.median(r["first_step_s"] for r in g) if g else None for g in groups]
+        rss = [max(r["peak_rss_mib"] for r in g) if g else None for g in groups]
+
+        def cell(value, fmt=".1f"):
+            return "-" if value is None else format(value, fmt)
+
+        def ratio(value):
+            return "-" if value is None or times[0] is None else f"{value / times[0]:.3f}"
+
+        lines.append(
+            f"| {ranks} | {cell(times[0])} | {cell(times[1])} | {ratio(times[1])} | "
+            f"{cell(times[2])} (n={len(groups[2])}) | {ratio(times[2])} | "
+            + " / ".join(cell(v, ".0f") for v in rss)
+            + " |"
+        )
     return lines
 
 
@@ -188,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--ranks", default="1,2", help="comma-separated numbers of ranks")
     parser.add_argument("--variants", default="uncached,cached")
+    parser.add_argument("--relaunches", type=int, default=1, help="cached relaunches per ranks")
     parser.add_argument("--scratch", default=None, help="folder for run folders and caches")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results (.md beside it)")
     return parser
