@@ -21,7 +21,7 @@ from diffuseq.cli.train import build_parser, main
 from diffuseq.data import build_dataset, iter_pairs, merge_example
 from diffuseq.data_cache import cache_root, load_split
 from diffuseq.errors import ConfigError, DataError
-from diffuseq.tokenizer import UnknownTokens, load_tokenizer
+from diffuseq.tokenizer import UnknownTokens, load_tokenizer, train_wordpiece
 from diffuseq.word_memo import flatten, merge_flat, word_memo_for
 from tests.conftest import shared_dir, skip_missing
 from tests.train_helpers import (
@@ -57,10 +57,14 @@ def _bert_vocab() -> Path:
     return path
 
 
-@pytest.fixture(params=["word", "bert"])
+@pytest.fixture(params=["word", "bert", "wordpiece"])
 def tokenizer(request):
+    """The word-level demo vocab, BERT's vocab.txt, a WordPiece vocabulary learned here."""
     if request.param == "word":
         return load_tokenizer(str(DEMO_DIR / "vocab.txt"))
+    if request.param == "wordpiece":
+        texts = [text for pair in iter_pairs(DEMO_DIR / "valid.jsonl") for text in pair]
+        return train_wordpiece(texts, vocab_size=300)
     return load_tokenizer(str(_bert_vocab()))
 
 
