@@ -32,9 +32,14 @@ so the sampler, the batches and a resumed run are bit-identical.
 Why not Hugging Face ``datasets`` (Arrow files, cached ``map``): the examples are already stored
 as three flat numpy arrays, about 200 bytes per pair; ``np.load(mmap_mode="r")`` maps them with
 no conversion and no new dependency, and the batch gather of ``Seq2SeqDataset`` works on them
-unchanged. ``datasets`` would add a package and its dependencies, an Arrow conversion of every
-batch (or a second copy of the arrays), and its cache fingerprint hashes the Python function,
-not the tokenizer's vocabulary, which is what must invalidate an entry here.
+unchanged. ``datasets`` would add a package and its dependencies, a conversion to Arrow and
+back for every batch (or a second copy of the arrays), and its cache fingerprints (file paths
+and times, a pickle hash of the mapped function) are not the key needed here (content hash,
+tokenizer identity, ``seq_len``), which would have to be checked on top. Measured in
+``bench/RESULTS.md`` ("Data loading").
+
+Other ranks wait for rank 0's build in a broadcast, within the process group's timeout
+(30 minutes, :func:`diffuseq.dist.init`; the 3.4M-pair build takes about a minute).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import numpy as np
 
 from diffuseq import dist
 from diffuseq.data import Seq2SeqDataset, build_dataset, check_seq_len, iter_pairs
-from diffuseq.errors import ConfigError, UserError
+from diffuseq.errors import ConfigError, DataError, UserError
 from diffuseq.logger import get_logger
 from diffuseq.word_memo import flatten, merge_flat, word_memo_for
 
@@ -87,10 +92,13 @@ def cache_root(setting: str) -> Path | None:
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     """``{"size", "mtime_ns", "blake2b"}`` of a file (its bytes hashed in 1 MiB blocks)."""
     digest = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as handle:
-        stat = os.fstat(handle.fileno())
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            while block := handle.read(_HASH_BLOCK):
+                digest.update(block)
+    except OSError as err:
+        raise DataError(str(path), None, None, f"cannot read the file ({err.strerror}).") from None
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
 
 

@@ -111,3 +111,25 @@ def test_bench_kernels_small(tmp_path):
         if line.startswith("| rounding") or line.startswith("| token")
     ]
     assert len(rows) == 3 and all(row.endswith("x |") for row in rows)
+
+
+def test_bench_data_tiny(tmp_path):
+    """bench_data: the uncached launch, the cached first launch and a relaunch, summarised;
+    the relaunch maps the entry the first launch built (in the bench's own scratch cache)."""
+    from bench import bench_data
+    from tests.train_helpers import make_tiny_data
+
+    data = make_tiny_data(tmp_path / "data")
+    out = tmp_path / "data.json"
+    argv = ["--data", str(data), "--vocab", str(data / "vocab.txt"), "--seq_len", "24",
+            "--ranks", "1", "--relaunches", "1", "--scratch", str(tmp_path), "--out", str(out)]  # fmt: skip
+    assert bench_data.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["launch"]) for r in rows] == [
+        ("uncached", "launch"),
+        ("cached", "first launch"),
+        ("cached", "relaunch"),
+    ]
+    assert all(r["first_step_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
+    table = out.with_suffix(".md").read_text()
+    assert "| 1 | " in table and "(n=1)" in table
