@@ -37,6 +37,7 @@ from diffuseq.progress import progress as progress_display
 from diffuseq.safe_io import contained, path_component
 from diffuseq.sampling import run_sampler
 from diffuseq.sampling.noise import NoiseSource
+from diffuseq.sampling.noise_floor import NoiseFloored, noise_floor_time
 from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.sampling.self_cond import SelfConditioned
 
@@ -93,13 +94,25 @@ class _Autocast:
 
 
 class Decoder:
-    """A loaded model ready to decode: model (eval, frozen, on ``device``), diffusion, tokenizer."""
+    """A loaded model ready to decode: model (eval, frozen, on ``device``), diffusion, tokenizer.
+
+    ``noise_floor`` is the run's ``--noise_floor`` F: the network is told ``max(t, round(F·T))``
+    (:class:`~diffuseq.sampling.noise_floor.NoiseFloored`; 0 = off).
+    """
 
     def __init__(
-        self, *, model, diffusion, tokenizer, seq_len: int, device: torch.device | str = "cpu"
+        self,
+        *,
+        model,
+        diffusion,
+        tokenizer,
+        seq_len: int,
+        device: torch.device | str = "cpu",
+        noise_floor: float = 0.0,
     ) -> None:
         self.model, self.diffusion, self.tokenizer = model, diffusion, tokenizer
         self.seq_len, self.device = seq_len, torch.device(device)
+        self.noise_floor = float(noise_floor)
 
     @classmethod
     def from_checkpoint(
@@ -148,6 +161,7 @@ class Decoder:
             tokenizer=tokenizer,
             seq_len=config.data.seq_len,
             device=device,
+            noise_floor=config.diffusion.noise_floor,
         )
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedInputs:
@@ -178,6 +192,8 @@ class Decoder:
         model = (
             SelfConditioned(self.model) if getattr(self.model, "self_cond", False) else self.model
         )
+        if self.noise_floor > 0:
+            model = NoiseFloored(model, noise_floor_time(self.diffusion, self.noise_floor))
         if s.dtype != "fp32":
             model = _Autocast(model, torch_dtype(s.dtype), self.device)
         mean_embed = getattr(self.model, "mean_embed", None)

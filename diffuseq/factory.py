@@ -84,4 +84,7 @@ def build_diffusion(config: DiffusionConfig, *, respacing: str | None = None) ->
 def build_timestep_distribution(
     config: DiffusionConfig, diffusion: GaussianDiffusion
 ) -> TimestepDistribution:
-    return create_timestep_distribution(config.schedule_sampler, diffusion)
+    """The training distribution over t of ``diffusion`` (``--noise_floor`` applied)."""
+    return create_timestep_distribution(
+        config.schedule_sampler, diffusion, noise_floor=config.noise_floor
+    )

@@ -31,6 +31,7 @@ _RECIPE = (
     ("diffusion", "noise_schedule", "--noise_schedule"),
     ("diffusion", "schedule_sampler", "--schedule_sampler"),
     ("diffusion", "denoise", "--denoise"),
+    ("diffusion", "noise_floor", "--noise_floor"),
     ("data", "seq_len", "--seq_len"),
     ("data", "vocab", "--vocab"),
     ("train", "lr", "--lr"),

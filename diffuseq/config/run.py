@@ -99,6 +99,11 @@ class DiffusionConfig:
         0.01,
         "weight of the ||mean_embed|| regulariser (the original always used 0.01, ignoring its flag)",
     )
+    noise_floor: float = opt(
+        0.0,
+        "noise floor F in [0, 1) (beyond the original; DINOISER, Ye et al. 2023): train only on "
+        "t >= round(F*T) and tell the network max(t, round(F*T)) when sampling (0 = off)",
+    )
 
 
 @dataclass(frozen=True)
@@ -252,6 +257,12 @@ class RunConfig:
             (
                 0.0 <= d.denoise_rate <= 1.0,
                 f"--denoise_rate must be in [0, 1], got {d.denoise_rate}",
+            ),
+            (
+                0.0 <= d.noise_floor < 1.0
+                and round(d.noise_floor * d.diffusion_steps) < d.diffusion_steps,
+                f"--noise_floor must be in [0, 1) and leave at least one of the --diff_steps "
+                f"{d.diffusion_steps} steps, got {d.noise_floor}",
             ),
             (
                 m.use_plm_init == "no" or m.hidden_dim == 768,

@@ -158,7 +158,12 @@ class GaussianDiffusion:
         ``1000.0 / original_num_steps`` (when ``rescale_timesteps``).
         """
         mapped = torch.from_numpy(self.timestep_map)[t.detach().cpu().long()]
-        mapped = mapped.to(t.device).float()
+        return self.network_time(mapped.to(t.device))
+
+    def network_time(self, t_orig: torch.Tensor) -> torch.Tensor:
+        """Value the network receives for an index ``t_orig`` of the original ``T_orig``-step
+        process (any shape): ``float32(t_orig)·(1000/T_orig)`` when ``rescale_timesteps``."""
+        mapped = t_orig.float()
         if self.rescale_timesteps:
             return mapped * (1000.0 / self.original_num_steps)
         return mapped

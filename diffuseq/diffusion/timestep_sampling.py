@@ -13,6 +13,15 @@ Differences from the original, none of which changes a number:
 * :class:`LossSecondMomentTimesteps` pads every rank's batch before the all-gather (the
   original only works when all ranks have equal micro-batch sizes, docs/original.md §10.1 item 22) and
   has ``state_dict``/``load_state_dict`` for exact resume.
+
+Beyond the original, every distribution takes a noise floor ``min_timestep`` (``--noise_floor``,
+off by default): DINOISER (Ye et al. 2023, "DINOISER: Diffused Conditional Sequence Learning by
+Manipulating Noises", §4.1) observes that at small noise scales the clean embedding can be
+read off ``z_t``, so those steps teach the model little and let it ignore the source; it clips
+the training noise scale from below. Here the weights of ``t < t_min`` are 0, so ``t`` is drawn
+from ``[t_min, T)`` only, and the importance weights ``1/(N·p_t)`` use the number
+``N = len(w) − t_min`` of allowed steps (unbiased for the mean loss over the allowed steps).
+With ``min_timestep = 0`` every number is the original's.
 """
 
 from __future__ import annotations
@@ -35,15 +44,53 @@ __all__ = [
     "LossAwareTimesteps",
     "LossSecondMomentTimesteps",
     "create_timestep_distribution",
+    "floor_timestep",
 ]
 
 
+def floor_timestep(noise_floor: float, timestep_map: Sequence[int] | np.ndarray, T: int) -> int:
+    """The first index allowed by a noise floor ``F`` (DINOISER's lower clip of the noise scale).
+
+    ``t_min = round(F·T)`` in the original ``T``-step process; with a respaced process
+    (``timestep_map[k]`` = original index of step ``k``, ascending) the floor is the first ``k``
+    with ``timestep_map[k] ≥ t_min``.
+
+    Example:
+        >>> floor_timestep(0.25, range(100), 100)
+        25
+        >>> floor_timestep(0.3, [0, 25, 50, 75], 100)  # t_min = 30 -> step 2 (original 50)
+        2
+    """
+    t_min = int(round(float(noise_floor) * int(T)))
+    return int(np.searchsorted(np.asarray(timestep_map, dtype=np.int64), t_min, side="left"))
+
+
 class TimestepDistribution(ABC):
-    """A distribution over timesteps ``0..len(weights())−1`` with importance weights."""
+    """A distribution over timesteps ``min_timestep..len(weights())−1`` with importance weights.
+
+    Subclasses set ``self.min_timestep`` (the noise floor ``t_min``; 0 = the original's
+    support) through :meth:`_set_floor`.
+    """
+
+    min_timestep: int = 0
+
+    def _set_floor(self, min_timestep: int, support: int) -> None:
+        """Store ``t_min``; ValueError unless ``0 ≤ t_min < support`` (at least one step left)."""
+        if not 0 <= int(min_timestep) < support:
+            raise ValueError(
+                f"noise floor step {min_timestep} leaves no timestep of the {support} this "
+                "distribution draws from"
+            )
+        self.min_timestep = int(min_timestep)
+
+    def _floored(self, weights: np.ndarray) -> np.ndarray:
+        """``weights`` with the entries below ``t_min`` set to 0 (in place; returned)."""
+        weights[: self.min_timestep] = 0.0
+        return weights
 
     @abstractmethod
     def weights(self) -> np.ndarray:
-        """Unnormalised float64 sampling weights ``[T]`` (positive)."""
+        """Unnormalised float64 sampling weights ``[T]`` (positive from ``t_min`` on, 0 below)."""
 
     def sample(
         self,
@@ -55,7 +102,8 @@ class TimestepDistribution(ABC):
         """Draw ``batch_size`` timesteps.
 
         ``p = w/Σw``; ``t ~ choice(len(p), p=p)`` (legacy global ``np.random`` when
-        ``generator`` is None, as the original); weight ``1/(len(p)·p_t)``.
+        ``generator`` is None, as the original); weight ``1/(N·p_t)`` with ``N = len(p) − t_min``
+        the number of allowed steps (``len(p)`` without a floor, as the original).
 
         Returns:
             ``(t int64 [B], weights float32 [B])`` on ``device``.
@@ -66,16 +114,17 @@ class TimestepDistribution(ABC):
             indices = np.random.choice(len(p), size=(batch_size,), p=p)
         else:
             indices = generator.choice(len(p), size=(batch_size,), p=p)
-        importance = 1 / (len(p) * p[indices])
+        importance = 1 / ((len(p) - self.min_timestep) * p[indices])
         t = torch.from_numpy(np.asarray(indices)).long().to(device)
         return t, torch.from_numpy(importance).float().to(device)
 
 
 class UniformTimesteps(TimestepDistribution):
-    """``w_t = 1`` for all ``t`` (importance weights all 1)."""
+    """``w_t = 1`` for all ``t ≥ t_min`` (importance weights all 1)."""
 
-    def __init__(self, num_timesteps: int) -> None:
-        self._weights = np.ones([num_timesteps], dtype=np.float64)
+    def __init__(self, num_timesteps: int, *, min_timestep: int = 0) -> None:
+        self._set_floor(min_timestep, num_timesteps)
+        self._weights = self._floored(np.ones([num_timesteps], dtype=np.float64))
 
     def weights(self) -> np.ndarray:
         return self._weights
@@ -86,12 +135,13 @@ class FixStepTimesteps(TimestepDistribution):
 
     Faithful to the original, the weights are ``[1]·(T//2) + [0.5]·(T//2)``: for odd ``T`` the
     array has ``T−1`` entries, so the last step ``T−1`` is never drawn and the importance
-    weights use ``T−1`` in place of ``T``.
+    weights use ``T−1`` in place of ``T``. Steps below ``t_min`` get weight 0.
     """
 
-    def __init__(self, num_timesteps: int) -> None:
+    def __init__(self, num_timesteps: int, *, min_timestep: int = 0) -> None:
         half = num_timesteps // 2
-        self._weights = np.concatenate([np.ones([half]), np.zeros([half]) + 0.5])
+        self._set_floor(min_timestep, 2 * half)
+        self._weights = self._floored(np.concatenate([np.ones([half]), np.zeros([half]) + 0.5]))
 
     def weights(self) -> np.ndarray:
         return self._weights
@@ -141,26 +191,37 @@ class LossSecondMomentTimesteps(LossAwareTimesteps):
     """``lossaware``: ``p_t ∝ √E[L_t²]`` over the last ``history_per_term`` losses of step t.
 
     Uniform until every step has a full history; then ``w = √mean(history²)``, normalised to
-    sum 1 and mixed with ``uniform_prob`` of the uniform distribution.
+    sum 1 and mixed with ``uniform_prob`` of the uniform distribution. With a noise floor all
+    of this runs over the allowed steps ``t ≥ t_min`` only (warm-up waits for their histories
+    alone; the uniform part is spread over them); the weights below ``t_min`` are 0.
     """
 
     def __init__(
-        self, num_timesteps: int, *, history_per_term: int = 10, uniform_prob: float = 0.001
+        self,
+        num_timesteps: int,
+        *,
+        history_per_term: int = 10,
+        uniform_prob: float = 0.001,
+        min_timestep: int = 0,
     ) -> None:
         self.num_timesteps = int(num_timesteps)
+        self._set_floor(min_timestep, self.num_timesteps)
         self.history_per_term = int(history_per_term)
         self.uniform_prob = float(uniform_prob)
         self._loss_history = np.zeros([self.num_timesteps, self.history_per_term], dtype=np.float64)
         self._loss_counts = np.zeros([self.num_timesteps], dtype=np.int64)
 
     def weights(self) -> np.ndarray:
+        out = np.zeros([self.num_timesteps], dtype=np.float64)
         if not self.warmed_up():
-            return np.ones([self.num_timesteps], dtype=np.float64)
-        weights = np.sqrt(np.mean(self._loss_history**2, axis=-1))
+            out[self.min_timestep :] = 1.0
+            return out
+        weights = np.sqrt(np.mean(self._loss_history[self.min_timestep :] ** 2, axis=-1))
         weights /= np.sum(weights)
         weights *= 1 - self.uniform_prob
         weights += self.uniform_prob / len(weights)
-        return weights
+        out[self.min_timestep :] = weights
+        return out
 
     def update_with_all_losses(self, ts: Sequence[int], losses: Sequence[float]) -> None:
         for t, loss in zip(ts, losses):
@@ -174,8 +235,8 @@ class LossSecondMomentTimesteps(LossAwareTimesteps):
                 self._loss_counts[t] += 1
 
     def warmed_up(self) -> bool:
-        """True once every timestep holds ``history_per_term`` losses."""
-        return bool((self._loss_counts == self.history_per_term).all())
+        """True once every allowed timestep (``t ≥ t_min``) holds ``history_per_term`` losses."""
+        return bool((self._loss_counts[self.min_timestep :] == self.history_per_term).all())
 
     @property
     def loss_history(self) -> np.ndarray:
@@ -223,11 +284,15 @@ TIMESTEP_DISTRIBUTIONS: tuple[str, ...] = tuple(_DISTRIBUTIONS)
 assert TIMESTEP_DISTRIBUTIONS == TIMESTEP_DISTRIBUTION_NAMES, "see diffuseq.names"
 
 
-def create_timestep_distribution(name: str, diffusion_or_T: Any) -> TimestepDistribution:
+def create_timestep_distribution(
+    name: str, diffusion_or_T: Any, *, noise_floor: float = 0.0
+) -> TimestepDistribution:
     """Build a sampler by name (``uniform``, ``lossaware``, ``fixstep``).
 
     Args:
-        diffusion_or_T: ``T`` or any object with ``num_timesteps`` (a ``GaussianDiffusion``).
+        diffusion_or_T: ``T`` or any object with ``num_timesteps`` (a ``GaussianDiffusion``;
+            its ``timestep_map`` and ``original_num_steps`` place the floor when respaced).
+        noise_floor: ``F`` in ``[0, 1)``: draw only ``t ≥ t_min``, :func:`floor_timestep`.
 
     Raises:
         ValueError: unknown name; the message lists the choices.
@@ -236,5 +301,8 @@ def create_timestep_distribution(name: str, diffusion_or_T: Any) -> TimestepDist
         raise ValueError(
             f"unknown schedule sampler: {name!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}"
         )
-    T = getattr(diffusion_or_T, "num_timesteps", diffusion_or_T)
-    return _DISTRIBUTIONS[name](int(T))
+    T = int(getattr(diffusion_or_T, "num_timesteps", diffusion_or_T))
+    timestep_map = getattr(diffusion_or_T, "timestep_map", np.arange(T))
+    original_T = int(getattr(diffusion_or_T, "original_num_steps", T))
+    min_timestep = floor_timestep(noise_floor, timestep_map, original_T)
+    return _DISTRIBUTIONS[name](T, min_timestep=min_timestep)
