@@ -16,7 +16,7 @@ Differences from the original, none of which changes a number:
 
 Beyond the original, every distribution takes a noise floor ``min_timestep`` (``--noise_floor``,
 off by default): DINOISER (Ye et al. 2023, "DINOISER: Diffused Conditional Sequence Learning by
-Manipulating Noises", §4.1) observes that at small noise scales the clean embedding can be
+Manipulating Noises") observes that at small noise scales the clean embedding can be
 read off ``z_t``, so those steps teach the model little and let it ignore the source; it clips
 the training noise scale from below. Here the weights of ``t < t_min`` are 0, so ``t`` is drawn
 from ``[t_min, T)`` only, and the importance weights ``1/(N·p_t)`` use the number
@@ -45,7 +45,13 @@ __all__ = [
     "LossSecondMomentTimesteps",
     "create_timestep_distribution",
     "floor_timestep",
+    "noise_floor_step",
 ]
+
+
+def noise_floor_step(noise_floor: float, T: int) -> int:
+    """``t_min = round(F·T)``: the first step of the ``T``-step process a noise floor ``F`` allows."""
+    return int(round(float(noise_floor) * int(T)))
 
 
 def floor_timestep(noise_floor: float, timestep_map: Sequence[int] | np.ndarray, T: int) -> int:
@@ -61,7 +67,7 @@ def floor_timestep(noise_floor: float, timestep_map: Sequence[int] | np.ndarray,
         >>> floor_timestep(0.3, [0, 25, 50, 75], 100)  # t_min = 30 -> step 2 (original 50)
         2
     """
-    t_min = int(round(float(noise_floor) * int(T)))
+    t_min = noise_floor_step(noise_floor, T)
     return int(np.searchsorted(np.asarray(timestep_map, dtype=np.int64), t_min, side="left"))
 
 

@@ -1,7 +1,7 @@
 """Noise floor at decoding time: the network is never told a noise level below ``t_min``.
 
 DINOISER (Ye et al. 2023, "DINOISER: Diffused Conditional Sequence Learning by Manipulating
-Noises", §4.2) trains only on noise scales above a floor (``--noise_floor F``, training side:
+Noises") trains only on noise scales above a floor (``--noise_floor F``, training side:
 :mod:`diffuseq.diffusion.timestep_sampling`) and, when sampling, feeds the model noise
 levels no smaller than that floor. :class:`NoiseFloored` does this for every sampler at once:
 it is a ``model(x, t)`` callable that replaces the time input by ``max(t, t_min)``, in the
@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from diffuseq.diffusion.gaussian import GaussianDiffusion
+from diffuseq.diffusion.timestep_sampling import noise_floor_step
 
 __all__ = ["NoiseFloored", "noise_floor_time"]
 
 
 def noise_floor_time(diffusion: GaussianDiffusion, noise_floor: float) -> torch.Tensor:
     """The network time of ``t_min = round(F·T_orig)``: float32 scalar tensor."""
-    t_min = int(round(float(noise_floor) * diffusion.original_num_steps))
+    t_min = noise_floor_step(noise_floor, diffusion.original_num_steps)
     return diffusion.network_time(torch.tensor(t_min))
 
 
