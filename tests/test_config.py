@@ -96,6 +96,26 @@ def test_flat_yaml_with_flag_names(tmp_path):
         RunConfig.load_yaml(tmp_path / "bad.yaml")
 
 
+def test_yaml_base_preset(tmp_path):
+    (tmp_path / "qqp.yaml").write_text("bsz: 32\ndiff_steps: 100\nnotes: plain\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "qqp-sc.yaml").write_text("base: ../qqp.yaml\nself_cond: true\nnotes: sc\n")
+    (tmp_path / "sub" / "more.yaml").write_text("base: qqp-sc.yaml\nbsz: 16\n")
+    config = RunConfig.load_yaml(tmp_path / "sub" / "more.yaml")
+    assert (config.train.batch_size, config.diffusion.diffusion_steps) == (16, 100)
+    assert config.model.self_cond and config.train.notes == "sc"
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nbsz: 8\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        RunConfig.load_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml \(the base of .*c.yaml\) does not exist"):
+        RunConfig.load_yaml(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [1]\n")
+    with pytest.raises(ConfigError, match="'base' must name another preset"):
+        RunConfig.load_yaml(tmp_path / "d.yaml")
+
+
 @pytest.mark.parametrize(
     "section, changes, message",
     [

@@ -181,12 +181,21 @@ class FlagConfig:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
-    path = Path(path)
+    """Read a YAML mapping; errors name the file.
+
+    A preset may start from another one: ``base: qqp.yaml`` (a path relative to the preset's
+    folder) reads that file first and lets this file's keys replace its values, so a recipe
+    preset names only what it changes. Bases may chain; a cycle is an error.
+    """
+    return _read_yaml(Path(path), ())
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"--config {path} is a folder; pass a YAML file such as configs/qqp.yaml")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        via = f" (the base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path}{via} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
@@ -197,7 +206,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: 'base' must name another preset file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    seen = (*chain, path.resolve())
+    if base_path in seen:
+        cycle = " -> ".join(str(p) for p in (*seen, base_path))
+        raise ConfigError(f"{path}: 'base' presets form a cycle ({cycle})")
+    return {**_read_yaml(base_path, seen), **data}
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:

@@ -1,0 +1,331 @@
+"""Time-to-quality benchmark: BLEU against training steps for the original's recipes and ours.
+
+For each task × recipe × seed (a *unit*), one training run of a small model (the demo's width:
+2 layers × 128, seq_len 48) through the real training CLI, checkpoints at several steps, and
+for each checkpoint a decode of the test split, scored with this toolkit's evaluator:
+
+* DPM-Solver++ with 10 and 4 steps, 5 candidates each (seeds 101..105): the BLEU of the seed-101
+  candidate and of the MBR choice among the 5 (``diffuseq.metrics.mbr_select``);
+* full 2000-step ancestral sampling (the original's decoder, 1 candidate) at the last checkpoint
+  of the synthetic task (``--qqp_ancestral`` adds it on QQP, where rounding over the 30522-word
+  BERT vocab makes it slow on a CPU).
+
+Tasks (:mod:`bench.quality_tasks`): ``grouping`` (synthetic) and ``qqp`` (the shared 2047 QQP
+pairs). Recipes (same model, data, seeds): ``v1`` (the original DiffuSeq), ``v1+sc``
+(self-conditioning), ``v2`` (DiffuSeq-v2: learned mean embedding + discrete noise 0.5),
+``v2+sc``. The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
+an EMA of a 1500-step run still holds most of the random initialisation.
+
+Each unit writes ``OUT/results/<task>-<recipe>-<seed>.json`` as soon as it is done; a rerun of
+the same command skips finished units, so an interrupted benchmark resumes. ``report`` turns the
+results into ``bench/results_quality.md`` and ``bench/quality_bleu_vs_steps.png``
+(:mod:`bench.quality_report`).
+
+Usage (from the repository root; about 1.5 h on a 2-core CPU with 2 jobs)::
+
+    python -m bench.bench_quality run --jobs 2                # all tasks, recipes, 2 seeds
+    python -m bench.bench_quality report                      # tables + plot from the results
+    python -m bench.bench_quality run --quick --out /tmp/q    # smoke test: tiny sizes, 1 seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import quality_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / "out" / "quality"
+RECIPES = {
+    "v1": [],
+    "v1+sc": ["--self_cond", "true"],
+    "v2": ["--learned_mean_embed", "true", "--denoise", "true", "--denoise_rate", "0.5"],
+    "v2+sc": [
+        "--learned_mean_embed", "true", "--denoise", "true", "--denoise_rate", "0.5",
+        "--self_cond", "true",
+    ],
+}  # fmt: skip
+MODEL = [
+    "--config_name", "bert-base-uncased", "--bert_hidden_size", "128", "--num_layers", "2",
+    "--num_heads", "4", "--intermediate_size", "512", "--hidden_dim", "128",
+    "--hidden_t_dim", "128", "--dropout", "0.1", "--noise_schedule", "sqrt",
+    "--schedule_sampler", "lossaware", "--lr", "0.001", "--bsz", "64", "--microbatch", "64",
+    "--ema_rate", "0.99", "--seq_len", "48", "--device", "cpu", "--progress", "false",
+]  # fmt: skip
+SEEDS = (102, 103)
+CANDIDATES = 5
+DPM_STEPS = (10, 4)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark task: where its data comes from and its training/decoding budget."""
+
+    name: str
+    eval_at: tuple[int, ...]  # training steps of the scored checkpoints
+    diff_steps: int = 2000
+    ancestral: bool = True  # T-step ancestral decode at the last checkpoint
+    test_limit: int = 0  # 0: the whole test split
+    sizes: dict[str, int] = field(default_factory=dict)  # generated split sizes (grouping)
+
+
+def tasks(*, quick: bool, qqp_ancestral: bool) -> dict[str, Task]:
+    if quick:
+        small = {"train": 400, "valid": 16, "test": 16}
+        return {
+            "grouping": Task("grouping", (10, 20), diff_steps=50, test_limit=16, sizes=small),
+            "qqp": Task("qqp", (10,), diff_steps=50, ancestral=qqp_ancestral, test_limit=8),
+        }
+    return {
+        "grouping": Task("grouping", (500, 1000, 1500)),
+        "qqp": Task("qqp", (500, 1000), ancestral=qqp_ancestral),
+    }
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("DIFFUSEQ_SHARED", REPO.parent / "shared"))
+
+
+def prepare_data(task: Task, out: Path) -> tuple[Path, str]:
+    """The task's data folder under ``OUT/data`` (made once) and its ``--vocab`` value."""
+    folder = out / "data" / task.name
+    if task.name == "grouping":
+        if not (folder / "vocab.txt").exists():
+            quality_tasks.make_grouping(folder, sizes=task.sizes or None)
+        return folder, str(folder / "vocab.txt")
+    qqp = shared_dir() / "data" / "qqp" / "valid.jsonl"
+    vocab = shared_dir() / "data" / "bert-base-uncased-vocab.txt"
+    if not qqp.exists() or not vocab.exists():
+        raise SystemExit(f"the qqp task needs {qqp} and {vocab} (set DIFFUSEQ_SHARED)")
+    if not (folder / "test.jsonl").exists():
+        quality_tasks.make_qqp(qqp, folder)
+    return folder, str(vocab)
+
+
+# ----------------------------------------------------------------------------- one unit
+
+
+def train(task: Task, recipe: str, seed: int, out: Path) -> tuple[Path, dict[int, float]]:
+    """Train one unit (skipped when its last checkpoint exists); checkpoint → training seconds."""
+    data, vocab = prepare_data(task, out)
+    run = out / "runs" / f"{task.name}-{recipe}-{seed}"
+    steps, interval = max(task.eval_at), min(task.eval_at)
+    timing = run / "bench_timing.json"
+    if not timing.exists():
+        command = [
+            sys.executable, "-m", "diffuseq.cli.train", *MODEL, *RECIPES[recipe],
+            "--data_dir", str(data), "--vocab", vocab, "--diff_steps", str(task.diff_steps),
+            "--learning_steps", str(steps), "--save_interval", str(interval),
+            "--eval_interval", str(interval), "--log_interval", str(max(1, interval // 5)),
+            "--seed", str(seed), "--checkpoint_path", str(run), "--export_model", "false",
+        ]  # fmt: skip
+        if run.exists():  # an interrupted training: its seconds would be wrong, start again
+            shutil.rmtree(run)
+        log = out / "logs" / f"{run.name}.train.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        with open(log, "a") as handle:
+            subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+        seconds = {
+            int(p.stem.rsplit("_", 1)[1]): p.stat().st_mtime - start for p in run.glob("ema_*.pt")
+        }
+        timing.write_text(json.dumps(seconds))
+    seconds = {int(k): v for k, v in json.loads(timing.read_text()).items()}
+    return run, seconds
+
+
+def score(records: list[list[dict]], special_tokens: dict[str, str]) -> dict:
+    """Scores of candidate 0 and of the MBR choice; records[i][k] as ``generate_raw`` returns."""
+    from diffuseq import metrics
+    from diffuseq.evaluation import SpecialTokens, clean_example
+
+    tokens = SpecialTokens(**{k: special_tokens[k] for k in ("sos", "eos", "sep", "pad")})
+    cleaned = [[clean_example(r, tokens) for r in per_source] for per_source in records]
+    refs = [c[0].reference for c in cleaned]
+    result = {}
+    picks = {"first": [c[0].recover for c in cleaned]}
+    if len(cleaned[0]) > 1:
+        matrices = metrics.pairwise_bleu_many([[e.recover for e in c] for c in cleaned])
+        picks["mbr"] = [c[metrics.mbr_select(m)].recover for c, m in zip(cleaned, matrices)]
+    for name, hyps in picks.items():
+        result[name] = {
+            "bleu": statistics.fmean(metrics.sentence_bleu_many(hyps, refs)),
+            "rouge_l": statistics.fmean(metrics.rouge_l_many(hyps, refs)),
+            "exact": statistics.fmean(float(h == r) for h, r in zip(hyps, refs)),
+        }
+    result["copy_bleu"] = statistics.fmean(
+        metrics.sentence_bleu_many([c[0].source for c in cleaned], refs)
+    )
+    return result
+
+
+def decode_checkpoint(checkpoint: Path, pairs: list, *, ancestral: bool) -> dict:
+    """All decodes of one checkpoint: ``{"dpm10": {...}, "dpm4": {...}, "ancestral": {...}}``."""
+    from diffuseq import api
+
+    generator = api.load(checkpoint, device="cpu")
+    specials = generator.decoder.tokenizer.special_tokens
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+    T = generator.decoder.diffusion.num_timesteps
+    settings = [(f"dpm{n}", "dpm-solver++", n, CANDIDATES) for n in DPM_STEPS]
+    settings += [("ancestral", "ancestral", T, 1)] if ancestral else []
+    results = {}
+    for name, sampler, steps, k in settings:
+        start = time.perf_counter()
+        records = generator.generate_raw(
+            sources, references=references, sampler=sampler, steps=steps, num_samples=k, seed=101
+        )
+        results[name] = {
+            **score(records, specials),
+            "sampler": sampler,
+            "steps": steps,
+            "candidates": k,
+            "model_calls_per_sentence": steps * k,
+            "decode_seconds": time.perf_counter() - start,
+        }
+    return results
+
+
+def run_unit(task: Task, recipe: str, seed: int, out: Path) -> dict:
+    """Train, decode and score one unit; writes and returns its result record."""
+    from diffuseq.data import read_pairs
+
+    path = out / "results" / f"{task.name}-{recipe}-{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    run, seconds = train(task, recipe, seed, out)
+    pairs = read_pairs(run_split(out, task, "test"))[: task.test_limit or None]
+    checkpoints = []
+    for step in sorted(task.eval_at):
+        [checkpoint] = run.glob(f"ema_*_{step:06d}.pt")
+        last = step == max(task.eval_at)
+        checkpoints.append(
+            {
+                "step": step,
+                "train_seconds": seconds[step],
+                **decode_checkpoint(checkpoint, pairs, ancestral=task.ancestral and last),
+            }
+        )
+    result = {
+        "task": task.name,
+        "recipe": recipe,
+        "seed": seed,
+        "flags": RECIPES[recipe],
+        "test_examples": len(pairs),
+        "checkpoints": checkpoints,
+        "task_settings": asdict(task),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+def run_split(out: Path, task: Task, split: str) -> Path:
+    return out / "data" / task.name / f"{split}.jsonl"
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def unit_command(args: argparse.Namespace, task: str, recipe: str, seed: int) -> list[str]:
+    flags = ["--quick"] if args.quick else []
+    flags += ["--qqp_ancestral"] if args.qqp_ancestral else []
+    return [sys.executable, "-m", "bench.bench_quality", "unit", task, recipe, str(seed),
+            "--out", str(args.out), *flags]  # fmt: skip
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """Every unit, ``--jobs`` at a time, each in its own one-thread process."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_tasks = tasks(quick=args.quick, qqp_ancestral=args.qqp_ancestral)
+    names = (
+        args.tasks.split(",") if args.tasks else (["grouping"] if args.quick else list(all_tasks))
+    )
+    seeds = (
+        [int(s) for s in args.seeds.split(",")] if args.seeds else SEEDS[: 1 if args.quick else 2]
+    )
+    recipes = args.recipes.split(",")
+    for name in names:  # data once, before the parallel units
+        prepare_data(all_tasks[name], out)
+    (out / "command.txt").write_text(
+        "python -m bench.bench_quality " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n"
+    )
+    units = [(t, r, s) for t in names for s in seeds for r in recipes]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def launch(unit: tuple[str, str, int]) -> int:
+        log = out / "logs" / ("-".join(map(str, unit)) + ".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            code = subprocess.call(
+                unit_command(args, *unit),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        print(f"{'done' if code == 0 else f'FAILED ({code}), see ' + str(log)}: {unit}", flush=True)
+        return code
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        codes = list(pool.map(launch, units))
+    return 1 if any(codes) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_quality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode in ("run", "unit", "report"):
+        p = sub.add_parser(mode)
+        p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder")
+        if mode == "report":
+            p.add_argument("--md", default=str(REPO / "bench" / "results_quality.md"))
+            p.add_argument("--png", default=str(REPO / "bench" / "quality_bleu_vs_steps.png"))
+            continue
+        p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
+        p.add_argument("--qqp_ancestral", action="store_true", help="T-step ancestral on qqp too")
+        if mode == "unit":
+            p.add_argument("task")
+            p.add_argument("recipe", choices=list(RECIPES))
+            p.add_argument("seed", type=int)
+        else:
+            p.add_argument("--jobs", type=int, default=2, help="units at a time")
+            p.add_argument("--tasks", default="", help="comma-separated (default: all)")
+            p.add_argument("--recipes", default=",".join(RECIPES))
+            p.add_argument("--seeds", default="", help="comma-separated (default 102,103)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.mode == "report":
+        from bench import quality_report
+
+        return quality_report.main(Path(args.out), Path(args.md), Path(args.png))
+    if args.mode == "unit":
+        import torch
+
+        torch.set_num_threads(1)
+        task = tasks(quick=args.quick, qqp_ancestral=args.qqp_ancestral)[args.task]
+        run_unit(task, args.recipe, args.seed, Path(args.out))
+        return 0
+    return run_all(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
