@@ -10,7 +10,7 @@ for each checkpoint a decode of the test split, scored with this toolkit's evalu
   of the synthetic task (``--qqp_ancestral`` adds it on QQP, where rounding over the 30522-word
   BERT vocab makes it slow on a CPU).
 
-Tasks (:mod:`bench.quality_tasks`): ``grouping`` (synthetic) and ``qqp`` (the shared 2047 QQP
+Tasks (:mod:`bench.quality_tasks`): ``clauses`` (synthetic) and ``qqp`` (the shared 2047 QQP
 pairs). Recipes (same model, data, seeds): ``v1`` (the original DiffuSeq), ``v1+sc``
 (self-conditioning), ``v2`` (DiffuSeq-v2: learned mean embedding + discrete noise 0.5),
 ``v2+sc``. The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
@@ -77,18 +77,18 @@ class Task:
     diff_steps: int = 2000
     ancestral: bool = True  # T-step ancestral decode at the last checkpoint
     test_limit: int = 0  # 0: the whole test split
-    sizes: dict[str, int] = field(default_factory=dict)  # generated split sizes (grouping)
+    sizes: dict[str, int] = field(default_factory=dict)  # generated split sizes (clauses)
 
 
 def tasks(*, quick: bool, qqp_ancestral: bool) -> dict[str, Task]:
     if quick:
         small = {"train": 400, "valid": 16, "test": 16}
         return {
-            "grouping": Task("grouping", (10, 20), diff_steps=50, test_limit=16, sizes=small),
+            "clauses": Task("clauses", (10, 20), diff_steps=50, test_limit=16, sizes=small),
             "qqp": Task("qqp", (10,), diff_steps=50, ancestral=qqp_ancestral, test_limit=8),
         }
     return {
-        "grouping": Task("grouping", (500, 1000, 1500)),
+        "clauses": Task("clauses", (500, 1000, 1500)),
         "qqp": Task("qqp", (500, 1000), ancestral=qqp_ancestral),
     }
 
@@ -100,9 +100,9 @@ def shared_dir() -> Path:
 def prepare_data(task: Task, out: Path) -> tuple[Path, str]:
     """The task's data folder under ``OUT/data`` (made once) and its ``--vocab`` value."""
     folder = out / "data" / task.name
-    if task.name == "grouping":
+    if task.name == "clauses":
         if not (folder / "vocab.txt").exists():
-            quality_tasks.make_grouping(folder, sizes=task.sizes or None)
+            quality_tasks.make_clauses(folder, sizes=task.sizes or None)
         return folder, str(folder / "vocab.txt")
     qqp = shared_dir() / "data" / "qqp" / "valid.jsonl"
     vocab = shared_dir() / "data" / "bert-base-uncased-vocab.txt"
@@ -253,7 +253,7 @@ def run_all(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     all_tasks = tasks(quick=args.quick, qqp_ancestral=args.qqp_ancestral)
     names = (
-        args.tasks.split(",") if args.tasks else (["grouping"] if args.quick else list(all_tasks))
+        args.tasks.split(",") if args.tasks else (["clauses"] if args.quick else list(all_tasks))
     )
     seeds = (
         [int(s) for s in args.seeds.split(",")] if args.seeds else SEEDS[: 1 if args.quick else 2]
@@ -262,7 +262,7 @@ def run_all(args: argparse.Namespace) -> int:
     for name in names:  # data once, before the parallel units
         prepare_data(all_tasks[name], out)
     (out / "command.txt").write_text(
-        "python -m bench.bench_quality " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n"
+        "python -m bench.bench_quality " + " ".join(shlex.quote(a) for a in args.argv) + "\n"
     )
     units = [(t, r, s) for t in names for s in seeds for r in recipes]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -312,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     if args.mode == "report":
         from bench import quality_report
 

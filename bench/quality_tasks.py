@@ -3,21 +3,25 @@
 Two tasks, each written as a data folder the training CLI reads (``train.jsonl``,
 ``valid.jsonl``, ``test.jsonl``; the synthetic one also a word-level ``vocab.txt``):
 
-``grouping`` (synthetic, harder than the demo)
-    A vocabulary of 6 categories × 45 invented words + 45 invented filler words + the 6
-    category names (= 321 words). A source is 10–30 words: 4–9 category words (each of a random
-    category) scattered among fillers. The target lists the source's category words grouped by
-    category in a fixed category order, each group headed by its category's name, words kept in
-    source order within a group, fillers dropped::
+``clauses`` (synthetic, harder than the demo)
+    Sources of 11–17 words: two clauses, each from one of four templates (a gift, a past
+    action at a place, where something is, a wish), joined by ``;``. The slot words are invented
+    (80 names, 100 objects, 40 places, plus 16 verbs with their past forms: 272 words). The
+    target rewrites each clause (passive voice with the participle, swapped roles, moved
+    phrases) and joins the two rewrites with ``and`` when the clauses share a name and ``but``
+    when they do not::
 
-        src: "zuvo keta mipa rolu dase vibo nuka tega ..."
-        trg: "animal keta dase tool vibo food mipa tega"
+        src: "luki gave fasa the seso ; fupi gave luki the kera"
+        trg: "fasa got the seso from luki and luki got the kera from fupi"
 
-    The invented words carry no hint of their category in their spelling: the model has to
-    learn 270 word → category memberships, find the category words among the fillers, and
-    place each one after the words of the earlier categories, so both the target's content and
-    its length (category words + groups present) depend on the whole source. Copying the
-    source scores about 0.06 BLEU.
+    The target's words, their positions and its length follow from the templates and slot
+    words of both clauses, and the joining word from comparing the names across them. Copying
+    the source scores about 0.22 BLEU.
+
+    Tried first and dropped: grouping the category words of a source by category (6 × 45
+    invented words among fillers) and keeping only the category words; v1 and v1 +
+    self-conditioning both stayed at BLEU ≈ 0.02 after 1000 steps (the model had not started
+    to copy words), which cannot show a difference between recipes.
 
 ``qqp`` (real data)
     The 2047 QQP paraphrase pairs of the shared data folder, shuffled with a fixed seed and
@@ -30,81 +34,113 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-CATEGORIES = ("animal", "tool", "food", "color", "place", "person")
-WORDS_PER_CATEGORY = 45
-FILLERS = 45
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
-SOURCE_WORDS = (10, 30)
-CATEGORY_WORDS = (4, 9)
-GROUPING_SIZES = {"train": 20000, "valid": 200, "test": 200}
+NAMES, OBJECTS, PLACES = 80, 100, 40  # invented words per slot class
+# verb: (base, past, past participle)
+VERBS = (
+    ("buy", "bought", "bought"), ("sell", "sold", "sold"), ("find", "found", "found"),
+    ("lose", "lost", "lost"), ("clean", "cleaned", "cleaned"), ("fix", "fixed", "fixed"),
+    ("paint", "painted", "painted"), ("carry", "carried", "carried"),
+    ("open", "opened", "opened"), ("move", "moved", "moved"), ("wash", "washed", "washed"),
+    ("hide", "hid", "hidden"), ("break", "broke", "broken"), ("take", "took", "taken"),
+    ("return", "returned", "returned"), ("steal", "stole", "stolen"),
+)  # fmt: skip
+CLAUSES_SIZES = {"train": 20000, "valid": 200, "test": 200}
 QQP_SIZES = {"train": 1747, "valid": 100, "test": 200}
 
 
 def invented_words(count: int, rng: random.Random) -> list[str]:
-    """``count`` distinct two-syllable words (consonant-vowel-consonant-vowel), no real word."""
+    """``count`` distinct two-syllable words (consonant-vowel-consonant-vowel)."""
     pool = sorted(
         {a + b + c + d for a in CONSONANTS for b in VOWELS for c in CONSONANTS for d in VOWELS}
     )
     return rng.sample(pool, count)
 
 
-def grouping_lexicon(seed: int = 0) -> tuple[dict[str, list[str]], list[str]]:
-    """The task's word lists: category name → its words, and the fillers."""
-    rng = random.Random(seed)
-    words = invented_words(len(CATEGORIES) * WORDS_PER_CATEGORY + FILLERS, rng)
-    by_category = {
-        name: words[i * WORDS_PER_CATEGORY : (i + 1) * WORDS_PER_CATEGORY]
-        for i, name in enumerate(CATEGORIES)
-    }
-    return by_category, words[len(CATEGORIES) * WORDS_PER_CATEGORY :]
+@dataclass(frozen=True)
+class Lexicon:
+    """The slot words of the ``clauses`` task (invented words, one class each)."""
+
+    names: tuple[str, ...]
+    objects: tuple[str, ...]
+    places: tuple[str, ...]
+
+    @classmethod
+    def make(cls, seed: int = 0) -> Lexicon:
+        words = invented_words(NAMES + OBJECTS + PLACES, random.Random(seed))
+        return cls(
+            tuple(words[:NAMES]),
+            tuple(words[NAMES : NAMES + OBJECTS]),
+            tuple(words[NAMES + OBJECTS :]),
+        )
 
 
-def grouping_target(source: Sequence[str], category_of: dict[str, str]) -> list[str]:
-    """The target of one source: category words grouped in :data:`CATEGORIES` order."""
-    target = []
-    for name in CATEGORIES:
-        members = [w for w in source if category_of.get(w) == name]
-        if members:
-            target += [name, *members]
-    return target
+Clause = tuple[list[str], list[str], set[str]]  # source words, rewrite, names in it
 
 
-def grouping_example(
-    rng: random.Random, by_category: dict[str, list[str]], fillers: Sequence[str]
-) -> list[str]:
-    """One source: 4–9 category words placed at random positions among fillers."""
-    length = rng.randint(*SOURCE_WORDS)
-    count = rng.randint(*CATEGORY_WORDS)
-    chosen = [rng.choice(by_category[rng.choice(CATEGORIES)]) for _ in range(count)]
-    source = [rng.choice(fillers) for _ in range(length)]
-    for position, word in zip(sorted(rng.sample(range(length), count)), chosen):
-        source[position] = word
-    return source
+def clause(rng: random.Random, lex: Lexicon) -> Clause:
+    """One clause of a source, its rewrite and the names it mentions (4 templates)."""
+    a, b = rng.sample(lex.names, 2)
+    obj, place = rng.choice(lex.objects), rng.choice(lex.places)
+    base, past, participle = rng.choice(VERBS)
+    kind = rng.randrange(4)
+    if kind == 0:
+        return (f"{a} gave {b} the {obj}", f"{b} got the {obj} from {a}", {a, b})
+    if kind == 1:
+        return (
+            f"{a} {past} the {obj} in the {place}",
+            f"the {obj} in the {place} was {participle} by {a}",
+            {a},
+        )
+    if kind == 2:
+        return (f"the {obj} of {a} is in the {place}", f"{a} keeps the {obj} in the {place}", {a})
+    return (
+        f"{a} and {b} want to {base} the {obj}",
+        f"the {obj} is what {b} and {a} want to {base}",
+        {a, b},
+    )
 
 
-def make_grouping(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
-    """Write the ``grouping`` task's splits and vocab to ``out``; no source repeats."""
+def clauses_example(rng: random.Random, lex: Lexicon) -> tuple[str, str]:
+    """A source of two clauses and its target: each clause rewritten, joined by ``and`` when
+    the clauses share a name and by ``but`` when they do not."""
+    (src1, trg1, names1), (src2, trg2, names2) = clause(rng, lex), clause(rng, lex)
+    if rng.random() < 0.5:  # half the sources repeat a name of the first clause in the second
+        shared = rng.choice(sorted(names1))
+        victim = rng.choice(sorted(names2))
+        if shared not in names2:
+            src2 = " ".join(shared if w == victim else w for w in src2.split())
+            trg2 = " ".join(shared if w == victim else w for w in trg2.split())
+            names2 = (names2 - {victim}) | {shared}
+    joint = "and" if names1 & names2 else "but"
+    return f"{src1} ; {src2}", f"{trg1} {joint} {trg2}"
+
+
+def make_clauses(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+    """Write the ``clauses`` task's splits and word-level vocab to ``out``; no source repeats."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    by_category, fillers = grouping_lexicon(seed)
-    category_of = {w: name for name, words in by_category.items() for w in words}
+    lex = Lexicon.make(seed)
     rng = random.Random(seed + 1)
-    seen: set[tuple[str, ...]] = set()
-    for split, size in (sizes or GROUPING_SIZES).items():
+    seen: set[str] = set()
+    counts: Counter[str] = Counter()
+    for split, size in (sizes or CLAUSES_SIZES).items():
         lines = []
         while len(lines) < size:
-            source = grouping_example(rng, by_category, fillers)
-            if tuple(source) in seen:
+            source, target = clauses_example(rng, lex)
+            if source in seen:
                 continue
-            seen.add(tuple(source))
-            target = grouping_target(source, category_of)
-            lines.append(json.dumps({"src": " ".join(source), "trg": " ".join(target)}))
+            seen.add(source)
+            counts.update(source.split() + target.split())
+            lines.append(json.dumps({"src": source, "trg": target}))
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    vocab = [*CATEGORIES, *(w for ws in by_category.values() for w in ws), *fillers]
+    words = [*lex.names, *lex.objects, *lex.places, *(w for v in VERBS for w in v)]
+    vocab = [w for w, _ in counts.most_common()] + sorted(set(words) - set(counts))
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return out
 

@@ -133,3 +133,39 @@ def test_bench_data_tiny(tmp_path):
     assert all(r["first_step_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
     table = out.with_suffix(".md").read_text()
     assert "| 1 | " in table and "(n=1)" in table
+
+
+def test_bench_quality_quick(tmp_path):
+    """Two recipes of the quality benchmark at tiny sizes: results per unit, a resumed rerun
+    that skips them, and the report's tables, targets and plot."""
+    from bench import bench_quality
+
+    out = tmp_path / "q"
+    flags = ["--quick", "--out", str(out), "--recipes", "v1,v1+sc", "--jobs", "1"]
+    assert bench_quality.main(["run", *flags]) == 0
+    results = sorted(p.name for p in (out / "results").glob("*.json"))
+    assert results == ["clauses-v1+sc-102.json", "clauses-v1-102.json"]
+    result = json.loads((out / "results" / "clauses-v1+sc-102.json").read_text())
+    assert result["flags"] == ["--self_cond", "true"]
+    assert [p["step"] for p in result["checkpoints"]] == [10, 20]
+    last = result["checkpoints"][-1]
+    assert set(last) >= {"dpm10", "dpm4", "ancestral", "train_seconds"}
+    assert last["dpm10"]["model_calls_per_sentence"] == 50
+    assert last["ancestral"]["steps"] == 50 and last["ancestral"]["candidates"] == 1
+    for pick in ("first", "mbr"):
+        assert 0.0 <= last["dpm10"][pick]["bleu"] <= 1.0
+    assert "ancestral" not in result["checkpoints"][0]
+    # the training run really used self-conditioning
+    run_config = (out / "runs" / "clauses-v1+sc-102" / "config.yaml").read_text()
+    assert "self_cond: true" in run_config
+    stamp = (out / "results" / "clauses-v1-102.json").stat().st_mtime_ns
+    assert bench_quality.main(["run", *flags]) == 0  # finished units are skipped
+    assert (out / "results" / "clauses-v1-102.json").stat().st_mtime_ns == stamp
+    md, png = tmp_path / "r.md", tmp_path / "r.png"
+    assert (
+        bench_quality.main(["report", "--out", str(out), "--md", str(md), "--png", str(png)]) == 0
+    )
+    text = md.read_text()
+    assert "python -m bench.bench_quality run --quick" in text
+    assert "## Targets" in text and "**clauses** (best recipe by final BLEU: `v1+sc`)" in text
+    assert "| v1+sc | 20 |" in text and png.stat().st_size > 1000
