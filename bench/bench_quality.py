@@ -105,12 +105,11 @@ def prepare_data(task: Task, out: Path) -> tuple[Path, str]:
             quality_tasks.make_clauses(folder, sizes=task.sizes or None)
         return folder, str(folder / "vocab.txt")
     qqp = shared_dir() / "data" / "qqp" / "valid.jsonl"
-    vocab = shared_dir() / "data" / "bert-base-uncased-vocab.txt"
-    if not qqp.exists() or not vocab.exists():
-        raise SystemExit(f"the qqp task needs {qqp} and {vocab} (set DIFFUSEQ_SHARED)")
-    if not (folder / "test.jsonl").exists():
+    if not qqp.exists():
+        raise SystemExit(f"the qqp task needs {qqp} (set DIFFUSEQ_SHARED)")
+    if not (folder / "vocab.txt").exists():
         quality_tasks.make_qqp(qqp, folder)
-    return folder, str(vocab)
+    return folder, str(folder / "vocab.txt")
 
 
 # ----------------------------------------------------------------------------- one unit
