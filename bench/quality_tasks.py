@@ -6,7 +6,7 @@ Two tasks, each written as a data folder the training CLI reads (``train.jsonl``
 ``clauses`` (synthetic, harder than the demo)
     Sources of 11–17 words: two clauses, each from one of four templates (a gift, a past
     action at a place, where something is, a wish), joined by ``;``. The slot words are invented
-    (80 names, 100 objects, 40 places, plus 16 verbs with their past forms: 272 words). The
+    (50 names, 70 objects, 30 places, plus 16 verbs with their past forms: 202 words). The
     target rewrites each clause (passive voice with the participle, swapped roles, moved
     phrases) and joins the two rewrites with ``and`` when the clauses share a name and ``but``
     when they do not::
@@ -44,7 +44,7 @@ from pathlib import Path
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
-NAMES, OBJECTS, PLACES = 80, 100, 40  # invented words per slot class
+NAMES, OBJECTS, PLACES = 50, 70, 30  # invented words per slot class
 # verb: (base, past, past participle)
 VERBS = (
     ("buy", "bought", "bought"), ("sell", "sold", "sold"), ("find", "found", "found"),
