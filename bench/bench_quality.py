@@ -260,9 +260,11 @@ def run_all(args: argparse.Namespace) -> int:
     recipes = args.recipes.split(",")
     for name in names:  # data once, before the parallel units
         prepare_data(all_tasks[name], out)
-    (out / "command.txt").write_text(
-        "python -m bench.bench_quality " + " ".join(shlex.quote(a) for a in args.argv) + "\n"
-    )
+    command = "python -m bench.bench_quality " + " ".join(shlex.quote(a) for a in args.argv)
+    history = out / "command.txt"  # every run command that wrote into OUT, first one first
+    known = history.read_text().splitlines() if history.exists() else []
+    if command not in known:
+        history.write_text("\n".join([*known, command]) + "\n")
     units = [(t, r, s) for t in names for s in seeds for r in recipes]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 

@@ -176,11 +176,13 @@ def main(out: Path, md: Path, png: Path) -> int:
     if not groups:
         print(f"no results in {out / 'results'}")
         return 1
-    command = (out / "command.txt").read_text().strip() if (out / "command.txt").exists() else "?"
+    history = out / "command.txt"
+    commands = history.read_text().split("\n") if history.exists() else []
+    command = "`, `".join(c for c in commands if c.strip()) or "?"
     lines = [
         "# Time-to-quality benchmark: the original's recipes and self-conditioning",
         "",
-        f"Command: `{command}`, then `python -m bench.bench_quality report`.",
+        f"Commands: `{command}`, then `python -m bench.bench_quality report`.",
         "",
         __doc__.split("\n\n", 1)[1].strip(),
         "",
