@@ -13,7 +13,8 @@ for each checkpoint a decode of the test split, scored with this toolkit's evalu
 Tasks (:mod:`bench.quality_tasks`): ``clauses`` (synthetic) and ``qqp`` (the shared 2047 QQP
 pairs). Recipes (same model, data, seeds): ``v1`` (the original DiffuSeq), ``v1+sc``
 (self-conditioning), ``v2`` (DiffuSeq-v2: learned mean embedding + discrete noise 0.5),
-``v2+sc``. The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
+``v2+sc``, and ``v1+nf`` (DINOISER's noise floor: training draws t ≥ 0.3·T and the network is
+told at least 0.3·T when sampling). The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
 an EMA of a 3000-step run still holds most of the random initialisation.
 
 Each unit writes ``OUT/results/<task>-<recipe>-<seed>.json`` as soon as it is done; a rerun of
@@ -55,6 +56,7 @@ RECIPES = {
         "--learned_mean_embed", "true", "--denoise", "true", "--denoise_rate", "0.5",
         "--self_cond", "true",
     ],
+    "v1+nf": ["--noise_floor", "0.3"],
 }  # fmt: skip
 MODEL = [
     "--config_name", "bert-base-uncased", "--bert_hidden_size", "128", "--num_layers", "2",

@@ -13,7 +13,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-RECIPE_ORDER = ("v1", "v1+sc", "v2", "v2+sc")
+RECIPE_ORDER = ("v1", "v1+sc", "v2", "v2+sc", "v1+nf")
 MAIN = ("dpm10", "first", "bleu")  # decode, pick, metric of the headline BLEU
 
 
