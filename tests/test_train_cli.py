@@ -356,3 +356,30 @@ def test_resume_refuses_a_different_model(tmp_path, data, capsys):
 def test_presets_are_valid_yaml_mappings():
     for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
         assert isinstance(yaml.safe_load(path.read_text()), dict), path
+
+
+def test_presets_load_and_recipe_presets_change_only_their_keys():
+    """Every preset builds a valid run config; one that names a ``base`` equals its base except
+    for the options it sets itself."""
+    from dataclasses import fields
+
+    from diffuseq.config import RunConfig
+    from diffuseq.config.fields import flag_name
+
+    bases = 0
+    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+        config = RunConfig.load_yaml(path)
+        config.validate()
+        raw = yaml.safe_load(path.read_text())
+        if "base" not in raw:
+            continue
+        bases += 1
+        base = RunConfig.load_yaml(path.parent / raw["base"])
+        changed = {
+            flag_name(f)
+            for section in ("model", "diffusion", "data", "train")
+            for f in fields(getattr(config, section))
+            if getattr(getattr(config, section), f.name) != getattr(getattr(base, section), f.name)
+        }
+        assert changed and changed <= set(raw) - {"base"}, (path, changed)
+    assert bases, "no recipe preset names a base"
