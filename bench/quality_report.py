@@ -160,7 +160,8 @@ def plot(groups: dict, png: Path) -> None:
             for s in steps:
                 found = values(results, s, *MAIN)
                 ax.scatter([s] * len(found), found, color=line.get_color(), s=10, alpha=0.5)
-        copy = groups[task, RECIPE_ORDER[0]][0]["checkpoints"][-1]["dpm10"]["copy_bleu"]
+        any_result = next(v for (t, _), v in groups.items() if t == task)[0]
+        copy = any_result["checkpoints"][-1]["dpm10"]["copy_bleu"]
         ax.axhline(copy, color="grey", linestyle=":", label="copy source")
         ax.set(title=f"{task}: BLEU (DPM-Solver++ 10 steps)", xlabel="training steps",
                ylabel="sentence BLEU")  # fmt: skip
