@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "report":
         from bench import quality_report
 
-        return quality_report.main(Path(args.out), Path(args.md), Path(args.png))
+        command = "python -m bench.bench_quality " + " ".join(shlex.quote(a) for a in argv)
+        return quality_report.main(Path(args.out), Path(args.md), Path(args.png), command)
     if args.mode == "unit":
         import torch
 

@@ -172,7 +172,9 @@ def plot(groups: dict, png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
-def main(out: Path, md: Path, png: Path) -> int:
+def main(
+    out: Path, md: Path, png: Path, report_command: str = "python -m bench.bench_quality report"
+) -> int:
     groups = load_results(out)
     if not groups:
         print(f"no results in {out / 'results'}")
@@ -183,7 +185,7 @@ def main(out: Path, md: Path, png: Path) -> int:
     lines = [
         "# Time-to-quality benchmark: the original's recipes and self-conditioning",
         "",
-        f"Commands: `{command}`, then `python -m bench.bench_quality report`.",
+        f"Commands: `{command}`, then `{report_command}`.",
         "",
         __doc__.split("\n\n", 1)[1].strip(),
         "",
