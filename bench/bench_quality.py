@@ -6,6 +6,7 @@ for each checkpoint a decode of the test split, scored with this toolkit's evalu
 
 * DPM-Solver++ with 10 and 4 steps, 5 candidates each (seeds 101..105): the BLEU of the seed-101
   candidate and of the MBR choice among the 5 (``diffuseq.metrics.mbr_select``);
+* the same with its SDE form (``--sampler sde-dpm-solver++``: fresh noise at every step);
 * full 2000-step ancestral sampling (the original's decoder, 1 candidate) at the last checkpoint
   of the synthetic task (``--qqp_ancestral`` adds it on QQP, where rounding over the 30522-word
   BERT vocab makes it slow on a CPU).
@@ -13,12 +14,13 @@ for each checkpoint a decode of the test split, scored with this toolkit's evalu
 Tasks (:mod:`bench.quality_tasks`): ``clauses`` (synthetic) and ``qqp`` (the shared 2047 QQP
 pairs). Recipes (same model, data, seeds): ``v1`` (the original DiffuSeq), ``v1+sc``
 (self-conditioning), ``v2`` (DiffuSeq-v2: learned mean embedding + discrete noise 0.5),
-``v2+sc``, and ``v1+nf`` (DINOISER's noise floor: training draws t ≥ 0.3·T and the network is
-told at least 0.3·T when sampling). The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
+``v2+sc``, ``v1+nf`` (DINOISER's noise floor: training draws t ≥ 0.3·T and the network is
+told at least 0.3·T when sampling) and ``v2+sc+nf`` (all three). The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
 an EMA of a 3000-step run still holds most of the random initialisation.
 
 Each unit writes ``OUT/results/<task>-<recipe>-<seed>.json`` as soon as it is done; a rerun of
-the same command skips finished units, so an interrupted benchmark resumes. ``report`` turns the
+the same command skips finished units, so an interrupted benchmark resumes; a decode added to
+the benchmark later is filled into finished results from the run's kept checkpoints. ``report`` turns the
 results into ``bench/results_quality.md`` and ``bench/quality_bleu_vs_steps.png``
 (:mod:`bench.quality_report`).
 
@@ -68,6 +70,7 @@ MODEL = [
 SEEDS = (102, 103)
 CANDIDATES = 5
 DPM_STEPS = (10, 4)
+SDE_STEPS = (10, 4)  # SDE-DPM-Solver++ (``--sampler sde-dpm-solver++``), same candidates
 
 
 @dataclass(frozen=True)
@@ -171,18 +174,27 @@ def score(records: list[list[dict]], special_tokens: dict[str, str]) -> dict:
     return result
 
 
-def decode_checkpoint(checkpoint: Path, pairs: list, *, ancestral: bool) -> dict:
-    """All decodes of one checkpoint: ``{"dpm10": {...}, "dpm4": {...}, "ancestral": {...}}``."""
+def decode_settings(T: int, *, ancestral: bool) -> list[tuple[str, str, int, int]]:
+    """``(name, sampler, steps, candidates)`` of every decode of one checkpoint."""
+    settings = [(f"dpm{n}", "dpm-solver++", n, CANDIDATES) for n in DPM_STEPS]
+    settings += [(f"sde{n}", "sde-dpm-solver++", n, CANDIDATES) for n in SDE_STEPS]
+    return settings + ([("ancestral", "ancestral", T, 1)] if ancestral else [])
+
+
+def decode_checkpoint(
+    checkpoint: Path, pairs: list, *, ancestral: bool, skip: frozenset[str] = frozenset()
+) -> dict:
+    """Decodes of one checkpoint not named in ``skip``: ``{"dpm10": {...}, "sde4": {...}, ...}``."""
     from diffuseq import api
 
     generator = api.load(checkpoint, device="cpu")
     specials = generator.decoder.tokenizer.special_tokens
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
     T = generator.decoder.diffusion.num_timesteps
-    settings = [(f"dpm{n}", "dpm-solver++", n, CANDIDATES) for n in DPM_STEPS]
-    settings += [("ancestral", "ancestral", T, 1)] if ancestral else []
     results = {}
-    for name, sampler, steps, k in settings:
+    for name, sampler, steps, k in decode_settings(T, ancestral=ancestral):
+        if name in skip:
+            continue
         start = time.perf_counter()
         records = generator.generate_raw(
             sources, references=references, sampler=sampler, steps=steps, num_samples=k, seed=101
@@ -198,24 +210,66 @@ def decode_checkpoint(checkpoint: Path, pairs: list, *, ancestral: bool) -> dict
     return results
 
 
-def run_unit(task: Task, recipe: str, seed: int, out: Path) -> dict:
-    """Train, decode and score one unit; writes and returns its result record."""
-    from diffuseq.data import read_pairs
+def checkpoint_file(run: Path, step: int) -> Path:
+    [checkpoint] = run.glob(f"ema_*_{step:06d}.pt")
+    return checkpoint
 
+
+def write_result(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+
+
+def add_missing_decodes(result: dict, run: Path, pairs: list, task: Task) -> bool:
+    """Decode what a finished result lacks (a decode added to the benchmark after it ran) from
+    the run's kept checkpoints; returns whether anything was added."""
+    added = False
+    for entry in result["checkpoints"]:
+        last = entry["step"] == max(task.eval_at)
+        wanted = {
+            n for n, *_ in decode_settings(task.diff_steps, ancestral=task.ancestral and last)
+        }
+        missing = wanted - set(entry)
+        if missing and run.is_dir():
+            entry.update(
+                decode_checkpoint(
+                    checkpoint_file(run, entry["step"]),
+                    pairs,
+                    ancestral=task.ancestral and last,
+                    skip=frozenset(wanted - missing),
+                )
+            )
+            added = True
+    return added
+
+
+def run_unit(task: Task, recipe: str, seed: int, out: Path) -> dict:
+    """Train, decode and score one unit; writes and returns its result record.
+
+    A finished unit is not redone; decodes its record lacks are added from the kept checkpoints.
+    """
     path = out / "results" / f"{task.name}-{recipe}-{seed}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        if add_missing_decodes(result, out / "runs" / path.stem, test_pairs(out, task), task):
+            write_result(path, result)
+        return result
     run, seconds = train(task, recipe, seed, out)
-    pairs = read_pairs(run_split(out, task, "test"))[: task.test_limit or None]
+    pairs = test_pairs(out, task)
     checkpoints = []
     for step in sorted(task.eval_at):
-        [checkpoint] = run.glob(f"ema_*_{step:06d}.pt")
         last = step == max(task.eval_at)
         checkpoints.append(
             {
                 "step": step,
                 "train_seconds": seconds[step],
-                **decode_checkpoint(checkpoint, pairs, ancestral=task.ancestral and last),
+                **decode_checkpoint(
+                    checkpoint_file(run, step),
+                    test_pairs(out, task),
+                    ancestral=task.ancestral and last,
+                ),
             }
         )
     result = {
@@ -227,15 +281,19 @@ def run_unit(task: Task, recipe: str, seed: int, out: Path) -> dict:
         "checkpoints": checkpoints,
         "task_settings": asdict(task),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_result(path, result)
     return result
 
 
 def run_split(out: Path, task: Task, split: str) -> Path:
     return out / "data" / task.name / f"{split}.jsonl"
+
+
+def test_pairs(out: Path, task: Task) -> list:
+    """The decoded test sources and references (the first ``test_limit`` of the split)."""
+    from diffuseq.data import read_pairs
+
+    return read_pairs(run_split(out, task, "test"))[: task.test_limit or None]
 
 
 # ----------------------------------------------------------------------------- driver

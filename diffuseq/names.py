@@ -17,6 +17,7 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "ddim-adjacent",
     "dpm-solver++",
     "dpm-solver++-v2",
+    "sde-dpm-solver++",
 )
 
 #: Timestep distributions for training (``--schedule_sampler``).

@@ -149,7 +149,8 @@ def test_bench_quality_quick(tmp_path):
     assert result["flags"] == ["--self_cond", "true"]
     assert [p["step"] for p in result["checkpoints"]] == [10, 20]
     last = result["checkpoints"][-1]
-    assert set(last) >= {"dpm10", "dpm4", "ancestral", "train_seconds"}
+    assert set(last) >= {"dpm10", "dpm4", "sde10", "sde4", "ancestral", "train_seconds"}
+    assert last["sde4"]["sampler"] == "sde-dpm-solver++" and last["sde4"]["candidates"] == 5
     assert last["dpm10"]["model_calls_per_sentence"] == 50
     assert last["ancestral"]["steps"] == 50 and last["ancestral"]["candidates"] == 1
     for pick in ("first", "mbr"):
@@ -161,6 +162,18 @@ def test_bench_quality_quick(tmp_path):
     stamp = (out / "results" / "clauses-v1-102.json").stat().st_mtime_ns
     assert bench_quality.main(["run", *flags]) == 0  # finished units are skipped
     assert (out / "results" / "clauses-v1-102.json").stat().st_mtime_ns == stamp
+    # a result that lacks a decode (one added to the benchmark later) gets it from the checkpoints
+    path = out / "results" / "clauses-v1-102.json"
+    old = json.loads(path.read_text())
+    kept = old["checkpoints"][0]["sde4"]
+    for point in old["checkpoints"]:
+        del point["sde4"]
+    path.write_text(json.dumps(old))
+    assert bench_quality.main(["run", *flags]) == 0
+    refilled = json.loads(path.read_text())
+    assert all("sde4" in p for p in refilled["checkpoints"])
+    assert refilled["checkpoints"][0]["sde4"]["first"] == kept["first"]  # seeded: same numbers
+    assert refilled["checkpoints"][0]["dpm10"] == old["checkpoints"][0]["dpm10"]
     md, png = tmp_path / "r.md", tmp_path / "r.png"
     assert (
         bench_quality.main(["report", "--out", str(out), "--md", str(md), "--png", str(png)]) == 0
@@ -169,3 +182,4 @@ def test_bench_quality_quick(tmp_path):
     assert "python -m bench.bench_quality run --quick" in text
     assert "## Targets" in text and "**clauses** (best recipe by final BLEU: `v1+sc`)" in text
     assert "| v1+sc | 20 |" in text and png.stat().st_size > 1000
+    assert "4-step SDE-DPM-Solver++" in text

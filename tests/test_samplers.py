@@ -21,7 +21,7 @@ from diffuseq.sampling.ddim import (
     ddim_sample,
     ddim_timesteps,
 )
-from diffuseq.sampling.dpm_solver import dpm_solver_sample
+from diffuseq.sampling.dpm_solver import dpm_scheduler, dpm_solver_sample, sde_dpm_solver_sample
 from diffuseq.sampling.dpm_v2 import DiscreteVPSchedule, dpm_solver_v2_sample
 from diffuseq.sampling.noise import NoiseSource, ReplayNoise, example_seed
 from diffuseq.sampling.rounding import make_rounding_fn
@@ -206,6 +206,106 @@ def test_dpm_solver_final_is_rounded_prediction(setup):
     torch.testing.assert_close(
         out, torch.where(mask.unsqueeze(-1) == 0, x_start, E[seen[-1]["tokens"]]), rtol=0, atol=1e-5
     )
+
+
+# ------------------------------------------------------------------------------ SDE-DPM-Solver++
+
+
+def _noise(seed, rows=B):
+    return NoiseSource([seed] * rows, range(rows), shape=(L, H))
+
+
+@pytest.mark.parametrize("steps", [1, 4, T])
+def test_sde_dpm_solver_calls_anchor_and_final(setup, steps):
+    """``steps`` calls from T−1; the last update goes to σ = 0 (the last rounded x̂_0)."""
+    model, diffusion, mask, x_start, x_T = setup
+    spy, seen = Spy(model), []
+    out = sde_dpm_solver_sample(
+        spy, diffusion, x_T, steps=steps, noise=_noise(5), callback=seen.append, **_kwargs(setup)
+    )
+    assert len(spy.times) == steps
+    assert float(spy.times[0][0]) == float(diffusion.scale_timesteps(torch.tensor([T - 1])))
+    assert torch.equal(out[mask == 0], x_start[mask == 0])
+    E = model.word_embedding.weight.detach()
+    torch.testing.assert_close(
+        out, torch.where(mask.unsqueeze(-1) == 0, x_start, E[seen[-1]["tokens"]]), rtol=0, atol=1e-5
+    )
+
+
+def test_sde_dpm_solver_noise_is_per_row_and_seeded(setup):
+    """Same seeds: identical; other seeds: different; a row alone equals the row in a batch."""
+    model, diffusion, mask, x_start, x_T = setup
+
+    def sample(seed):
+        return sde_dpm_solver_sample(
+            model, diffusion, x_T, steps=6, noise=_noise(seed), **_kwargs(setup, denoised_fn=None)
+        )
+
+    first = sample(5)
+    assert torch.equal(first, sample(5))
+    assert not torch.allclose(first[mask == 1], sample(6)[mask == 1])
+    deterministic = dpm_solver_sample(
+        model, diffusion, x_T, steps=6, **_kwargs(setup, denoised_fn=None)
+    )
+    assert not torch.allclose(first[mask == 1], deterministic[mask == 1])
+    alone = sde_dpm_solver_sample(
+        model,
+        diffusion,
+        x_T[1:2],
+        steps=6,
+        noise=NoiseSource([5], [1], shape=(L, H)),
+        input_mask=mask[1:2],
+        x_start=x_start[1:2],
+    )
+    torch.testing.assert_close(alone[0], first[1], rtol=1e-5, atol=1e-5)
+
+
+def test_sde_dpm_solver_first_update_hand_checked(setup):
+    """A network predicting c, stored noise ε: the first (first-order) update from s = T−1 to the
+    next level t is (σ_t/σ_s)·e^{−h}·x_T + α_t(1 − e^{−2h})·c + σ_t·√(1 − e^{−2h})·ε, with
+    α = √ᾱ, σ = √(1 − ᾱ), h = λ_t − λ_s, λ = log(α/σ) (float64 reference); the final state is c."""
+    _, diffusion, mask, x_start, x_T = setup
+    c, eps = torch.randn(B, L, H), torch.randn(2, B, L, H)
+    seen = []
+    out = sde_dpm_solver_sample(
+        lambda x, t: c,
+        diffusion,
+        x_T,
+        steps=2,
+        noise=ReplayNoise(eps),
+        input_mask=mask,
+        x_start=x_start,
+        callback=seen.append,
+    )
+    s, t = dpm_scheduler(diffusion, 2, algorithm_type="sde-dpmsolver++").timesteps.tolist()
+    abar = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
+    alpha_s, sigma_s = math.sqrt(abar[s]), math.sqrt(1 - abar[s])
+    alpha_t, sigma_t = math.sqrt(abar[t]), math.sqrt(1 - abar[t])
+    h = math.log(alpha_t / sigma_t) - math.log(alpha_s / sigma_s)
+    expected = (
+        sigma_t / sigma_s * math.exp(-h) * x_T.double()
+        + alpha_t * (1 - math.exp(-2 * h)) * c.double()
+        + sigma_t * math.sqrt(1 - math.exp(-2 * h)) * eps[0].double()
+    )
+    expected = torch.where(mask.unsqueeze(-1) == 0, x_start.double(), expected).float()
+    assert (s, t) == (T - 1, 10)
+    torch.testing.assert_close(seen[0]["sample"], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, torch.where(mask.unsqueeze(-1) == 0, x_start, c))
+
+
+def test_sde_dpm_solver_top_p_reaches_noise(setup):
+    model, diffusion, _, _, x_T = setup
+    biggest = []
+
+    class Watch(NoiseSource):
+        def gaussian(self, *, top_p=None):
+            out = super().gaussian(top_p=top_p)
+            biggest.append(float(out.abs().max()))
+            return out
+
+    noise = Watch([1] * B, range(B), shape=(L, H))
+    sde_dpm_solver_sample(model, diffusion, x_T, steps=5, noise=noise, top_p=0.5, **_kwargs(setup))
+    assert len(biggest) == 5 and max(biggest) <= 0.5
 
 
 # ------------------------------------------------------------------------------ ancestral

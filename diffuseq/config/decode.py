@@ -43,7 +43,8 @@ class DecodeConfig(FlagConfig):
     sampler: str = opt(
         "auto",
         "auto: ancestral at --step T, else ddim. ancestral: the original's DDPM loop with "
-        "rounding; ddim: DDIM eta=0 over --step respaced levels; dpm-solver++: DPM-Solver++(2M)",
+        "rounding; ddim: DDIM eta=0 over --step respaced levels; dpm-solver++: DPM-Solver++(2M); "
+        "sde-dpm-solver++: its SDE form (fresh noise every step; closer to ancestral in few steps)",
         choices=sampler_choices,
     )
     steps: int | None = opt(
@@ -58,7 +59,7 @@ class DecodeConfig(FlagConfig):
     top_p: float = opt(
         -1.0,
         "the original's noise truncation: redraw noise entries with |x| > top_p (<= 0: off; "
-        "ancestral sampler only)",
+        "ancestral and sde-dpm-solver++ only)",
     )
     seed: int = opt(101, "decoding seed (candidate k of --num_samples uses seed+k)")
     num_samples: int = opt(
@@ -125,7 +126,7 @@ class DecodeConfig(FlagConfig):
             raise ConfigError(
                 f"--sampler ancestral always runs all T={T} steps (got --step {steps}); for fewer "
                 "steps use --sampler ddim, --sampler ddim --ddim_adjacent (the original's "
-                "pseudo-DDIM) or --sampler dpm-solver++"
+                "pseudo-DDIM), --sampler dpm-solver++ or --sampler sde-dpm-solver++"
             )
         return replace(self, steps=steps, sampler=sampler)
 

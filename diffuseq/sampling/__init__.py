@@ -31,7 +31,7 @@ import torch
 from diffuseq.names import SAMPLER_NAMES
 from diffuseq.sampling.ancestral import ancestral_sample
 from diffuseq.sampling.ddim import ddim_adjacent_sample, ddim_sample
-from diffuseq.sampling.dpm_solver import dpm_solver_sample
+from diffuseq.sampling.dpm_solver import dpm_solver_sample, sde_dpm_solver_sample
 from diffuseq.sampling.dpm_v2 import dpm_solver_v2_sample
 
 __all__ = ["SAMPLERS", "get_sampler", "run_sampler"]
@@ -43,6 +43,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim-adjacent": ddim_adjacent_sample,  # the original v1 pseudo-DDIM
     "dpm-solver++": dpm_solver_sample,  # DPM-Solver++(2M) (diffusers' scheduler)
     "dpm-solver++-v2": dpm_solver_v2_sample,  # DiffuSeq-v2's modified solver loop
+    "sde-dpm-solver++": sde_dpm_solver_sample,  # its SDE form: fresh noise at every step
 }
 assert tuple(SAMPLERS) == SAMPLER_NAMES, "diffuseq.names.SAMPLER_NAMES lists the samplers"
 

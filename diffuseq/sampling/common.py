@@ -71,6 +71,7 @@ def x0_scheduler_loop(
     progress: bool,
     mean_embed: torch.Tensor | None,
     desc: str,
+    step_noise: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Drive a diffusers scheduler with an x_0-predicting model (``prediction_type="sample"``).
 
@@ -79,6 +80,8 @@ def x0_scheduler_loop(
     ``x_start``; ``y ← scheduler.step(x̂_0 − μ·m, ·, y)``; source positions anchored again.
     The ODE runs on ``y = x − μ·m`` so that a v2 model sees the states it was trained on
     (``x_t = √ᾱ_t·(x_0 − μ) + √(1−ᾱ_t)·ε + μ`` on the target side; zero shift without μ).
+    A stochastic scheduler gets ``variance_noise = step_noise()`` ``[B,L,h]`` at every step
+    (``None``: the scheduler is deterministic and no noise is drawn).
     """
     shift = target_shift(input_mask, mean_embed, x_T)
     y = x_T
@@ -91,7 +94,10 @@ def x0_scheduler_loop(
             model(y + shift, diffusion.scale_timesteps(tt)),
         )
         x0 = anchor_source(x0, input_mask, x_start)
-        y = anchor_source(scheduler.step(x0 - shift, k, y).prev_sample, input_mask, x_start)
+        extra = {} if step_noise is None else {"variance_noise": step_noise()}
+        y = anchor_source(
+            scheduler.step(x0 - shift, k, y, **extra).prev_sample, input_mask, x_start
+        )
         if callback is not None:
             info = {"step": step, "t": t, "sample": y + shift, "pred_xstart": x0}
             callback(info if tokens is None else {**info, "tokens": tokens})

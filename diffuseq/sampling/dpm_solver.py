@@ -1,4 +1,9 @@
-"""DPM-Solver++(2M) from diffusers' scheduler, driven by our x_0 loop with rounding and anchoring."""
+"""DPM-Solver++(2M) from diffusers' scheduler, driven by our x_0 loop with rounding and anchoring.
+
+Two forms share one scheduler set-up: the ODE solver (``dpm-solver++``, deterministic, the
+paper's fast sampler) and its SDE form (``sde-dpm-solver++``, diffusers'
+``algorithm_type="sde-dpmsolver++"``), which adds fresh Gaussian noise at every step.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,42 @@ from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
 from diffuseq.sampling.common import Callback, Model, x0_scheduler_loop
 from diffuseq.sampling.noise import NoiseStream
 
-__all__ = ["dpm_solver_sample"]
+__all__ = ["dpm_scheduler", "dpm_solver_sample", "sde_dpm_solver_sample"]
+
+
+def dpm_scheduler(diffusion: GaussianDiffusion, steps: int, *, algorithm_type: str):
+    """diffusers' ``DPMSolverMultistepScheduler`` on our chain, with its ``steps`` levels set.
+
+    ``trained_betas`` = our betas, ``solver_order=2``, ``prediction_type="sample"``,
+    ``lower_order_final=True``, ``final_sigmas_type="zero"``; levels
+    ``linspace(0, T−1, steps+1)`` rounded, descending, without the last (so starting at T−1;
+    every level when ``steps = T``). ``ValueError`` unless ``1 ≤ steps ≤ T``.
+    """
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=diffusion.num_timesteps,
+        trained_betas=diffusion.betas,
+        algorithm_type=algorithm_type,
+        solver_order=2,
+        prediction_type="sample",
+        thresholding=False,
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="linspace",
+    )
+    T = diffusion.num_timesteps
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, {T}], got {steps}")
+    with warnings.catch_warnings():  # diffusers calls np.array on a tensor (numpy 2 notice)
+        warnings.filterwarnings(
+            "ignore", message="__array__ implementation", category=DeprecationWarning
+        )
+        # linspace levels are distinct for steps ≤ T−1; steps = T visits every level.
+        scheduler.set_timesteps(steps) if steps < T else scheduler.set_timesteps(
+            timesteps=list(range(T))[::-1]
+        )
+    return scheduler
 
 
 @torch.no_grad()
@@ -31,45 +71,17 @@ def dpm_solver_sample(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, ``steps`` model calls.
 
-    diffusers' ``DPMSolverMultistepScheduler`` on the full chain (``trained_betas`` = our
-    betas, ``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``prediction_type="sample"``,
-    ``lower_order_final=True``, ``final_sigmas_type="zero"``): levels
-    ``linspace(0, T−1, steps+1)`` rounded, descending, without the last (so starting at T−1;
-    every level when ``steps = T``);
-    the final update goes to σ = 0 and returns the last (rounded) x̂_0. The network gets
+    :func:`dpm_scheduler` with ``algorithm_type="dpmsolver++"``; the final update goes to
+    σ = 0 and returns the last (rounded) x̂_0. The network gets
     ``diffusion.scale_timesteps(t)``. Rounding, anchoring and the v2 ``μ`` shift as
     :func:`x0_scheduler_loop`. Deterministic: ``noise`` is unused.
     """
-    from diffusers import DPMSolverMultistepScheduler
-
-    scheduler = DPMSolverMultistepScheduler(
-        num_train_timesteps=diffusion.num_timesteps,
-        trained_betas=diffusion.betas,
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        prediction_type="sample",
-        thresholding=False,
-        lower_order_final=True,
-        final_sigmas_type="zero",
-        timestep_spacing="linspace",
-    )
-    T = diffusion.num_timesteps
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be in [1, {T}], got {steps}")
-    with warnings.catch_warnings():  # diffusers calls np.array on a tensor (numpy 2 notice)
-        warnings.filterwarnings(
-            "ignore", message="__array__ implementation", category=DeprecationWarning
-        )
-        # linspace levels are distinct for steps ≤ T−1; steps = T visits every level.
-        scheduler.set_timesteps(steps) if steps < T else scheduler.set_timesteps(
-            timesteps=list(range(T))[::-1]
-        )
-    levels = scheduler.timesteps.tolist()
+    scheduler = dpm_scheduler(diffusion, steps, algorithm_type="dpmsolver++")
     return x0_scheduler_loop(
         model,
         diffusion,
         scheduler,
-        levels,
+        scheduler.timesteps.tolist(),
         x_T,
         input_mask=input_mask,
         x_start=x_start,
@@ -79,4 +91,51 @@ def dpm_solver_sample(
         progress=progress,
         mean_embed=mean_embed,
         desc="dpm-solver++",
+    )
+
+
+@torch.no_grad()
+def sde_dpm_solver_sample(
+    model: Model,
+    diffusion: GaussianDiffusion,
+    x_T: torch.Tensor,
+    *,
+    input_mask: torch.Tensor,
+    x_start: torch.Tensor,
+    denoised_fn: DenoisedFn | None = None,
+    clamp_step: int = 0,
+    noise: NoiseStream,
+    callback: Callback | None = None,
+    progress: bool = False,
+    steps: int,
+    top_p: float | None = None,
+    mean_embed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5 / App. B, the SDE form), ``steps`` model calls.
+
+    Same levels, rounding and anchoring as :func:`dpm_solver_sample`; each update from σ_s to
+    σ_t (λ = log α/σ, h = λ_t − λ_s) is
+    ``y_t = (σ_t/σ_s)·e^{−h}·y_s + α_t(1 − e^{−2h})·D + σ_t·√(1 − e^{−2h})·ε`` with D the
+    second-order data estimate and ``ε [B,L,h] = noise.gaussian(top_p)`` drawn from each row's
+    own stream (so a row's sample does not depend on its batch). The fresh noise at every step
+    corrects errors of earlier x̂_0 as the 2000-step ancestral chain does; in few steps it
+    lands closer to ancestral sampling than the deterministic solver (bench/results_quality.md).
+    v2's discrete reverse noise (ancestral only) is not applied.
+    """
+    scheduler = dpm_scheduler(diffusion, steps, algorithm_type="sde-dpmsolver++")
+    return x0_scheduler_loop(
+        model,
+        diffusion,
+        scheduler,
+        scheduler.timesteps.tolist(),
+        x_T,
+        input_mask=input_mask,
+        x_start=x_start,
+        denoised_fn=denoised_fn,
+        clamp_step=clamp_step,
+        callback=callback,
+        progress=progress,
+        mean_embed=mean_embed,
+        desc="sde-dpm-solver++",
+        step_noise=lambda: noise.gaussian(top_p=top_p),
     )
