@@ -59,6 +59,10 @@ RECIPES = {
         "--self_cond", "true",
     ],
     "v1+nf": ["--noise_floor", "0.3"],
+    "v2+sc+nf": [
+        "--learned_mean_embed", "true", "--denoise", "true", "--denoise_rate", "0.5",
+        "--self_cond", "true", "--noise_floor", "0.3",
+    ],
 }  # fmt: skip
 MODEL = [
     "--config_name", "bert-base-uncased", "--bert_hidden_size", "128", "--num_layers", "2",
