@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,22 @@ def test_training_args_round_trip_with_original_keys(golden_dir):
     for key, value in original.items():
         assert ours[key] == value, key
     assert RunConfig.from_training_args(ours) == config
+
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("task", ["qqp", "qg", "dialogue", "ts"])
+def test_shipped_recipe_presets_extend_the_paper_presets(task):
+    """configs/<task>-nf.yaml and <task>-v2-sc.yaml are the paper preset plus only their recipe's
+    flags (and notes); the paper preset itself stays the original's (no extension switched on)."""
+    paper = RunConfig.load_yaml(REPO_CONFIGS / f"{task}.yaml")
+    assert paper.diffusion.noise_floor == 0.0 and not paper.model.self_cond
+    nf = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-nf.yaml")
+    assert nf.diffusion.noise_floor == 0.3 and nf.train.notes == f"{task}-nf"
+    v2sc = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-v2-sc.yaml")
+    assert v2sc.model.self_cond and v2sc.diffusion.denoise and v2sc.diffusion.noise_floor == 0.0
+    for recipe in (nf, v2sc):
+        for section in ("data", "train"):
+            a, b = vars(getattr(paper, section)), vars(getattr(recipe, section))
+            assert {k for k in a if a[k] != b[k]} <= {"notes"}, (section, a, b)
