@@ -477,3 +477,9 @@ def test_dpm_v2_variant_second_order_update(setup):
     )
     expected = torch.where(mask.unsqueeze(-1) == 0, torch.zeros_like(c), x * c)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sde_dpm_solver_needs_a_noise_stream(setup):
+    model, diffusion, _, _, x_T = setup
+    with pytest.raises(ValueError, match="pass noise=NoiseSource"):
+        sde_dpm_solver_sample(model, diffusion, x_T, steps=3, **_kwargs(setup))

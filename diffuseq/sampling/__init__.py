@@ -61,7 +61,7 @@ def run_sampler(name: str, model, diffusion, x_T: torch.Tensor, **kwargs: Any) -
 
     ``kwargs`` holds the shared keywords (``input_mask, x_start, denoised_fn, clamp_step, noise,
     callback, progress``) and any of ``steps, top_p, mean_embed``; an option the sampler does
-    not take is dropped (e.g. ``top_p`` for the deterministic samplers, ``steps`` for
+    not take is dropped (e.g. ``top_p`` for DDIM, ``steps`` for
     ancestral sampling, which always runs all T steps).
     """
     sampler = get_sampler(name)

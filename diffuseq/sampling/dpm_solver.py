@@ -7,6 +7,7 @@ paper's fast sampler) and its SDE form (``sde-dpm-solver++``, diffusers'
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -67,62 +68,31 @@ def dpm_solver_sample(
     callback: Callback | None = None,
     progress: bool = False,
     steps: int,
+    top_p: float | None = None,
     mean_embed: torch.Tensor | None = None,
+    sde: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, ``steps`` model calls.
 
-    :func:`dpm_scheduler` with ``algorithm_type="dpmsolver++"``; the final update goes to
-    σ = 0 and returns the last (rounded) x̂_0. The network gets
-    ``diffusion.scale_timesteps(t)``. Rounding, anchoring and the v2 ``μ`` shift as
-    :func:`x0_scheduler_loop`. Deterministic: ``noise`` is unused.
-    """
-    scheduler = dpm_scheduler(diffusion, steps, algorithm_type="dpmsolver++")
-    return x0_scheduler_loop(
-        model,
-        diffusion,
-        scheduler,
-        scheduler.timesteps.tolist(),
-        x_T,
-        input_mask=input_mask,
-        x_start=x_start,
-        denoised_fn=denoised_fn,
-        clamp_step=clamp_step,
-        callback=callback,
-        progress=progress,
-        mean_embed=mean_embed,
-        desc="dpm-solver++",
-    )
+    :func:`dpm_scheduler`; the final update goes to σ = 0 and returns the last (rounded) x̂_0.
+    The network gets ``diffusion.scale_timesteps(t)``. Rounding, anchoring and the v2 ``μ``
+    shift as :func:`x0_scheduler_loop`.
 
-
-@torch.no_grad()
-def sde_dpm_solver_sample(
-    model: Model,
-    diffusion: GaussianDiffusion,
-    x_T: torch.Tensor,
-    *,
-    input_mask: torch.Tensor,
-    x_start: torch.Tensor,
-    denoised_fn: DenoisedFn | None = None,
-    clamp_step: int = 0,
-    noise: NoiseStream,
-    callback: Callback | None = None,
-    progress: bool = False,
-    steps: int,
-    top_p: float | None = None,
-    mean_embed: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5 / App. B, the SDE form), ``steps`` model calls.
-
-    Same levels, rounding and anchoring as :func:`dpm_solver_sample`; each update from σ_s to
-    σ_t (λ = log α/σ, h = λ_t − λ_s) is
+    ``sde=False`` (``dpm-solver++``): the ODE solver, deterministic; ``noise`` and ``top_p`` are
+    unused. ``sde=True`` (``sde-dpm-solver++``, :data:`sde_dpm_solver_sample`): its SDE form
+    (§5 / App. B); each update from σ_s to σ_t (λ = log α/σ, h = λ_t − λ_s) is
     ``y_t = (σ_t/σ_s)·e^{−h}·y_s + α_t(1 − e^{−2h})·D + σ_t·√(1 − e^{−2h})·ε`` with D the
     second-order data estimate and ``ε [B,L,h] = noise.gaussian(top_p)`` drawn from each row's
     own stream (so a row's sample does not depend on its batch). The fresh noise at every step
     corrects errors of earlier x̂_0 as the 2000-step ancestral chain does; in few steps it
-    lands closer to ancestral sampling than the deterministic solver (bench/results_quality.md).
+    lands closer to ancestral sampling than the ODE solver (bench/results_quality_nf.md).
     v2's discrete reverse noise (ancestral only) is not applied.
     """
-    scheduler = dpm_scheduler(diffusion, steps, algorithm_type="sde-dpmsolver++")
+    if sde and noise is None:
+        raise ValueError("sde-dpm-solver++ draws noise at every step: pass noise=NoiseSource(...)")
+    scheduler = dpm_scheduler(
+        diffusion, steps, algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++"
+    )
     return x0_scheduler_loop(
         model,
         diffusion,
@@ -136,6 +106,10 @@ def sde_dpm_solver_sample(
         callback=callback,
         progress=progress,
         mean_embed=mean_embed,
-        desc="sde-dpm-solver++",
-        step_noise=lambda: noise.gaussian(top_p=top_p),
+        desc="sde-dpm-solver++" if sde else "dpm-solver++",
+        step_noise=(lambda: noise.gaussian(top_p=top_p)) if sde else None,
     )
+
+
+#: ``sde-dpm-solver++``: :func:`dpm_solver_sample` with ``sde=True`` (its SDE form).
+sde_dpm_solver_sample = functools.partial(dpm_solver_sample, sde=True)
