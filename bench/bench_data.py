@@ -76,9 +76,9 @@ def _knows_data_cache() -> bool:
 # ---------------------------------------------------------------------------------------- child
 def child(argv: list[str]) -> int:
     """One rank of a launch: train, reporting time to the first step and peak RSS."""
-    from diffuseq import dist
     from diffuseq.cli import train
-    from diffuseq.trainer import Trainer
+    from diffuseq.runtime import dist
+    from diffuseq.training.trainer import Trainer
 
     t0 = float(os.environ[T0_ENV])
     first: dict[str, float] = {}

@@ -4,7 +4,7 @@ Two modes (from the repository root):
 
 ``demo RUN_DIR``: decode a split of a trained run with full-step ancestral sampling (the
 original's setting, T model calls) and with DDIM and DPM-Solver++ at ``--steps`` (default 5, 10,
-20, 50). Reports BLEU (``diffuseq.metrics`` sentence BLEU averaged over sentences, after the
+20, 50). Reports BLEU (``diffuseq.evaluation.metrics`` sentence BLEU averaged over sentences, after the
 evaluator's clean-up, docs/original.md §7) and wall-clock seconds (median over ``--repeats``), prints the
 exact command and writes a markdown table::
 
@@ -56,8 +56,8 @@ def _write(path: str, lines: list[str]) -> None:
 
 
 def _bleu(records: list[list[dict[str, str]]], special_tokens: dict[str, str]) -> float:
-    from diffuseq import metrics
-    from diffuseq.evaluation import SpecialTokens, clean_example
+    from diffuseq.evaluation import metrics
+    from diffuseq.evaluation.job import SpecialTokens, clean_example
 
     tokens = SpecialTokens(
         sos=special_tokens["sos"],
@@ -71,9 +71,9 @@ def _bleu(records: list[list[dict[str, str]]], special_tokens: dict[str, str]) -
 
 def run_demo(args: argparse.Namespace) -> list[str]:
     from diffuseq.config import DecodeConfig
-    from diffuseq.data import read_pairs
-    from diffuseq.decoding import Decoder
-    from diffuseq.run_folder import open_run
+    from diffuseq.data.dataset import read_pairs
+    from diffuseq.decoding.job import Decoder
+    from diffuseq.store.run_folder import open_run
 
     run = open_run(args.run_dir)
     checkpoint = run.select_checkpoints(args.pattern, "latest")[0]
@@ -133,8 +133,8 @@ def run_demo(args: argparse.Namespace) -> list[str]:
 
 
 def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int):
-    from diffuseq.bert_config import build_bert_config
-    from diffuseq.model import TransformerNetModel
+    from diffuseq.models.denoiser import TransformerNetModel
+    from diffuseq.models.encoder_config import build_bert_config
 
     torch.manual_seed(0)
     bert = build_bert_config("bert-base-uncased", dropout=0.0)
@@ -149,12 +149,12 @@ def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int):
 
 
 def run_per_step(args: argparse.Namespace) -> list[str]:
-    from diffuseq.decoding import _Autocast, torch_dtype
     from diffuseq.diffusion.gaussian import GaussianDiffusion
-    from diffuseq.perf import device_clock
+    from diffuseq.runtime.perf import device_clock
     from diffuseq.sampling.dpm_solver import dpm_solver_sample
     from diffuseq.sampling.noise import NoiseSource
     from diffuseq.sampling.rounding import make_rounding_fn
+    from diffuseq.sampling.run import Autocast, torch_dtype
 
     device = torch.device(args.device or "cpu")
     model = _paper_model(args.hidden_dim, args.vocab_size, args.seq_len).to(device)
@@ -172,7 +172,7 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     clock = device_clock(device)
 
     def step(dtype: str) -> dict[str, float]:
-        net = model if dtype == "fp32" else _Autocast(model, torch_dtype(dtype), device)
+        net = model if dtype == "fp32" else Autocast(model, torch_dtype(dtype), device)
         t0 = clock()
         with torch.no_grad():
             out = net(x, diffusion.scale_timesteps(t))

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuseq import evaluation, metrics
+from diffuseq.evaluation import job as evaluation
+from diffuseq.evaluation import metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

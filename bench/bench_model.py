@@ -46,7 +46,7 @@ TARGET_STEP_RATIO = 0.6
 
 def run_child(args: argparse.Namespace) -> dict:
     variant = parse_variant(args.variant)
-    from diffuseq import perf
+    from diffuseq.runtime import perf
 
     threads = perf.set_threads(variant.threads or None)
     import contextlib
@@ -54,7 +54,7 @@ def run_child(args: argparse.Namespace) -> dict:
     import torch
 
     from diffuseq.config import ModelConfig
-    from diffuseq.factory import build_model
+    from diffuseq.models.factory import build_model
     from diffuseq.sampling.rounding import make_rounding_fn
 
     torch.manual_seed(102)

@@ -5,7 +5,7 @@ For each task × recipe × seed (a *unit*), one training run of a small model (t
 for each checkpoint a decode of the test split, scored with this toolkit's evaluator:
 
 * DPM-Solver++ with 10 and 4 steps, 5 candidates each (seeds 101..105): the BLEU of the seed-101
-  candidate and of the MBR choice among the 5 (``diffuseq.metrics.mbr_select``);
+  candidate and of the MBR choice among the 5 (``diffuseq.evaluation.metrics.mbr_select``);
 * the same with its SDE form (``--sampler sde-dpm-solver++``: fresh noise at every step);
 * full 2000-step ancestral sampling (the original's decoder, 1 candidate) at the last checkpoint
   of the synthetic task (``--qqp_ancestral`` adds it on QQP, where rounding over the 30522-word
@@ -155,8 +155,8 @@ def train(task: Task, recipe: str, seed: int, out: Path) -> tuple[Path, dict[int
 
 def score(records: list[list[dict]], special_tokens: dict[str, str]) -> dict:
     """Scores of candidate 0 and of the MBR choice; records[i][k] as ``generate_raw`` returns."""
-    from diffuseq import metrics
-    from diffuseq.evaluation import SpecialTokens, clean_example
+    from diffuseq.evaluation import metrics
+    from diffuseq.evaluation.job import SpecialTokens, clean_example
 
     tokens = SpecialTokens(**{k: special_tokens[k] for k in ("sos", "eos", "sep", "pad")})
     cleaned = [[clean_example(r, tokens) for r in per_source] for per_source in records]
@@ -189,7 +189,7 @@ def decode_checkpoint(
     checkpoint: Path, pairs: list, *, ancestral: bool, skip: frozenset[str] = frozenset()
 ) -> dict:
     """Decodes of one checkpoint not named in ``skip``: ``{"dpm10": {...}, "sde4": {...}, ...}``."""
-    from diffuseq import api
+    from diffuseq.decoding import api
 
     generator = api.load(checkpoint, device="cpu")
     specials = generator.decoder.tokenizer.special_tokens
@@ -295,7 +295,7 @@ def run_split(out: Path, task: Task, split: str) -> Path:
 
 def test_pairs(out: Path, task: Task) -> list:
     """The decoded test sources and references (the first ``test_limit`` of the split)."""
-    from diffuseq.data import read_pairs
+    from diffuseq.data.dataset import read_pairs
 
     return read_pairs(run_split(out, task, "test"))[: task.test_limit or None]
 

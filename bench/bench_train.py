@@ -1,9 +1,9 @@
 """Training-step benchmark: seconds per optimizer step, tokens/s, peak RSS and the step-0 loss.
 
-One measured step is the trainer's real step, :meth:`diffuseq.trainer.Trainer.run_step`
+One measured step is the trainer's real step, :meth:`diffuseq.training.trainer.Trainer.run_step`
 (forward + backward over the micro-batches, AdamW with the LR anneal, EMA update, metric
 logging), on random token ids laid out like real data (``[CLS] x [SEP] [SEP] [CLS] y [SEP]
-[PAD]...`` built by :func:`diffuseq.data.merge_and_mask`, source/target lengths drawn like QQP's).
+[PAD]...`` built by :func:`diffuseq.data.dataset.merge_and_mask`, source/target lengths drawn like QQP's).
 
 Each (config, variant, repeat) runs in a fresh child process, so its peak RSS
 (``ru_maxrss``) is its own and variants cannot warm each other's caches; the runs are
@@ -20,7 +20,7 @@ Configs (``--configs``):
 Variants (``--variants``, dash-separated tokens, e.g. ``bf16-sdpa-compile``):
   fp32 | bf16        no autocast | ``--bf16`` autocast (TrainConfig.bf16);
   sdpa | eager       attention kernel (ModelConfig.attention);
-  compile            ``torch.compile`` of the model (diffuseq.perf.maybe_compile);
+  compile            ``torch.compile`` of the model (diffuseq.runtime.perf.maybe_compile);
   t<N>               N torch intra-op threads (default: one per core);
   fusedadam | foreachadam | loopadam
                      replace the trainer's AdamW by the fused / foreach / for-loop implementation;
@@ -132,7 +132,7 @@ def make_config(name: str) -> BenchConfig:
 
 def _demo_config() -> BenchConfig:
     from diffuseq.config import RunConfig
-    from diffuseq.tokenizer import load_tokenizer
+    from diffuseq.tokenizers.tokenizer import load_tokenizer
 
     path = REPO / "configs" / "demo.yaml"
     if not path.is_file():
@@ -204,7 +204,7 @@ def random_batches(cfg: BenchConfig, count: int, seed: int) -> list[dict]:
     import numpy as np
     import torch
 
-    from diffuseq.data import merge_and_mask
+    from diffuseq.data.dataset import merge_and_mask
 
     rng = np.random.default_rng(seed)
     batches = []
@@ -238,7 +238,7 @@ def naive_losses(diffusion, model, input_ids, input_mask, t, *, text_model=None,
     import torch
     import torch.nn.functional as F
 
-    from diffuseq.nn_utils import mean_flat
+    from diffuseq.models.nn_utils import mean_flat
 
     text_model = model if text_model is None else text_model
 
@@ -265,17 +265,18 @@ def naive_losses(diffusion, model, input_ids, input_mask, t, *, text_model=None,
 def run_child(args: argparse.Namespace) -> dict:
     """Build one config/variant, run ``warmup + steps`` trainer steps, return the measurements."""
     variant = parse_variant(args.variant)
-    from diffuseq import perf
+    from diffuseq.runtime import perf
 
     threads = perf.set_threads(variant.threads or None)
     import torch
 
-    from diffuseq.checkpoint import seed_everything
     from diffuseq.config import TrainConfig
     from diffuseq.diffusion.losses import training_losses
-    from diffuseq.factory import build_diffusion, build_model, build_timestep_distribution
-    from diffuseq.logger import MetricsWriter
-    from diffuseq.trainer import Trainer
+    from diffuseq.families.gaussian import GaussianObjective
+    from diffuseq.models.factory import build_diffusion, build_model, build_timestep_distribution
+    from diffuseq.runtime.logger import MetricsWriter
+    from diffuseq.store.checkpoint import seed_everything
+    from diffuseq.training.trainer import Trainer
 
     cfg = make_config(args.config)
     seed_everything(cfg.seed)
@@ -299,8 +300,7 @@ def run_child(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
             model=model,
-            diffusion=diffusion,
-            sampler=sampler,
+            objective=GaussianObjective(diffusion, sampler),
             train_batches=iter(batches),
             valid_batches=None,
             config=train_cfg,
@@ -364,7 +364,7 @@ def run_child(args: argparse.Namespace) -> dict:
 def machine_info(device: str = "cpu") -> dict:
     import torch
 
-    from diffuseq import perf
+    from diffuseq.runtime import perf
 
     cpu = platform.processor()
     try:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from diffuseq.errors import UserError
-from diffuseq.plots import plot_loss_curves, read_metrics, require_pyplot
+from diffuseq.training.plots import plot_loss_curves, read_metrics, require_pyplot
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"

@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load": "diffuseq.api",
-    "TextGenerator": "diffuseq.api",
+    "load": "diffuseq.decoding.api",
+    "TextGenerator": "diffuseq.decoding.api",
     "ModelConfig": "diffuseq.config",
     "DiffusionConfig": "diffuseq.config",
     "DataConfig": "diffuseq.config",
     "TrainConfig": "diffuseq.config",
     "RunConfig": "diffuseq.config",
-    "build_model": "diffuseq.factory",
-    "build_diffusion": "diffuseq.factory",
-    "load_tokenizer": "diffuseq.tokenizer",
-    "TransformerNetModel": "diffuseq.model",
+    "build_model": "diffuseq.models.factory",
+    "build_diffusion": "diffuseq.models.factory",
+    "load_tokenizer": "diffuseq.tokenizers.tokenizer",
+    "TransformerNetModel": "diffuseq.models.denoiser",
     "GaussianDiffusion": "diffuseq.diffusion.gaussian",
     "training_losses": "diffuseq.diffusion.losses",
     "SAMPLERS": "diffuseq.sampling",
@@ -70,8 +70,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from diffuseq.api import TextGenerator, load
     from diffuseq.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+    from diffuseq.decoding.api import TextGenerator, load
     from diffuseq.diffusion.gaussian import GaussianDiffusion
     from diffuseq.diffusion.losses import training_losses
     from diffuseq.errors import (
@@ -81,13 +81,19 @@ if TYPE_CHECKING:
         OfflineAssetError,
         UserError,
     )
-    from diffuseq.factory import build_diffusion, build_model
-    from diffuseq.model import TransformerNetModel
+    from diffuseq.models.denoiser import TransformerNetModel
+    from diffuseq.models.factory import build_diffusion, build_model
     from diffuseq.sampling import SAMPLERS, get_sampler
-    from diffuseq.tokenizer import load_tokenizer
+    from diffuseq.tokenizers.tokenizer import load_tokenizer
+
+
+#: Modules reachable as attributes (``from diffuseq import api``: the decoding API module).
+_MODULES = {"api": "diffuseq.decoding.api"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

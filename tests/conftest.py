@@ -21,10 +21,16 @@ def shared_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared"
 
 
+#: The golden reference files (numbers produced by running the original code), shipped with
+#: the repository so that a fresh clone runs every parity test.
+BUNDLED_GOLDEN = REPO_ROOT / "tests" / "golden"
+
+
 def find_golden_dir() -> Path | None:
-    """``$DIFFUSEQ_GOLDEN`` if set, else ``<shared>/golden``; ``None`` if it is not a folder."""
+    """``$DIFFUSEQ_GOLDEN`` if set, else the bundled ``tests/golden``; ``None`` if it is not a
+    folder."""
     env = os.environ.get("DIFFUSEQ_GOLDEN")
-    candidate = Path(env) if env else shared_dir() / "golden"
+    candidate = Path(env) if env else BUNDLED_GOLDEN
     return candidate if candidate.is_dir() else None
 
 

@@ -36,8 +36,8 @@ class _Recorder:
 
 def main() -> int:
     torch.set_num_threads(1)
-    from diffuseq import dist
     from diffuseq.cli.train import prepare
+    from diffuseq.runtime import dist
 
     out = Path(sys.argv[1])
     trainer = prepare(sys.argv[2:])
@@ -52,7 +52,7 @@ def main() -> int:
             "rows": recorder.rows,
             "model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
             "ema": {str(r): [p.detach().clone() for p in ps] for r, ps in trainer.ema.items()},
-            "sampler": trainer.sampler.state_dict(),
+            "sampler": trainer.objective.state_dict(),
             "rng": torch.get_rng_state(),
             "mapped": None if mapped is None else str(mapped),  # the cache file, when mapped
         },

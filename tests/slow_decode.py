@@ -25,7 +25,7 @@ def _stall() -> None:
 def main() -> int:
     torch.set_num_threads(1)
     mode = sys.argv[1]
-    from diffuseq import decode_manifest
+    from diffuseq.decoding import manifest as decode_manifest
 
     if mode == "write":
         real_write, calls = decode_manifest._write, []

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import torch
 
-from diffuseq import api
 from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.evaluate import main as eval_main
 from diffuseq.cli.train import main as train_main
-from diffuseq.decode_manifest import write_outputs
+from diffuseq.decoding import api
+from diffuseq.decoding.manifest import write_outputs
 from diffuseq.errors import CheckpointError, ConfigError
 from tests.test_decode import make_run
 from tests.train_helpers import make_tiny_data, tiny_argv

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from diffuseq.cli.train import main as train_main
-from diffuseq.tokenizer import is_bert_vocab_file, load_tokenizer, load_tokenizer_from_run
+from diffuseq.tokenizers.tokenizer import (
+    is_bert_vocab_file,
+    load_tokenizer,
+    load_tokenizer_from_run,
+)
 from tests.train_helpers import DEMO_DIR, make_tiny_data, tiny_argv
 
 TINY_WORDPIECE = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "how", "old", "are", "you", "?",

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.checkpoint import (
+from diffuseq.cli.train import main
+from diffuseq.errors import CheckpointError
+from diffuseq.store.checkpoint import (
     STATE_FORMAT,
     atomic_torch_save,
     capture_rng_state,
@@ -26,8 +28,6 @@ from diffuseq.checkpoint import (
     restore_rng_state,
     write_latest,
 )
-from diffuseq.cli.train import main
-from diffuseq.errors import CheckpointError
 from tests.train_helpers import (
     REPO_ROOT,
     make_tiny_data,

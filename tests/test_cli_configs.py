@@ -18,7 +18,7 @@ from diffuseq.config import (
     EvalConfig,
     RunConfig,
 )
-from diffuseq.decoding import torch_dtype
+from diffuseq.decoding.job import torch_dtype
 from diffuseq.diffusion.schedules import SCHEDULE_NAMES
 from diffuseq.diffusion.timestep_sampling import TIMESTEP_DISTRIBUTIONS
 from diffuseq.errors import ConfigError

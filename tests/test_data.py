@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from diffuseq.data import (
+from diffuseq.data.dataset import (
     MIN_SEQ_LEN,
     Seq2SeqDataset,
     build_dataset,
@@ -23,7 +23,7 @@ from diffuseq.data import (
     truncated_lengths,
 )
 from diffuseq.errors import ConfigError, DataError
-from diffuseq.tokenizer import load_tokenizer
+from diffuseq.tokenizers.tokenizer import load_tokenizer
 from tests.conftest import REPO_ROOT
 
 

@@ -1,5 +1,5 @@
-"""The tokenization cache (--data_cache, diffuseq/data_cache.py) and its fast build
-(diffuseq/word_memo.py): identical ids and arrays to the uncached path on both tokenizer kinds,
+"""The tokenization cache (--data_cache, diffuseq/data/cache.py) and its fast build
+(diffuseq/tokenizers/word_memo.py): identical ids and arrays to the uncached path on both tokenizer kinds,
 reuse, rebuild on every change of its key, corrupt entries, errors, bit-identical training
 (also across a resume) and a 2-process launch where rank 1 maps what rank 0 built."""
 
@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq import data_cache
-from diffuseq.checkpoint import load_state_file
 from diffuseq.cli.train import build_parser, main
-from diffuseq.data import build_dataset, iter_pairs, merge_example
-from diffuseq.data_cache import cache_root, load_split
+from diffuseq.data import cache as data_cache
+from diffuseq.data.cache import cache_root, load_split
+from diffuseq.data.dataset import build_dataset, iter_pairs, merge_example
 from diffuseq.errors import ConfigError, DataError
-from diffuseq.tokenizer import UnknownTokens, load_tokenizer, train_wordpiece
-from diffuseq.word_memo import flatten, merge_flat, word_memo_for
+from diffuseq.store.checkpoint import load_state_file
+from diffuseq.tokenizers.tokenizer import UnknownTokens, load_tokenizer, train_wordpiece
+from diffuseq.tokenizers.word_memo import flatten, merge_flat, word_memo_for
 from tests.conftest import shared_dir, skip_missing
 from tests.train_helpers import (
     DEMO_DIR,
@@ -125,7 +125,7 @@ def test_no_memo_for_other_tokenizers():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from diffuseq.tokenizer import HFTokenizer
+    from diffuseq.tokenizers.tokenizer import HFTokenizer
 
     backend = Tokenizer(models.BPE({"a": 0, "[SEP]": 1, "[PAD]": 2}, [], unk_token="a"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffuseq.data import build_dataset, make_loader, read_pairs, split_file
-from diffuseq.tokenizer import load_tokenizer, load_tokenizer_from_run
+from diffuseq.data.dataset import build_dataset, make_loader, read_pairs, split_file
+from diffuseq.tokenizers.tokenizer import load_tokenizer, load_tokenizer_from_run
 from tests.conftest import load_golden, skip_missing
 
 G2_FILE = "g2_data_layout.pt"

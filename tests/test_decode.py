@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffuseq import api
-from diffuseq.bert_config import build_bert_config
-from diffuseq.checkpoint_format import state_dict_for_saving
 from diffuseq.cli.decode import main
 from diffuseq.config import DataConfig, DecodeConfig, DiffusionConfig, ModelConfig, RunConfig
-from diffuseq.decoding import cut_at_sep, samples_dir_name
-from diffuseq.model import TransformerNetModel
-from diffuseq.run_folder import open_run
-from diffuseq.tokenizer import VocabFileTokenizer
+from diffuseq.decoding import api
+from diffuseq.decoding.job import cut_at_sep, samples_dir_name
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
+from diffuseq.store.checkpoint_format import state_dict_for_saving
+from diffuseq.store.run_folder import open_run
+from diffuseq.tokenizers.tokenizer import VocabFileTokenizer
 
 WORDS = [
     "the",

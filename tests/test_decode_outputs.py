@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from diffuseq.cli.evaluate import main as eval_main
-from diffuseq.decode_manifest import MANIFEST_NAME, read_manifest, write_outputs
-from diffuseq.evaluation import find_decode_files, special_tokens_for
+from diffuseq.decoding.manifest import MANIFEST_NAME, read_manifest, write_outputs
+from diffuseq.evaluation.job import find_decode_files, special_tokens_for
 from tests.test_decode import PAIRS, RUN_NAME, _decode, _folder, make_run
 from tests.train_helpers import REPO_ROOT, run_command, stalled_process, subprocess_env
 

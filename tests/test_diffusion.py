@@ -11,7 +11,7 @@ from transformers import BertConfig
 
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.losses import training_losses
-from diffuseq.model import TransformerNetModel
+from diffuseq.models.denoiser import TransformerNetModel
 from diffuseq.sampling.rounding import make_rounding_fn
 
 B, L, H, V = 3, 8, 6, 11

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.bert_config import build_bert_config
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.losses import training_losses
 from diffuseq.diffusion.schedules import SCHEDULE_NAMES, get_named_beta_schedule
-from diffuseq.model import TransformerNetModel
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling.rounding import make_rounding_fn
 from tests.conftest import load_golden, skip_missing
 

@@ -11,7 +11,7 @@ import torch
 
 import diffuseq
 from diffuseq.cli.train import main
-from diffuseq.environment import (
+from diffuseq.runtime.environment import (
     ENVIRONMENT_FILE,
     collect_environment,
     git_revision,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from diffuseq import metrics
 from diffuseq.cli.evaluate import main
+from diffuseq.evaluation import metrics
 
 LINES_A = [
     {

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from diffuseq import evaluation, metrics
 from diffuseq.cli.evaluate import main
+from diffuseq.evaluation import job as evaluation
+from diffuseq.evaluation import metrics
 from tests.conftest import require_pinned, skip_missing
 
 TOL = 1e-12

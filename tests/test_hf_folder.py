@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffuseq import api
-from diffuseq.checkpoint import load_state_file
 from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.export import main as export_main
 from diffuseq.cli.train import main as train_main
+from diffuseq.decoding import api
 from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError
-from diffuseq.hf_folder import MODEL_FILE, load_safetensors
+from diffuseq.store.checkpoint import load_state_file
+from diffuseq.store.hf_folder import MODEL_FILE, load_safetensors
 from tests.train_helpers import make_tiny_data, tiny_argv
 
 SOURCES = ["where is the station ?", "i want a ticket", "the shop was closed"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from diffuseq.checkpoint import load_state_file
+from diffuseq.store.checkpoint import load_state_file
 from tests.conftest import REPO_ROOT
 from tests.train_helpers import make_tiny_data, run_command, subprocess_env, tiny_argv
 

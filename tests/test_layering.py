@@ -11,12 +11,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffuseq"
 
 #: What the pure math (diffusion/, sampling/) must never import.
 ORCHESTRATION = (
-    "diffuseq.trainer",
+    "diffuseq.training.trainer",
     "diffuseq.cli",
-    "diffuseq.dist",
-    "diffuseq.logger",
-    "diffuseq.checkpoint",
-    "diffuseq.decoding",
+    "diffuseq.runtime.dist",
+    "diffuseq.runtime.logger",
+    "diffuseq.store.checkpoint",
+    "diffuseq.decoding.job",
 )
 TORCHRUN_ENV = {
     "RANK",
@@ -46,7 +46,7 @@ def _imported(path: Path, root: Path) -> list[tuple[int, str]]:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             found.append((node.lineno, base))
-            # ``from diffuseq import dist`` imports the module diffuseq.dist
+            # ``from diffuseq.runtime import dist`` imports the module diffuseq.runtime.dist
             found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
     return found
 
@@ -71,11 +71,13 @@ def test_the_check_sees_a_violation(tmp_path):
     root = tmp_path / "diffuseq"
     fake = root / "diffusion" / "bad.py"
     fake.parent.mkdir(parents=True)
-    fake.write_text("from diffuseq import dist\nfrom ..trainer import Trainer\nimport torch\n")
+    fake.write_text(
+        "from diffuseq.runtime import dist\nfrom ..training.trainer import Trainer\nimport torch\n"
+    )
     assert _violations([fake], ORCHESTRATION, root) == [
-        "diffuseq/diffusion/bad.py:1 imports diffuseq.dist",
-        "diffuseq/diffusion/bad.py:2 imports diffuseq.trainer",
-        "diffuseq/diffusion/bad.py:2 imports diffuseq.trainer.Trainer",
+        "diffuseq/diffusion/bad.py:1 imports diffuseq.runtime.dist",
+        "diffuseq/diffusion/bad.py:2 imports diffuseq.training.trainer",
+        "diffuseq/diffusion/bad.py:2 imports diffuseq.training.trainer.Trainer",
     ]
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import diffuseq.model as model_module
-from diffuseq.bert_config import build_bert_config
-from diffuseq.model import TransformerNetModel
+import diffuseq.models.denoiser as model_module
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from diffuseq import metrics
 from diffuseq.errors import OfflineAssetError
+from diffuseq.evaluation import metrics
 
 
 def test_clean_text_strips_first_then_deletes():

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from diffuseq.bert_config import build_bert_config
-from diffuseq.checkpoint_format import infer_architecture, state_dict_for_saving
 from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError
-from diffuseq.model import TransformerNetModel
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
+from diffuseq.store.checkpoint_format import infer_architecture, state_dict_for_saving
 
 TINY = {
     "num_layers": 2,

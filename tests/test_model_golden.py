@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffuseq.bert_config import build_bert_config
-from diffuseq.checkpoint_format import infer_architecture, state_dict_for_saving
-from diffuseq.model import TransformerNetModel
-from diffuseq.nn_utils import timestep_embedding
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
+from diffuseq.models.nn_utils import timestep_embedding
+from diffuseq.store.checkpoint_format import infer_architecture, state_dict_for_saving
 from tests.conftest import load_golden, skip_missing
 
 FWD_TOL = {"rtol": 1e-5, "atol": 1e-5}

@@ -11,11 +11,9 @@ import pytest
 import torch
 import yaml
 
-from diffuseq import api
-from diffuseq.bert_config import build_bert_config
-from diffuseq.checkpoint import load_state_file
 from diffuseq.cli.train import main
 from diffuseq.config import RunConfig
+from diffuseq.decoding import api
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.losses import training_losses
 from diffuseq.diffusion.timestep_sampling import (
@@ -26,13 +24,15 @@ from diffuseq.diffusion.timestep_sampling import (
     floor_timestep,
 )
 from diffuseq.errors import ConfigError
-from diffuseq.model import TransformerNetModel
-from diffuseq.run_folder import open_run
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling import SAMPLERS, run_sampler
 from diffuseq.sampling.noise import NoiseSource
 from diffuseq.sampling.noise_floor import NoiseFloored, noise_floor_time
 from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.sampling.self_cond import SelfConditioned
+from diffuseq.store.checkpoint import load_state_file
+from diffuseq.store.run_folder import open_run
 from tests.train_helpers import assert_same, make_tiny_data, tiny_argv
 
 B, L, H, V = 3, 8, 8, 20
@@ -310,7 +310,7 @@ def test_a_floored_run_trains_and_decodes(floor_run):
     counts = state["sampler"]["loss_counts"]
     assert counts[:2].tolist() == [0, 0] and int(counts[2:].min()) > 0
     generator = api.load(floor_run)
-    assert generator.decoder.noise_floor == 0.3
+    assert generator.decoder.diffusion.noise_floor == 0.3  # the process carries the floor
     seen = []
     hook = generator.decoder.model.register_forward_pre_hook(lambda m, a: seen.append(a[1]))
     try:

@@ -1,4 +1,4 @@
-"""Progress output (diffuseq/progress.py): bars on a terminal, plain lines in a file or under CI;
+"""Progress output (diffuseq/runtime/progress.py): bars on a terminal, plain lines in a file or under CI;
 the bar's latest loss; the last log interval of a run written to metrics.jsonl."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from diffuseq import progress as progress_module
-from diffuseq.progress import PlainProgress, live_output, progress
+from diffuseq.runtime import progress as progress_module
+from diffuseq.runtime.progress import PlainProgress, live_output, progress
 from tests.test_decode import make_run
 from tests.train_helpers import (
     REPO_ROOT,

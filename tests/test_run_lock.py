@@ -11,7 +11,7 @@ import pytest
 
 from diffuseq.cli.train import main
 from diffuseq.errors import ConfigError
-from diffuseq.safe_io import (
+from diffuseq.store.safe_io import (
     LOCK_NAME,
     FolderLock,
     atomic_write_text,

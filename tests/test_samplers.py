@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.bert_config import build_bert_config
 from diffuseq.diffusion.gaussian import GaussianDiffusion
-from diffuseq.model import TransformerNetModel
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling.ancestral import ancestral_sample
 from diffuseq.sampling.ddim import (
     adjacent_timesteps,

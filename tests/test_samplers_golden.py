@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffuseq.bert_config import build_bert_config
-from diffuseq.decoding import texts_from_tokens
+from diffuseq.decoding.job import texts_from_tokens
 from diffuseq.diffusion.gaussian import GaussianDiffusion
-from diffuseq.model import TransformerNetModel
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling.ancestral import ancestral_sample
 from diffuseq.sampling.ddim import adjacent_timesteps, ddim_adjacent_sample
 from diffuseq.sampling.noise import ReplayNoise
 from diffuseq.sampling.rounding import make_rounding_fn
-from diffuseq.tokenizer import VocabFileTokenizer
+from diffuseq.tokenizers.tokenizer import VocabFileTokenizer
 from tests.conftest import load_golden, skip_missing
 
 TEACHER_TOL = {"rtol": 0, "atol": 1e-5}

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffuseq import api
-from diffuseq.bert_config import build_bert_config
-from diffuseq.checkpoint import load_state_file
-from diffuseq.checkpoint_format import infer_architecture
 from diffuseq.cli.train import main
+from diffuseq.decoding import api
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.losses import self_condition, training_losses
-from diffuseq.model import TransformerNetModel
+from diffuseq.models.denoiser import TransformerNetModel
+from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling import SAMPLERS
 from diffuseq.sampling.self_cond import SelfConditioned
+from diffuseq.store.checkpoint import load_state_file
+from diffuseq.store.checkpoint_format import infer_architecture
 from tests.train_helpers import assert_same, make_tiny_data, tiny_argv
 
 B, L, H, V = 3, 8, 8, 20

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from diffuseq.cli.train import main
-from diffuseq.logger import MetricsWriter
+from diffuseq.runtime.logger import MetricsWriter
 from tests.train_helpers import make_tiny_data, read_metrics, tiny_argv
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from diffuseq.errors import CheckpointError, ConfigError, DataError, OfflineAssetError
-from diffuseq.tokenizer import load_tokenizer, load_tokenizer_from_run
-from diffuseq.wordpiece import learn_wordpiece_vocab
+from diffuseq.tokenizers.tokenizer import load_tokenizer, load_tokenizer_from_run
+from diffuseq.tokenizers.wordpiece import learn_wordpiece_vocab
 from tests.conftest import REPO_ROOT
 
 
@@ -176,7 +176,7 @@ def test_learn_wordpiece_vocab_by_hand() -> None:
 def test_learn_wordpiece_vocab_independent_of_hash_seed() -> None:
     code = (
         "import torch; torch.set_num_threads(1)\n"
-        "from diffuseq.wordpiece import learn_wordpiece_vocab\n"
+        "from diffuseq.tokenizers.wordpiece import learn_wordpiece_vocab\n"
         "import json, sys\n"
         "counts = {w: (len(w) * 7919) % 13 + 1 for w in "
         "'the cat sat on a mat with another cat that ate many mats and hats'.split()}\n"

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from diffuseq import dist
-from diffuseq.checkpoint import load_state_file
 from diffuseq.cli.train import build_parser, main, parse_invocation, prepare
 from diffuseq.config import RunConfig
-from diffuseq.factory import build_model
+from diffuseq.models.factory import build_model
+from diffuseq.runtime import dist
+from diffuseq.store.checkpoint import load_state_file
 from tests.train_helpers import (
     REPO_ROOT,
     make_tiny_data,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffuseq.checkpoint import load_state_file
+from diffuseq.store.checkpoint import load_state_file
 from tests.train_helpers import REPO_ROOT, assert_same, make_tiny_data, run_command, tiny_argv
 
 pytestmark = pytest.mark.slow  # starts processes

@@ -8,11 +8,11 @@ import logging
 
 import pytest
 
-from diffuseq import api
 from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.train import main as train_main
-from diffuseq.data import build_dataset
-from diffuseq.tokenizer import UnknownTokens, VocabFileTokenizer, load_tokenizer
+from diffuseq.data.dataset import build_dataset
+from diffuseq.decoding import api
+from diffuseq.tokenizers.tokenizer import UnknownTokens, VocabFileTokenizer, load_tokenizer
 from tests.test_bert_vocab_file import TINY_WORDPIECE
 from tests.test_decode import make_run
 from tests.train_helpers import make_tiny_data, tiny_argv
@@ -93,7 +93,7 @@ def test_decode_text_warns_about_unknown_words(tmp_path, capsys):
 
 def test_api_warns_about_unknown_words(tmp_path):
     gen = api.load(make_run(tmp_path / "work"), device="cpu")
-    log = logging.getLogger("diffuseq.api")
+    log = logging.getLogger("diffuseq.decoding.api")
     log.addHandler(handler := _Records())
     try:
         gen.generate(["where is the zebra ?"], steps=2, sampler="ddim")

@@ -61,7 +61,7 @@ def on_rank0_or_raise(action: Callable[[], Any]) -> Any:
     """Run ``action`` on rank 0 and tell every rank whether it failed, so that a failure (a
     folder that cannot be created, a missing package) stops all ranks instead of leaving the
     others waiting. Returns the result on rank 0, ``None`` elsewhere."""
-    from diffuseq import dist  # torch: imported only once a run starts, not for --help
+    from diffuseq.runtime import dist  # torch: imported only once a run starts, not for --help
 
     result, failure = None, None
     if dist.is_main():

@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[DecodeJob, DecodeConfig]:
 
 def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
     """The pairs to decode and their output-folder label ('' for the test split)."""
-    from diffuseq.data import read_pairs
-    from diffuseq.decode_text import read_input_file
+    from diffuseq.data.dataset import read_pairs
+    from diffuseq.decoding.text import read_input_file
 
     if job.text:
         return [(text.strip(), "") for text in job.text], "text"
@@ -79,11 +79,11 @@ def _main(argv: Sequence[str] | None) -> int:
     job, settings = parse_args(argv)  # --help and flag errors end here, before torch loads
     import torch
 
-    from diffuseq import dist
-    from diffuseq.decoding import Decoder, decode_to_files, samples_dir_name
-    from diffuseq.hf_folder import ModelFolder, is_model_folder, read_model_folder
-    from diffuseq.logger import get_logger, setup_logging
-    from diffuseq.run_folder import open_run, resolve_model_dirs
+    from diffuseq.decoding.job import Decoder, decode_to_files, samples_dir_name
+    from diffuseq.runtime import dist
+    from diffuseq.runtime.logger import get_logger, setup_logging
+    from diffuseq.store.hf_folder import ModelFolder, is_model_folder, read_model_folder
+    from diffuseq.store.run_folder import open_run, resolve_model_dirs
 
     targets = resolve_model_dirs(job.model_dir)
     runs = [
@@ -109,7 +109,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 if isinstance(run, ModelFolder)
                 else Decoder.from_checkpoint(run, checkpoint, device=device)
             )
-            resolved = settings.resolve(decoder.diffusion.num_timesteps)
+            resolved = decoder.resolve(settings)
             log.info(
                 "decoding %d input(s) with %s, %d steps, %s, on %d process(es): %s",
                 len(pairs),

@@ -20,12 +20,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from diffuseq import evaluation, metrics
 from diffuseq.cli.common import describe, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args
 from diffuseq.config import EvalConfig
 from diffuseq.errors import ConfigError, OfflineAssetError
+from diffuseq.evaluation import job as evaluation
+from diffuseq.evaluation import metrics
 
 PROG = program_name("eval_seq2seq.py", "diffuseq.cli.evaluate", "diffuseq-eval")
 

@@ -8,8 +8,8 @@ The source is a run folder (ours or the original's: its newest ``ema*.pt``, as d
 it) or one EMA/model ``.pt`` file. The folder goes to ``RUN/hf/<checkpoint name>/`` unless
 ``--out``; it is written complete under a temporary name, then renamed, and the checkpoint is
 only read. ``--eval`` records the averages of an ``eval_seq2seq.py --json`` report in
-``config.json`` and the model card. Load the folder with ``diffuseq.api.load(DIR)``; push it
-with ``hf upload USER/REPO DIR .`` (see diffuseq.hf_folder).
+``config.json`` and the model card. Load the folder with ``diffuseq.decoding.api.load(DIR)``; push it
+with ``hf upload USER/REPO DIR .`` (see diffuseq.store.hf_folder).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     options = config_from_args(args, ExportOptions)
 
-    from diffuseq.hf_folder import export_checkpoint
-    from diffuseq.model_card import read_evaluation
+    from diffuseq.store.hf_folder import export_checkpoint
+    from diffuseq.store.model_card import read_evaluation
 
     evaluation = read_evaluation(options.eval) if options.eval else None
     out = export_checkpoint(

@@ -47,7 +47,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ConfigError(f"--out {out}: give a .png file name")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
-    from diffuseq.plots import plot_loss_curves, read_metrics, require_pyplot
+    from diffuseq.training.plots import plot_loss_curves, read_metrics, require_pyplot
 
     plt = require_pyplot()
     keys = plot_loss_curves(

@@ -39,7 +39,7 @@ from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml
 from diffuseq.errors import ConfigError
 
 if TYPE_CHECKING:  # the set-up (torch, transformers) is imported only when a run starts
-    from diffuseq.trainer import Trainer
+    from diffuseq.training.trainer import Trainer
 
 PROG = program_name("run_train.py", "diffuseq.cli.train", "diffuseq-train")
 

@@ -1,6 +1,6 @@
 """Set-up of a training run from a parsed command line (:mod:`diffuseq.cli.train`): check the
 resume source and the data, join the process group, build the data, model, diffusion and
-:class:`~diffuseq.trainer.Trainer`, and run it. Kept apart from the command line so that
+:class:`~diffuseq.training.trainer.Trainer`, and run it. Kept apart from the command line so that
 ``run_train.py --help`` and flag errors never import torch or transformers.
 """
 
@@ -11,39 +11,40 @@ from pathlib import Path
 
 import torch
 
-from diffuseq import dist
-from diffuseq.checkpoint import (
-    ResumeSource,
-    ema_file_name,
-    load_state_file,
-    resolve_resume,
-    seed_everything,
-)
 from diffuseq.cli.common import on_rank0_or_raise
 from diffuseq.cli.train import PROG, Invocation
 from diffuseq.config import RunConfig, run_folder_name
 from diffuseq.config.run import STAMP_FORMATS, run_notes
-from diffuseq.data import InfiniteBatches, infinite_batches, make_loader, split_file
-from diffuseq.data_cache import load_split
+from diffuseq.data.cache import load_split
+from diffuseq.data.dataset import InfiniteBatches, infinite_batches, make_loader, split_file
 from diffuseq.errors import CheckpointError, ConfigError, UserError
-from diffuseq.factory import (
-    build_diffusion,
-    build_model,
-    build_timestep_distribution,
-    check_sequence_length,
-)
-from diffuseq.hf_folder import export_checkpoint
-from diffuseq.logger import (
+from diffuseq.families import get_family
+from diffuseq.models.factory import check_sequence_length
+from diffuseq.runtime import dist
+from diffuseq.runtime.logger import (
     MetricsWriter,
     get_logger,
     open_trackers,
     require_trackers,
     setup_logging,
 )
-from diffuseq.run_folder import create_run_folder, refuse_existing_states
-from diffuseq.safe_io import contained
-from diffuseq.tokenizer import TextTokenizer, UnknownTokens, load_tokenizer, load_tokenizer_from_run
-from diffuseq.trainer import Trainer, autocast_dtype
+from diffuseq.store.checkpoint import (
+    ResumeSource,
+    ema_file_name,
+    load_state_file,
+    resolve_resume,
+    seed_everything,
+)
+from diffuseq.store.hf_folder import export_checkpoint
+from diffuseq.store.run_folder import create_run_folder, refuse_existing_states
+from diffuseq.store.safe_io import contained
+from diffuseq.tokenizers.tokenizer import (
+    TextTokenizer,
+    UnknownTokens,
+    load_tokenizer,
+    load_tokenizer_from_run,
+)
+from diffuseq.training.trainer import Trainer, autocast_dtype
 
 __all__ = ["check", "prepare", "run"]
 
@@ -126,9 +127,10 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     log = get_logger("train")
     log.info("run folder %s (%d process(es), device %s)", run_dir, dist.world_size(), device)
     log.info("### Creating model and diffusion...")
-    model = build_model(config.model).to(device)
-    log.info("### The parameter count is %d", model.parameter_count())
-    diffusion = build_diffusion(config.diffusion)
+    family = get_family(config.model.family)
+    model = family.build_model(config).to(device)
+    log.info("### The parameter count is %d", sum(p.numel() for p in model.parameters()))
+    process = family.build_process(config)
     writer = MetricsWriter(
         path=run_dir / "metrics.jsonl" if rank == 0 else None,
         enabled=rank == 0,
@@ -137,8 +139,7 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     options = invocation.options
     trainer = Trainer(
         model=model,
-        diffusion=diffusion,
-        sampler=build_timestep_distribution(config.diffusion, diffusion),
+        objective=family.build_objective(config, process),
         train_batches=train_batches,
         valid_batches=valid_batches,
         config=tr,

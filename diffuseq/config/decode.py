@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from diffuseq.config.fields import FlagConfig, choice_checks, opt, raise_first
 from diffuseq.errors import ConfigError
-from diffuseq.safe_io import check_writable_folder, path_component
+from diffuseq.store.safe_io import check_writable_folder, path_component
 
 __all__ = ["DTYPES", "DecodeConfig", "DecodeJob", "SAMPLER_VARIANTS", "sampler_choices"]
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from diffuseq.config.fields import FlagConfig, choice_checks, opt, raise_first
-from diffuseq.metrics import DEFAULT_BERTSCORE_MODEL
+from diffuseq.evaluation.metrics import DEFAULT_BERTSCORE_MODEL
 
 __all__ = ["EvalConfig"]
 

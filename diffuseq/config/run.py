@@ -32,7 +32,7 @@ from diffuseq.config.fields import (
     values_from_dict,
 )
 from diffuseq.errors import ConfigError
-from diffuseq.safe_io import path_component
+from diffuseq.store.safe_io import path_component
 
 
 def schedule_names() -> tuple[str, ...]:
@@ -49,9 +49,22 @@ def timestep_distribution_names() -> tuple[str, ...]:
     return TIMESTEP_DISTRIBUTION_NAMES
 
 
+def family_choices() -> tuple[str, ...]:
+    """``--family`` choices (:data:`diffuseq.families.FAMILIES`, torch-free)."""
+    from diffuseq.families import family_names
+
+    return family_names()
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The transformer denoiser (docs/original.md §4)."""
+
+    family: str = opt(
+        "gaussian",
+        "model family (diffuseq.families): gaussian = DiffuSeq / DiffuSeq-v2, the original",
+        choices=family_choices,
+    )
 
     hidden_dim: int = opt(128, "word-embedding size h (model input/output size)")
     hidden_t_dim: int = opt(128, "size of the sinusoidal timestep embedding")

@@ -8,6 +8,6 @@
 - :mod:`~diffuseq.diffusion.timestep_sampling`: which training timesteps to draw (uniform,
   loss-aware).
 
-Nothing here imports the trainer, the CLIs, :mod:`diffuseq.dist`, the logger, checkpoints or
+Nothing here imports the trainer, the CLIs, :mod:`diffuseq.runtime.dist`, the logger, checkpoints or
 decoding.
 """

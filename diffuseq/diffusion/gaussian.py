@@ -71,6 +71,8 @@ class GaussianDiffusion:
         denoise: v2 discrete noise: replace positions by μ with a Bernoulli draw (needs μ).
         denoise_rate: v2 scale of that replacement probability.
         reg_rate: v2 weight of ``‖μ‖₂`` in the loss (the original always uses 0.01, docs/original.md §5.9).
+        noise_floor: DINOISER's floor F (``--noise_floor``; 0 = the original): training draws
+            and the network's time input at decoding stay ≥ ``round(F·T_orig)``.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class GaussianDiffusion:
         denoise: bool = False,
         denoise_rate: float = 0.2,
         reg_rate: float = 0.01,
+        noise_floor: float = 0.0,
     ) -> None:
         betas = np.array(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) < 2:
@@ -101,6 +104,7 @@ class GaussianDiffusion:
         self.denoise = bool(denoise)
         self.denoise_rate = float(denoise_rate)
         self.reg_rate = float(reg_rate)
+        self.noise_floor = float(noise_floor)
 
         # Same numpy expressions, same order as the original (docs/original.md §5.2, G1).
         self.betas = betas

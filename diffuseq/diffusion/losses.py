@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from diffuseq.nn_utils import mean_flat
+from diffuseq.models.nn_utils import mean_flat
 from diffuseq.ops.linear_cross_entropy import linear_cross_entropy
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ Why it exists: on CPU, training the paper's configuration is bound by memory tra
 by FLOPs, and transformers' eager ``BertLayer`` keeps about 21–24 activations of size
 ``[B, L, H]`` per layer for backward. This forward keeps 13, with bit-identical numbers (same
 modules, parameters, operations and random draws in the same order). Used by
-:class:`diffuseq.model.TransformerNetModel` in training mode for large activations only; tested
+:class:`diffuseq.models.denoiser.TransformerNetModel` in training mode for large activations only; tested
 against the eager layers in tests/test_model_lean.py, measured in bench/bench_train.py.
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
-from diffuseq.progress import progress as progress_display
+from diffuseq.runtime.progress import progress as progress_display
 
 __all__ = [
     "Callback",
@@ -29,7 +29,7 @@ Callback = Callable[[dict[str, Any]], None]
 
 def progress_steps(timesteps: list, progress: bool, desc: str):
     """``timesteps`` with a transient bar on a terminal when ``progress`` (callers pass
-    ``rank == 0``); nothing in a file (:func:`diffuseq.progress.progress`, ``nested``)."""
+    ``rank == 0``); nothing in a file (:func:`diffuseq.runtime.progress.progress`, ``nested``)."""
     return progress_display(timesteps, desc=desc, enabled=progress, nested=True)
 
 

@@ -1,0 +1,1 @@
+"""Training data: the one JSON-lines reader, merge + mask layout, compact datasets and loaders, the tokenization cache."""

@@ -1,0 +1,1 @@
+"""The evaluator: pure metric functions and the evaluation job."""

@@ -1,0 +1,127 @@
+"""The interface a model family implements (:mod:`diffuseq.families`).
+
+Generic code never looks inside a family: the trainer asks its :class:`Objective` for the loss
+terms of a batch, the decode job asks the family for the tokens of a batch, the run store
+saves whatever ``state_dict`` the family's model has, and the evaluator only reads text.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from diffuseq.config import DecodeConfig, RunConfig
+
+__all__ = ["Family", "LossBatch", "Objective"]
+
+
+@dataclass
+class LossBatch:
+    """What an objective returns for one (micro-)batch of ``B`` examples.
+
+    Attributes:
+        terms: float ``[B]`` tensors (a 0-dim term is broadcast when logged); ``"loss"`` is the
+            one optimised, every term is logged (``metrics.jsonl``, TensorBoard, wandb).
+        weights: ``[B]`` importance weights: the optimised loss is ``mean(loss · weights)``.
+        groups: int64 ``[B]`` in ``0..3`` or ``None``: the bucket each example is also logged
+            under (``<term>_q<g>``; the Gaussian family's quartile of ``t``, as the original).
+        draws: what the objective drew for the batch (the Gaussian family's ``t [B]``), handed
+            back to :meth:`Objective.observe`.
+    """
+
+    terms: dict[str, torch.Tensor]
+    weights: torch.Tensor
+    groups: torch.Tensor | None = None
+    draws: Any = None
+
+
+class Objective(ABC):
+    """A family's training objective, with whatever state it adapts while training."""
+
+    @abstractmethod
+    def losses(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        input_mask: torch.Tensor,
+        *,
+        text_model: torch.nn.Module,
+    ) -> LossBatch:
+        """Loss terms of a batch: ``input_ids [B, L]`` (the merged ``x [SEP] y`` layout),
+        ``input_mask [B, L]`` (0 = source side, 1 = target side and padding).
+
+        ``model`` is what the forward pass calls (it may be a DDP wrapper); ``text_model`` is
+        the unwrapped model (embeddings, read-out, extra parameters).
+        """
+
+    def observe(self, batch: LossBatch) -> None:
+        """Learn from a training batch's losses (e.g. the loss-aware timestep sampler); called
+        once per training micro-batch, outside autocast. Default: nothing."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What an exact resume needs (saved in the training state). Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Default: nothing."""
+        return None
+
+
+class Family(ABC):
+    """One kind of model: how it is built, trained and decoded.
+
+    Every method takes the run's :class:`~diffuseq.config.RunConfig` (or what it built from
+    it), so the family reads its own config fields and nothing else needs to know them.
+    """
+
+    #: The ``--family`` name (:data:`diffuseq.families.FAMILIES`).
+    name: str = ""
+
+    @abstractmethod
+    def build_model(
+        self, config: RunConfig, *, vocab_size: int | None = None, encoder_config: Any = None
+    ) -> torch.nn.Module:
+        """The network (``vocab_size`` overrides ``config.model.vocab_size``; ``encoder_config``,
+        a ``transformers`` config, replaces the one built from the run config, as a model
+        folder's saved config does)."""
+
+    @abstractmethod
+    def build_process(self, config: RunConfig) -> Any:
+        """The pure math object training and decoding share (the Gaussian family's
+        :class:`~diffuseq.diffusion.gaussian.GaussianDiffusion`), or ``None``."""
+
+    @abstractmethod
+    def build_objective(self, config: RunConfig, process: Any) -> Objective:
+        """The training objective."""
+
+    @abstractmethod
+    def resolve_decode(self, config: DecodeConfig, process: Any) -> DecodeConfig:
+        """``config`` with its defaults filled for this model (e.g. ``steps`` = T); raises
+        :class:`~diffuseq.errors.ConfigError` for a combination the family cannot decode."""
+
+    @abstractmethod
+    def sample_tokens(
+        self,
+        model: torch.nn.Module,
+        process: Any,
+        input_ids: torch.Tensor,
+        input_mask: torch.Tensor,
+        *,
+        seeds: Sequence[int],
+        indices: Sequence[int],
+        config: DecodeConfig,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Decode one batch of rows: int64 tokens ``[B, L]`` on the model's device.
+
+        ``input_ids``/``input_mask`` ``[B, L]`` hold the source (mask 0) and the target span
+        (mask 1, its ids are not to be read); row ``r`` draws all its randomness from the
+        stream of ``(seeds[r], indices[r])`` so that a row's output does not depend on its
+        batch. ``config`` is resolved (:meth:`resolve_decode`).
+        """

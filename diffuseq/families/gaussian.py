@@ -1,0 +1,121 @@
+"""The Gaussian family: DiffuSeq / DiffuSeq-v2, diffusion over word embeddings (the original).
+
+Model: :class:`~diffuseq.models.denoiser.TransformerNetModel` (the original's state-dict keys).
+Process: :class:`~diffuseq.diffusion.gaussian.GaussianDiffusion` (with partial noising of the
+target span, the v2 soft absorbing state and the ``--noise_floor``). Objective: the seq2seq
+loss terms of :func:`~diffuseq.diffusion.losses.training_losses` at ``t`` drawn from the
+run's timestep distribution (uniform / loss-aware / fixstep), weighted by its importance
+weights. Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
+EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11–5.13).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from diffuseq.diffusion.losses import training_losses
+from diffuseq.diffusion.timestep_sampling import LossAwareTimesteps, TimestepDistribution
+from diffuseq.families.base import Family, LossBatch, Objective
+from diffuseq.models.factory import (
+    build_diffusion,
+    build_model,
+    build_timestep_distribution,
+)
+
+if TYPE_CHECKING:
+    from diffuseq.config import DecodeConfig, RunConfig
+    from diffuseq.diffusion.gaussian import GaussianDiffusion
+
+__all__ = ["FAMILY", "GaussianFamily", "GaussianObjective"]
+
+
+class GaussianObjective(Objective):
+    """DiffuSeq's loss at ``t ~`` the timestep distribution (docs/original.md §5.6, §6.3).
+
+    Args:
+        diffusion: the process (its ``num_timesteps`` also buckets ``t`` into quartiles).
+        timesteps: which ``t`` training draws; a loss-aware one learns from :meth:`observe`.
+        loss_fn: ``loss_fn(diffusion, model, input_ids, input_mask, t, *, text_model)`` ->
+            dict of ``[B]`` terms with ``"loss"`` (default :func:`training_losses`).
+    """
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        timesteps: TimestepDistribution,
+        loss_fn=training_losses,
+    ) -> None:
+        self.diffusion, self.timesteps, self.loss_fn = diffusion, timesteps, loss_fn
+
+    def losses(self, model, input_ids, input_mask, *, text_model) -> LossBatch:
+        t, weights = self.timesteps.sample(input_ids.shape[0], device=input_ids.device)
+        terms = self.loss_fn(self.diffusion, model, input_ids, input_mask, t, text_model=text_model)
+        quartile = torch.div(4 * t, self.diffusion.num_timesteps, rounding_mode="floor")  # [B]
+        return LossBatch(terms=terms, weights=weights, groups=quartile, draws=t)
+
+    def observe(self, batch: LossBatch) -> None:
+        if isinstance(self.timesteps, LossAwareTimesteps):
+            self.timesteps.update_with_local_losses(
+                batch.draws, batch.terms["loss"].detach().float()
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.timesteps.state_dict() if hasattr(self.timesteps, "state_dict") else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state and hasattr(self.timesteps, "load_state_dict"):
+            self.timesteps.load_state_dict(state)
+
+
+class GaussianFamily(Family):
+    """DiffuSeq v1 / v2 (:mod:`diffuseq.families.gaussian`)."""
+
+    name = "gaussian"
+
+    def build_model(self, config: RunConfig, *, vocab_size=None, encoder_config=None):
+        return build_model(config.model, vocab_size=vocab_size, bert_config=encoder_config)
+
+    def build_process(self, config: RunConfig) -> GaussianDiffusion:
+        return build_diffusion(config.diffusion)
+
+    def build_objective(self, config: RunConfig, process: GaussianDiffusion) -> GaussianObjective:
+        return GaussianObjective(process, build_timestep_distribution(config.diffusion, process))
+
+    def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> DecodeConfig:
+        return config.resolve(process.num_timesteps)
+
+    @torch.no_grad()
+    def sample_tokens(
+        self,
+        model: torch.nn.Module,
+        process: GaussianDiffusion,
+        input_ids: torch.Tensor,
+        input_mask: torch.Tensor,
+        *,
+        seeds: Sequence[int],
+        indices: Sequence[int],
+        config: DecodeConfig,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Row ``r`` draws from the generator of ``(seeds[r], indices[r])``: first ``z`` for
+        ``x_T``, then the sampler's per-step draws; tokens are the top-1 of the fp32 logits."""
+        from diffuseq.sampling.run import sample_x0
+
+        x0 = sample_x0(
+            model,
+            process,
+            input_ids,
+            input_mask,
+            seeds=seeds,
+            indices=indices,
+            config=config,
+            progress=progress,
+        )
+        logits = model.get_logits(x0.float())  # [B, L, V], fp32 outside autocast
+        return torch.topk(logits, k=1, dim=-1).indices[..., 0]
+
+
+FAMILY = GaussianFamily()
