@@ -93,7 +93,7 @@ def test_decode_text_warns_about_unknown_words(tmp_path, capsys):
 
 def test_api_warns_about_unknown_words(tmp_path):
     gen = api.load(make_run(tmp_path / "work"), device="cpu")
-    log = logging.getLogger("diffuseq.decoding.api")
+    log = logging.getLogger("diffuseq.api")
     log.addHandler(handler := _Records())
     try:
         gen.generate(["where is the zebra ?"], steps=2, sampler="ddim")
