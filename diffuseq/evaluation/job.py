@@ -140,7 +140,7 @@ def clean_example(record: dict, tokens: SpecialTokens) -> Example:
 
 def _read_lines(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a leading BOM is not text
             lines = handle.read().splitlines()
     except OSError as err:
         raise DataError(path, None, None, f"cannot read the file ({err.strerror})") from err

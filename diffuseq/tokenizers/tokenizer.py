@@ -256,7 +256,7 @@ def is_bert_vocab_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a BERT WordPiece vocabulary: one token per line, all of
     :data:`BERT_SPECIAL_TOKENS` and at least one ``##`` continuation piece."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a leading BOM is not part of [PAD]
             tokens = {line.rstrip("\n") for line in handle}
     except (OSError, UnicodeDecodeError):
         return False  # the word-level loader reports the file's problem
@@ -270,16 +270,16 @@ def load_bert_vocab_file(path: str | os.PathLike) -> HFTokenizer:
     ``vocab.txt`` into a temporary folder that ``from_pretrained`` reads. Lower-cases (uncased
     BERT) unless a non-special token holds an upper-case letter (cased BERT vocabularies do).
     """
-    import shutil
     import tempfile
 
     from transformers import BertTokenizerFast
 
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         tokens = [line.rstrip("\n") for line in handle]
     cased = any(t not in BERT_SPECIAL_TOKENS and t != t.lower() for t in tokens)
     with tempfile.TemporaryDirectory() as folder:
-        shutil.copyfile(path, Path(folder) / "vocab.txt")
+        # rewritten rather than copied, so that a UTF-8 BOM does not stick to the first token
+        (Path(folder) / "vocab.txt").write_text("".join(f"{t}\n" for t in tokens), "utf-8")
         tok = BertTokenizerFast.from_pretrained(
             folder, local_files_only=True, do_lower_case=not cased
         )

@@ -80,7 +80,7 @@ class VocabFileTokenizer(TextTokenizer):
             raise DataError(str(path), None, None, problem) from None
         for line_no, raw in enumerate(lines, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM is not a word
             except UnicodeDecodeError as err:
                 raise DataError(
                     str(path), line_no, None, f"not UTF-8 text ({err.reason} at byte {err.start})."
@@ -90,6 +90,14 @@ class VocabFileTokenizer(TextTokenizer):
                 raise DataError(str(path), line_no, None, _duplicate_message(token, first_line))
             first_line.setdefault(token, line_no)
             vocab[token] = len(vocab)
+        if not any(token.strip() for token in vocab if token not in cls.SPECIALS):
+            raise DataError(
+                str(path),
+                None,
+                None,
+                "the vocab file holds no word (empty, or blank lines only): every token would "
+                "become the unknown token. Give one token per line.",
+            )
         return cls(vocab, source=str(path))
 
     @classmethod
