@@ -267,6 +267,57 @@ def test_auto_is_under_the_user_cache_folder(tmp_path, data, monkeypatch):
 # ------------------------------------------------------------------------- damage and errors
 
 
+def _rewrite(entry: Path, name: str, change) -> None:
+    """Rewrite array ``name`` of an entry (same shape and dtype) with ``change(array)``."""
+    array = np.load(entry / f"{name}.npy").copy()
+    change(array)
+    np.save(entry / f"{name}.npy", array)
+
+
+def _set(name: str, index: int, value: int):
+    def change(array: np.ndarray) -> None:
+        array[index] = value
+
+    return lambda entry: _rewrite(entry, name, change)
+
+
+def _reverse_offsets(array: np.ndarray) -> None:
+    array[1:-1] = array[1:-1][::-1].copy()  # same values, no longer increasing
+
+
+def _meta(**changes):
+    def write(entry: Path) -> None:
+        meta = json.loads((entry / "meta.json").read_text())
+        (entry / "meta.json").write_text(json.dumps({**meta, **changes}))
+
+    return write
+
+
+#: Content damage that keeps every shape and dtype (what the shape checks cannot see).
+CONTENT_DAMAGE = {
+    "an example longer than seq_len": _set("offsets", 1, 1000),
+    "a negative source length": _set("len_x", 0, -5),
+    "a source longer than its example": _set("len_x", 0, 1000),
+    "an id beyond the vocabulary": _set("token_ids", 3, 99999),
+    "shuffled offsets": lambda entry: _rewrite(entry, "offsets", _reverse_offsets),
+    "meta.json is a list": lambda entry: (entry / "meta.json").write_text("[1, 2]"),
+    "meta.json counts are not integers": _meta(unknown_tokens="x"),
+}
+
+
+@pytest.mark.parametrize("damage", list(CONTENT_DAMAGE))
+def test_damaged_contents_are_detected_and_rebuilt(tmp_path, data, monkeypatch, damage):
+    tok = load_tokenizer(str(data / "vocab.txt"))
+    builds = _CountBuilds(monkeypatch)
+    cache, path = str(tmp_path / "cache"), data / "train.jsonl"
+    load_split(path, tok, seq_len=24, cache=cache)
+    (entry,) = _entries(tmp_path / "cache")
+    CONTENT_DAMAGE[damage](entry)
+    dataset = load_split(path, tok, seq_len=24, cache=cache)
+    assert builds.count == 2 and _entries(tmp_path / "cache") == [entry]
+    _assert_same_arrays(dataset, build_dataset(path, tok, seq_len=24))
+
+
 @pytest.mark.parametrize("damage", ["truncated array", "no meta.json", "bad meta.json"])
 def test_a_damaged_entry_is_rebuilt(tmp_path, data, monkeypatch, damage):
     tok = load_tokenizer(str(data / "vocab.txt"))

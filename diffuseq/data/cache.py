@@ -126,18 +126,24 @@ class EntryError(Exception):
 
 
 def open_entry(
-    entry: Path, *, seq_len: int, pad_token_id: int
+    entry: Path, *, seq_len: int, pad_token_id: int, vocab_size: int | None = None
 ) -> tuple[Seq2SeqDataset, dict[str, Any]]:
     """Map an entry's arrays read-only; ``(dataset, meta)``.
 
     Raises:
-        EntryError: a file is missing or unreadable, or the arrays disagree with ``meta.json``.
+        EntryError: a file is missing or unreadable, the arrays disagree with ``meta.json``, or
+            their contents are impossible (:func:`_check_contents`).
     """
     try:
         meta = json.loads((entry / META).read_text(encoding="utf-8"))
         arrays = {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
     except (OSError, ValueError) as err:
         raise EntryError(f"{entry}: {err}") from None
+    if not isinstance(meta, dict) or not all(
+        isinstance(meta.get(key), int) and not isinstance(meta.get(key), bool)
+        for key in _META_COUNTS
+    ):
+        raise EntryError(f"{entry}: {META} is not an object with the integer counts {_META_COUNTS}")
     n, total = meta.get("examples"), meta.get("tokens")
     shapes = {name: array.shape for name, array in arrays.items()}
     expected = {
@@ -153,8 +159,44 @@ def open_entry(
     offsets = arrays["offsets"]
     if n and (offsets[0] != 0 or offsets[-1] != total):
         raise EntryError(f"{entry}: offsets do not span token_ids")
+    _check_contents(entry, arrays, seq_len=seq_len, vocab_size=vocab_size)
     dataset = Seq2SeqDataset(**arrays, seq_len=seq_len, pad_token_id=pad_token_id)
     return dataset, meta
+
+
+#: The integer counts ``meta.json`` must hold.
+_META_COUNTS = ("examples", "tokens", "unknown_tokens", "text_tokens")
+
+
+def _check_contents(
+    entry: Path, arrays: dict[str, np.ndarray], *, seq_len: int, vocab_size: int | None
+) -> None:
+    """What :func:`build_entry` always writes, checked in one vectorised pass (O(tokens)):
+    every example is 1..``seq_len`` ids long (offsets non-decreasing), its source length
+    ``len_x`` lies in ``[1, length]``, and every id is in ``[0, vocab_size)``.
+
+    Raises:
+        EntryError: naming the first broken rule (the entry is then rebuilt).
+    """
+    lengths = np.diff(arrays["offsets"])  # [N]
+    len_x = arrays["len_x"]  # [N]
+    ids = arrays["token_ids"]  # [T]
+    problems = [
+        (len(lengths) and (lengths < 1).any(), "offsets are not increasing"),
+        (
+            len(lengths) and (lengths > seq_len).any(),
+            f"an example is longer than seq_len {seq_len}",
+        ),
+        (len(len_x) and ((len_x < 1) | (len_x > lengths)).any(), "a source length is out of range"),
+        (len(ids) and int(ids.min()) < 0, "a token id is negative"),
+        (
+            vocab_size is not None and len(ids) and int(ids.max()) >= vocab_size,
+            f"a token id is not below the vocabulary size {vocab_size}",
+        ),
+    ]
+    for broken, what in problems:
+        if broken:
+            raise EntryError(f"{entry}: {what}")
 
 
 class _NpyWriter:
@@ -241,7 +283,12 @@ def ensure_entry(root: Path, path: Path, tokenizer: TextTokenizer, *, seq_len: i
     entry = root / f"{path.stem}-{key}"
     if entry.is_dir():
         try:
-            open_entry(entry, seq_len=seq_len, pad_token_id=tokenizer.pad_token_id)
+            open_entry(
+                entry,
+                seq_len=seq_len,
+                pad_token_id=tokenizer.pad_token_id,
+                vocab_size=tokenizer.vocab_size,
+            )
             log.info("tokenization cache: reusing %s for %s", entry, path)
             return entry
         except EntryError as err:
@@ -344,12 +391,22 @@ def load_split(
         raise UserError(f"rank 0 failed to prepare the data: {message[1]}")
     entry = Path(message[1])
     try:
-        dataset, meta = open_entry(entry, seq_len=seq_len, pad_token_id=tokenizer.pad_token_id)
+        dataset, meta = open_entry(
+            entry,
+            seq_len=seq_len,
+            pad_token_id=tokenizer.pad_token_id,
+            vocab_size=tokenizer.vocab_size,
+        )
     except EntryError:
         if dist.is_main():
             raise
         entry = ensure_entry(root, path, tokenizer, seq_len=seq_len)
-        dataset, meta = open_entry(entry, seq_len=seq_len, pad_token_id=tokenizer.pad_token_id)
+        dataset, meta = open_entry(
+            entry,
+            seq_len=seq_len,
+            pad_token_id=tokenizer.pad_token_id,
+            vocab_size=tokenizer.vocab_size,
+        )
     if unknown is not None:
         unknown.add_counts(unknown=meta["unknown_tokens"], total=meta["text_tokens"])
     return dataset
