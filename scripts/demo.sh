@@ -36,6 +36,6 @@ ckpt="$(ls "$RUN"/ema_*.pt | sort | tail -n 1)"
 decoded=$(date +%s)
 
 out="generation_outputs/$(basename "$RUN")/$(basename "$ckpt").samples-dpm-solver++-${STEPS}steps"
-"$PYTHON" eval_seq2seq.py --folder "$out" --mbr --no_bertscore
+"$PYTHON" eval_seq2seq.py --folder "$out" --mbr --summary --no_bertscore
 end=$(date +%s)
 echo "demo: train $((trained - start)) s, decode $((decoded - trained)) s, evaluate $((end - decoded)) s; outputs in $out"

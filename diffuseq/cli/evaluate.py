@@ -109,6 +109,7 @@ def _main(argv: Sequence[str] | None) -> int:
         workers=config.workers,
         bertscore=bertscore,
         bertscore_status=status,
+        summary=config.summary,
     )
     if config.json:
         payload = {

@@ -63,6 +63,12 @@ class EvalConfig(FlagConfig):
         "avg len",
         group="additions",
     )
+    summary: bool = opt(
+        False,
+        "after the original's lines, print one table across the files: mean / min / max per "
+        "metric, the MBR row, and the candidate set's self-BLEU and div-4",
+        group="additions",
+    )
     json: str = opt(
         "",
         "write every number, the printed lines and the MBR-selected outputs to this JSON file "

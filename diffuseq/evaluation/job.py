@@ -33,6 +33,7 @@ from diffuseq.data.jsonl import iter_records
 from diffuseq.decoding.manifest import check_folder, read_manifest
 from diffuseq.errors import DataError
 from diffuseq.evaluation import metrics
+from diffuseq.evaluation.summary import summarize, summary_lines
 
 STARS = "*" * 30
 FIELDS = ("recover", "reference", "source")
@@ -119,6 +120,7 @@ class EvalReport:
     diversity: DiversityScores | None
     mbr: MbrResult | None
     lines: list[str]
+    summary: dict | None = None
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict of every number and the MBR-selected outputs."""
@@ -340,6 +342,7 @@ def evaluate(
     workers: int = 1,
     bertscore: BertScoreFn | None = None,
     bertscore_status: str = "skipped",
+    summary: bool = False,
     echo: Callable[[str], None] = print,
 ) -> EvalReport:
     """Score the files, then diversity (or MBR with ``mbr``) if there are several, and print.
@@ -353,6 +356,9 @@ def evaluate(
         workers: processes for the pairwise BLEU of diversity/MBR (pool only above a size).
         bertscore: ``(hyps, refs) -> (mean F1, printed text)``; if ``None``, the BERTScore
             line shows ``bertscore_status``.
+        summary: after the original's lines, print the table across files
+            (:mod:`diffuseq.evaluation.summary`; ``report.summary`` is always filled for
+            several files, and with ``mbr`` the candidate set's diversity is computed too).
         echo: receives each report line (``print`` by default).
     Returns:
         the :class:`EvalReport`; ``report.lines`` are the lines given to ``echo``.
@@ -398,4 +404,10 @@ def evaluate(
         block = _with_bertscore(block, examples, bertscore, bertscore_status)
         emit(*block_lines(block, mbr=True, show_extras=show))
         mbr_result = MbrResult(selected_file_index=chosen, examples=examples, scores=block)
-    return EvalReport(files=blocks, diversity=diversity, mbr=mbr_result, lines=lines)
+        diversity = score_diversity(groups, matrices, extras=extras)  # not printed (original)
+    table = None
+    if multi:
+        table = summarize(blocks, mbr=mbr_result and mbr_result.scores, diversity=diversity)
+        if summary:
+            emit(*summary_lines(table))
+    return EvalReport(files=blocks, diversity=diversity, mbr=mbr_result, lines=lines, summary=table)
