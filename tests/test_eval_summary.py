@@ -48,3 +48,16 @@ def test_mbr_keeps_the_candidate_diversity(folder, tmp_path, capsys):  # noqa: F
     report = json.loads(out_json.read_text())
     assert report["summary"]["metrics"]["BLEU"]["mbr"] == pytest.approx(row["mbr"])
     assert report["summary"]["files"] == [str(p) for p in sorted(folder.glob("seed*.json"))]
+
+
+def test_a_parent_folder_names_the_samples_folders_inside(folder, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "outputs" / "demo"
+    for name in (
+        "ema_0.9999_000100.pt.samples-dpm-solver++-10steps",
+        "ema_0.9999_000200.pt.samples",
+    ):
+        (run / name).mkdir(parents=True)
+    code, _, err = _run(["--folder", str(tmp_path / "outputs")], capsys)
+    assert code == 2
+    assert "ema_0.9999_000100.pt.samples-dpm-solver++-10steps" in err
+    assert "ema_0.9999_000200.pt.samples" in err and "pass one of them to --folder" in err

@@ -184,7 +184,18 @@ def find_decode_files(folder: str) -> list[str]:
         )
     files = sorted(glob.glob(f"{glob.escape(folder)}/*json"))
     if not files:
-        raise DataError(folder, None, None, "no *json files in it (decode outputs seed*.json)")
+        inside = sorted(glob.glob(f"{glob.escape(folder)}/**/*.samples*/", recursive=True))
+        hint = (
+            "; it holds the samples folder(s) "
+            + ", ".join(p.rstrip("/") for p in inside[:10])
+            + (f" and {len(inside) - 10} more" if len(inside) > 10 else "")
+            + ": pass one of them to --folder"
+            if inside
+            else ""
+        )
+        raise DataError(
+            folder, None, None, f"no *json files in it (decode outputs seed*.json){hint}"
+        )
     check_folder(folder, files)
     return files
 
