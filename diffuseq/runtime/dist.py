@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from diffuseq.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,12 +32,90 @@ class DistInfo:
         return self.rank == 0
 
 
+#: Seconds every process waits for the others to join the group (``DIFFUSEQ_JOIN_TIMEOUT``).
+DEFAULT_JOIN_TIMEOUT = 600.0
+
+_LAUNCH_HINT = (
+    "launch several processes with torchrun (scripts/train.sh, scripts/run_decode.sh), or "
+    "unset WORLD_SIZE/RANK to run as one process"
+)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name}={value!r} is not an integer; {_LAUNCH_HINT}"
+        ) from None
+
+
 def env_info() -> DistInfo:
-    """Read ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` set by torchrun (defaults: single process)."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    """Read ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` set by torchrun (defaults: single process).
+
+    Raises:
+        ConfigError: a value that is not an integer, or an inconsistent set (``RANK`` missing
+            or not below ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` missing).
+    """
+    info = DistInfo(
+        rank=_env_int("RANK", 0),
+        local_rank=_env_int("LOCAL_RANK", 0),
+        world_size=_env_int("WORLD_SIZE", 1),
+    )
+    if info.world_size < 1:
+        raise ConfigError(f"WORLD_SIZE={info.world_size} must be at least 1; {_LAUNCH_HINT}")
+    if info.world_size > 1:
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:
+            raise ConfigError(
+                f"WORLD_SIZE={info.world_size} but {', '.join(missing)} not set; {_LAUNCH_HINT}"
+            )
+        if not 0 <= info.rank < info.world_size:
+            raise ConfigError(
+                f"RANK={info.rank} is not in [0, WORLD_SIZE={info.world_size}); {_LAUNCH_HINT}"
+            )
+    return info
+
+
+def join_timeout() -> float:
+    """``DIFFUSEQ_JOIN_TIMEOUT`` seconds (default :data:`DEFAULT_JOIN_TIMEOUT`)."""
+    value = os.environ.get("DIFFUSEQ_JOIN_TIMEOUT", "")
+    try:
+        seconds = float(value) if value else DEFAULT_JOIN_TIMEOUT
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"DIFFUSEQ_JOIN_TIMEOUT={value!r} must be a positive number of seconds")
+    return seconds
+
+
+def _join_group(info: DistInfo, backend: str, timeout: timedelta) -> None:
+    """Form the default group, failing with a message if the processes do not all arrive
+    within :func:`join_timeout` seconds (the collectives' own ``timeout`` is longer)."""
+    limit = join_timeout()
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    late = (
+        f"not all {info.world_size} processes joined at {where} within {limit:g} s "
+        f"(DIFFUSEQ_JOIN_TIMEOUT); {_LAUNCH_HINT}"
+    )
+    try:
+        store, rank, world = next(torch_dist.rendezvous("env://", timeout=timedelta(seconds=limit)))
+    except (RuntimeError, ValueError, TimeoutError) as err:  # DistNetworkError/DistStoreError
+        raise ConfigError(f"{late} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    # every rank announces itself, then waits for the others (restarts of an elastic job
+    # reuse the agent's store, hence the restart count in the key)
+    key = f"diffuseq/joined/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    store.add(key, 1)
+    deadline = time.monotonic() + limit
+    while (arrived := store.add(key, 0)) < world:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{late} ({arrived} arrived)")
+        time.sleep(0.05)
+    torch_dist.init_process_group(
+        backend=backend, store=store, rank=rank, world_size=world, timeout=timeout
     )
 
 
@@ -44,9 +124,14 @@ def init(*, device: str | None = None, timeout_minutes: int = 30) -> tuple[DistI
 
     Args:
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA if available, else CPU).
+        timeout_minutes: the collectives' timeout once the group exists.
 
     Returns:
         ``(info, device)``; with more than one process the default group is initialised.
+
+    Raises:
+        ConfigError: torchrun's variables are inconsistent (:func:`env_info`), or the
+            processes did not all join within :func:`join_timeout` seconds.
     """
     info = env_info()
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
@@ -54,11 +139,7 @@ def init(*, device: str | None = None, timeout_minutes: int = 30) -> tuple[DistI
     if use_cuda:
         torch.cuda.set_device(dev)
     if info.world_size > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
-            init_method="env://",
-            timeout=timedelta(minutes=timeout_minutes),
-        )
+        _join_group(info, "nccl" if use_cuda else "gloo", timedelta(minutes=timeout_minutes))
     return info, dev
 
 
