@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -21,7 +22,15 @@ from diffuseq.runtime import dist
 from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.checkpoint_format import state_dict_for_saving
 from diffuseq.tokenizers.tokenizer import load_tokenizer
-from tests.train_helpers import DEMO_DIR, REPO_ROOT, assert_same, make_tiny_data, tiny_argv
+from tests.train_helpers import (
+    DEMO_DIR,
+    REPO_ROOT,
+    assert_same,
+    make_tiny_data,
+    run_command,
+    subprocess_env,
+    tiny_argv,
+)
 
 AR = get_family("ar")
 V = 20
@@ -281,3 +290,42 @@ def test_presets_are_transformer_base_on_the_paper_data(task):
     assert config.model.intermediate_size == 2048 and config.model.dropout == 0.1
     paper = RunConfig.load_yaml(REPO_ROOT / "configs" / f"{task}.yaml")
     assert config.data == paper.data
+
+
+def test_bf16_trains_and_decodes_on_cpu(tmp_path, model):
+    data = make_tiny_data(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = tiny_argv(data, family="ar", learning_steps=3, bf16="true", checkpoint_path=run,
+                     export_model="false")  # fmt: skip
+    assert train_main(argv) == 0
+    assert (run / "ema_0.9999_000003.pt").is_file()
+    config = AR.resolve_decode(DecodeConfig(dtype="bf16", num_samples=2), None)
+    tokens = AR.sample_tokens(model, None, IDS, MASK, seeds=[101, 102, 101], indices=[0, 0, 1],
+                              config=config)  # fmt: skip
+    assert tokens.shape == IDS.shape and torch.equal(tokens[MASK == 0], IDS[MASK == 0])
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_decode_like_one(tmp_path):
+    """torchrun (gloo, 2 processes) trains an ar run; its 2-process beam decode equals a
+    1-process decode byte for byte."""
+    data = make_tiny_data(tmp_path / "data", n_test=5)
+    run = tmp_path / "run"
+    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def torchrun(script: str, argv: list[str]) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(REPO_ROOT / script), *argv]  # fmt: skip
+        done = run_command(cmd, cwd=tmp_path, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun("run_train.py", tiny_argv(data, family="ar", checkpoint_path=run, learning_steps=6))
+    assert load_state_file(run / "state_000006.pt")["world_size"] == 2
+    decode = ["--model_dir", str(run), "--num_samples", "2", "--bsz", "3"]
+    torchrun("run_decode.py", decode + ["--out_dir", str(tmp_path / "two")])
+    assert decode_main(decode + ["--out_dir", str(tmp_path / "one")]) == 0
+    name = "run/ema_0.9999_000006.pt.samples-beam-4steps"
+    files = sorted((tmp_path / "two" / name).glob("*.json"))
+    assert len(files) == 2
+    for f in files:
+        assert f.read_text() == (tmp_path / "one" / name / f.name).read_text()
