@@ -54,8 +54,16 @@ def tiny_config(**model) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def model():
+    """A tiny model fitted to the three rows (so that its outputs depend on the source)."""
     torch.manual_seed(0)
-    return AR.build_model(tiny_config()).eval()
+    model = AR.build_model(tiny_config())
+    objective = AR.build_objective(tiny_config(), None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        objective.losses(model, IDS, MASK, text_model=model).terms["loss"].mean().backward()
+        opt.step()
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------ sizing
@@ -184,18 +192,25 @@ def _decode(model, ids, mask, sampler, *, seeds, indices, k=1):
 @pytest.mark.parametrize("sampler", ["greedy", "sample", "beam"])
 def test_rows_alone_equal_rows_in_a_batch(model, sampler):
     model.pad_token_id = 0
-    seeds, indices = [101, 102, 101], [0, 0, 2]
+    order = [0, 0, 2, 1]  # example 0 twice: candidates k = 0, 1 (seeds 101, 102)
+    ids, mask = IDS[order], MASK[order]
+    seeds, indices = [101, 102, 101, 101], order
     k = 2 if sampler == "beam" else 1
-    batch = _decode(model, IDS, MASK, sampler, seeds=seeds, indices=indices, k=k)
-    assert batch.shape == IDS.shape and batch.dtype == torch.long
+    batch = _decode(model, ids, mask, sampler, seeds=seeds, indices=indices, k=k)
+    assert batch.shape == ids.shape and batch.dtype == torch.long
     # the source side is kept, the target span starts with [CLS] and has no reference ids
-    assert torch.equal(batch[MASK == 0], IDS[MASK == 0])
-    assert batch[[0, 1, 2], [5, 4, 7]].tolist() == [1, 1, 1]
-    for r in range(3):
-        alone = _decode(model, IDS[r : r + 1], MASK[r : r + 1], sampler, seeds=seeds[r : r + 1],
+    assert torch.equal(batch[mask == 0], ids[mask == 0])
+    assert batch[[0, 1, 2, 3], [5, 5, 7, 4]].tolist() == [1, 1, 1, 1]
+    if sampler == "greedy":  # the fitted targets
+        assert batch[:, 8:].tolist() == [[9, 2, 0, 0], [9, 2, 0, 0], [8, 9, 10, 2], [0] * 4]
+        assert batch[3, 4:7].tolist() == [1, 7, 2]
+    if sampler == "beam":  # two different beams of example 0
+        assert not torch.equal(batch[0], batch[1])
+    for r in range(4):
+        alone = _decode(model, ids[r : r + 1], mask[r : r + 1], sampler, seeds=seeds[r : r + 1],
                         indices=indices[r : r + 1], k=k)  # fmt: skip
         assert torch.equal(alone[0], batch[r]), (sampler, r)
-    again = _decode(model, IDS, MASK, sampler, seeds=seeds, indices=indices, k=k)
+    again = _decode(model, ids, mask, sampler, seeds=seeds, indices=indices, k=k)
     assert torch.equal(again, batch)  # deterministic (sampling: seeded per row)
 
 

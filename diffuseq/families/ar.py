@@ -332,16 +332,13 @@ class ARFamily(Family):
         src_ids, src_mask = batch.src_ids, batch.src_mask
         select = None
         if config.sampler == "beam":  # one search per distinct example; row r takes beam k
-            first = {index: row for row, index in reversed(list(enumerate(indices)))}
-            examples = sorted(set(indices), key=lambda i: first[i])
-            src_ids, src_mask = (
-                src_ids[[first[i] for i in examples]],
-                src_mask[[first[i] for i in examples]],
-            )
+            slot = {index: n for n, index in enumerate(dict.fromkeys(indices))}  # first seen
+            firsts = [list(indices).index(index) for index in slot]
+            src_ids, src_mask = src_ids[firsts], src_mask[firsts]
             k_of = [seed - config.seed for seed in seeds]
             if min(k_of) < 0 or max(k_of) >= config.num_samples:
                 raise ValueError("beam rows must have seeds config.seed + k, 0 <= k < num_samples")
-            select = [examples.index(i) * config.num_samples + k for i, k in zip(indices, k_of)]
+            select = [slot[i] * config.num_samples + k for i, k in zip(indices, k_of)]
         processors = LogitsProcessorList()
         if config.sampler == "sample":
             device = input_ids.device
