@@ -15,6 +15,7 @@ Replaces the original's `diffuseq/config.json` + `scripts/run_train.py` flags +
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -62,8 +63,15 @@ class ModelConfig:
 
     family: str = opt(
         "gaussian",
-        "model family (diffuseq.families): gaussian = DiffuSeq / DiffuSeq-v2, the original",
+        "model family (diffuseq.families): gaussian = DiffuSeq / DiffuSeq-v2, the original; "
+        "ar = autoregressive encoder-decoder baseline",
         choices=family_choices,
+    )
+    ar_layers: str = opt(
+        "auto",
+        "ar family: encoder+decoder layers as E+D (6+6 = Transformer-base); auto = the balanced "
+        "split whose parameter count is closest to the gaussian model of the same flags",
+        metavar="auto|E+D",
     )
 
     hidden_dim: int = opt(128, "word-embedding size h (model input/output size)")
@@ -262,6 +270,10 @@ class RunConfig:
                 "positive (or 0: the value of --config_name)",
             ),
             (not (tr.use_fp16 and tr.bf16), "--use_fp16 and --bf16 are mutually exclusive"),
+            (
+                re.fullmatch(r"auto|[1-9]\d*\+[1-9]\d*", m.ar_layers) is not None,
+                f"--ar_layers {m.ar_layers!r}: give auto or encoder+decoder layers, e.g. 6+6",
+            ),
             (
                 not d.denoise or m.learned_mean_embed,
                 "--denoise True needs --learned_mean_embed True (the noise replaces positions by the "

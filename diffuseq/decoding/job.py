@@ -133,7 +133,9 @@ class Decoder:
                 f"{where}: the run's vocab_size is {vocab_size} but its tokenizer has "
                 f"{tokenizer.vocab_size} tokens; the saved tokenizer does not belong to this run"
             )
-        model = family.build_model(config, vocab_size=vocab_size, encoder_config=bert_config)
+        model = family.build_model(
+            config, vocab_size=vocab_size, encoder_config=bert_config, tokenizer=tokenizer
+        )
         model.load_state_dict(state)
         model.eval().requires_grad_(False).to(device)
         return cls(

@@ -52,6 +52,11 @@ FAMILIES: dict[str, FamilyRow] = {
             "diffuseq.families.gaussian",
             "DiffuSeq / DiffuSeq-v2: Gaussian diffusion over word embeddings (the original)",
         ),
+        FamilyRow(
+            "ar",
+            "diffuseq.families.ar",
+            "autoregressive encoder-decoder Transformer (BART layers from scratch): the baseline",
+        ),
     )
 }
 

@@ -85,11 +85,17 @@ class Family(ABC):
 
     @abstractmethod
     def build_model(
-        self, config: RunConfig, *, vocab_size: int | None = None, encoder_config: Any = None
+        self,
+        config: RunConfig,
+        *,
+        vocab_size: int | None = None,
+        encoder_config: Any = None,
+        tokenizer: Any = None,
     ) -> torch.nn.Module:
         """The network (``vocab_size`` overrides ``config.model.vocab_size``; ``encoder_config``,
         a ``transformers`` config, replaces the one built from the run config, as a model
-        folder's saved config does)."""
+        folder's saved config does; ``tokenizer``, the run's, when the caller has it: a family
+        may read its special ids, e.g. the pad id its decoded rows end with)."""
 
     @abstractmethod
     def build_process(self, config: RunConfig) -> Any:

@@ -75,7 +75,9 @@ class GaussianFamily(Family):
 
     name = "gaussian"
 
-    def build_model(self, config: RunConfig, *, vocab_size=None, encoder_config=None):
+    def build_model(
+        self, config: RunConfig, *, vocab_size=None, encoder_config=None, tokenizer=None
+    ):
         return build_model(config.model, vocab_size=vocab_size, bert_config=encoder_config)
 
     def build_process(self, config: RunConfig) -> GaussianDiffusion:
