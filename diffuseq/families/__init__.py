@@ -52,6 +52,11 @@ FAMILIES: dict[str, FamilyRow] = {
             "diffuseq.families.gaussian",
             "DiffuSeq / DiffuSeq-v2: Gaussian diffusion over word embeddings (the original)",
         ),
+        FamilyRow(
+            "discrete",
+            "diffuseq.families.discrete",
+            "RDM: reparameterized absorbing-state ([MASK]) diffusion over the target tokens",
+        ),
     )
 }
 
