@@ -380,3 +380,24 @@ def test_half_resume_half_is_bit_identical(tmp_path):
     for rate in ("0.9", "0.999"):
         name = f"ema_{rate}_{steps:06d}.pt"
         assert_same(load_state_file(straight / name), load_state_file(split / name), name)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_decode(tmp_path):
+    """DDP training (bf16 autocast on CPU) and a 2-process decode equal to the 1-process one."""
+    from diffuseq.cli.decode import main as decode_main
+    from tests.test_end_to_end import _torchrun
+
+    data = make_tiny_data(tmp_path / "data", n_test=5)
+    run = tmp_path / "run"
+    argv = _discrete_argv(data, checkpoint_path=run, learning_steps=4, save_interval=4, bf16="true")
+    _torchrun("run_train.py", argv, tmp_path)
+    assert (run / "ema_0.9999_000004.pt").is_file()
+    two, one = tmp_path / "out2", tmp_path / "out1"
+    flags = ["--model_dir", str(run), "--num_samples", "2", "--bsz", "3", "--sampler", "absorbing"]
+    _torchrun("run_decode.py", [*flags, "--out_dir", str(two)], tmp_path)
+    assert decode_main([*flags, "--out_dir", str(one)]) == 0
+    files = sorted((two / "run").glob("*.samples-absorbing-10steps/seed*.json"))
+    assert len(files) == 2
+    for f in files:
+        assert f.read_text() == (one / f.relative_to(two)).read_text()
