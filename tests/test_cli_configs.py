@@ -21,6 +21,7 @@ from diffuseq.config import (
 from diffuseq.decoding.job import torch_dtype
 from diffuseq.diffusion.schedules import SCHEDULE_NAMES
 from diffuseq.diffusion.timestep_sampling import TIMESTEP_DISTRIBUTIONS
+from diffuseq.discrete.samplers import SAMPLERS as DISCRETE_SAMPLERS
 from diffuseq.errors import ConfigError
 from diffuseq.sampling import SAMPLERS
 
@@ -129,7 +130,7 @@ def test_help_defaults_are_the_field_defaults():
 
 
 def test_choices_come_from_the_registries():
-    assert _choices(decode.build_parser(), "--sampler") == ("auto", *SAMPLERS)
+    assert _choices(decode.build_parser(), "--sampler") == ("auto", *SAMPLERS, *DISCRETE_SAMPLERS)
     assert _choices(decode.build_parser(), "--dtype") == tuple(DTYPES)
     assert _choices(train.build_parser(), "--noise_schedule") == SCHEDULE_NAMES
     assert _choices(train.build_parser(), "--schedule_sampler") == TIMESTEP_DISTRIBUTIONS

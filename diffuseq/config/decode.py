@@ -30,10 +30,12 @@ SAMPLER_VARIANTS = {
 
 def sampler_choices() -> tuple[str, ...]:
     """``--sampler`` choices: ``auto`` plus every sampler name (:data:`diffuseq.names.SAMPLER_NAMES`,
-    the keys of :data:`diffuseq.sampling.SAMPLERS`)."""
+    the keys of :data:`diffuseq.sampling.SAMPLERS`, then the discrete family's,
+    :data:`diffuseq.discrete.SAMPLER_NAMES`)."""
+    from diffuseq.discrete import SAMPLER_NAMES as DISCRETE_SAMPLER_NAMES
     from diffuseq.names import SAMPLER_NAMES
 
-    return ("auto", *SAMPLER_NAMES)
+    return ("auto", *SAMPLER_NAMES, *DISCRETE_SAMPLER_NAMES)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ class DecodeConfig(FlagConfig):
         "auto",
         "auto: ancestral at --step T, else ddim. ancestral: the original's DDPM loop with "
         "rounding; ddim: DDIM eta=0 over --step respaced levels; dpm-solver++: DPM-Solver++(2M); "
-        "sde-dpm-solver++: its SDE form (fresh noise every step; closer to ancestral in few steps)",
+        "sde-dpm-solver++: its SDE form (fresh noise every step; closer to ancestral in few steps). "
+        "--family discrete models: auto = rdm (RDM's adaptive decoding, --step default 10) or "
+        "absorbing (ancestral absorbing-state sampling)",
         choices=sampler_choices,
     )
     steps: int | None = opt(

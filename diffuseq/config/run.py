@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from diffuseq.config.discrete import DiscreteConfig, discrete_checks
 from diffuseq.config.fields import (
     choice_checks,
     opt,
@@ -213,6 +214,7 @@ SECTIONS: dict[str, type] = {
     "diffusion": DiffusionConfig,
     "data": DataConfig,
     "train": TrainConfig,
+    "discrete": DiscreteConfig,
 }
 
 
@@ -224,6 +226,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    discrete: DiscreteConfig = field(default_factory=DiscreteConfig)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:
@@ -234,6 +237,8 @@ class RunConfig:
         _check_respacing(d.timestep_respacing, d.diffusion_steps)
         checks = [
             *(check for section in (m, d, da, tr) for check in choice_checks(section)),
+            *choice_checks(self.discrete),
+            *discrete_checks(self),
             (d.diffusion_steps >= 2, f"--diff_steps must be at least 2, got {d.diffusion_steps}"),
             (
                 m.hidden_dim > 0 and m.hidden_t_dim > 0,

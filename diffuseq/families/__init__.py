@@ -57,6 +57,11 @@ FAMILIES: dict[str, FamilyRow] = {
             "diffuseq.families.ar",
             "autoregressive encoder-decoder Transformer (BART layers from scratch): the baseline",
         ),
+        FamilyRow(
+            "discrete",
+            "diffuseq.families.discrete",
+            "RDM: reparameterized absorbing-state ([MASK]) diffusion over the target tokens",
+        ),
     )
 }
 
