@@ -1,6 +1,6 @@
 """Data for the time-to-quality benchmark (:mod:`bench.bench_quality`), made by script.
 
-Two tasks, each written as a data folder the training CLI reads (``train.jsonl``,
+Three tasks, each written as a data folder the training CLI reads (``train.jsonl``,
 ``valid.jsonl``, ``test.jsonl``; the synthetic one also a word-level ``vocab.txt``):
 
 ``clauses`` (synthetic, harder than the demo)
@@ -22,6 +22,18 @@ Two tasks, each written as a data folder the training CLI reads (``train.jsonl``
     invented words among fillers) and keeping only the category words; v1 and v1 +
     self-conditioning both stayed at BLEU ≈ 0.02 after 1000 steps (the model had not started
     to copy words), which cannot show a difference between recipes.
+
+``sortcount`` (synthetic, of another kind: global reordering and counting, no templates)
+    Sources of 3–18 words: 3–6 distinct words of 40 invented ones, each 1–3 times, shuffled; the
+    target lists each distinct word once, in alphabetical order, each followed by its count as
+    a number word::
+
+        src: "kera luki kera fasa tomu kera"
+        trg: "fasa one kera three luki one tomu one"
+
+    Every target word depends on the whole source (which words occur, how often, and their
+    order in the alphabet), so position-by-position copying does not help; copying the source
+    scores about 0.04 BLEU.
 
 ``qqp`` (real data)
     The 2047 QQP paraphrase pairs of the shared data folder, shuffled with a fixed seed and
@@ -60,6 +72,9 @@ def _demo_generator():
 VERBS = _demo_generator().VERBS  # the demo's 16 verbs: (base, past, past participle)
 CLAUSES_SIZES = {"train": 20000, "valid": 200, "test": 200}
 QQP_SIZES = {"train": 1747, "valid": 100, "test": 200}
+SORTCOUNT_SIZES = {"train": 20000, "valid": 200, "test": 200}
+SORTCOUNT_WORDS = 40
+COUNT_WORDS = ("zero", "one", "two", "three")
 
 
 def invented_words(count: int, rng: random.Random) -> list[str]:
@@ -150,6 +165,35 @@ def make_clauses(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None
     words = [*lex.names, *lex.objects, *lex.places, *(w for v in VERBS for w in v)]
     vocab = [w for w, _ in counts.most_common()] + sorted(set(words) - set(counts))
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return out
+
+
+def sortcount_example(rng: random.Random, words: tuple[str, ...]) -> tuple[str, str]:
+    """3–6 distinct words, each 1–3 times, shuffled; the target lists them sorted with counts."""
+    counts = {w: rng.randint(1, 3) for w in rng.sample(words, rng.randint(3, 6))}
+    source = [w for w, n in counts.items() for _ in range(n)]
+    rng.shuffle(source)
+    target = [x for w in sorted(counts) for x in (w, COUNT_WORDS[counts[w]])]
+    return " ".join(source), " ".join(target)
+
+
+def make_sortcount(out: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+    """Write the ``sortcount`` task's splits and word-level vocab to ``out``; no source repeats."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    words = tuple(invented_words(SORTCOUNT_WORDS, random.Random(seed + 7)))
+    rng = random.Random(seed + 8)
+    seen: set[str] = set()
+    for split, size in (sizes or SORTCOUNT_SIZES).items():
+        lines = []
+        while len(lines) < size:
+            source, target = sortcount_example(rng, words)
+            if source in seen:
+                continue
+            seen.add(source)
+            lines.append(json.dumps({"src": source, "trg": target}))
+        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (out / "vocab.txt").write_text("\n".join([*sorted(words), *COUNT_WORDS[1:]]) + "\n")
     return out
 
 
