@@ -20,13 +20,14 @@ load torch.
 from diffuseq.config.decode import DTYPES, DecodeConfig, DecodeJob, sampler_choices
 from diffuseq.config.evaluate import EvalConfig
 from diffuseq.config.fields import FlagConfig, opt, read_yaml, str2bool, write_json
-from diffuseq.config.run import RunConfig, run_folder_name
-from diffuseq.config.sections import (
+from diffuseq.config.run import (  # the sections (config/sections.py) as run.py re-exports them
     SECTIONS,
     DataConfig,
     DiffusionConfig,
     ModelConfig,
+    RunConfig,
     TrainConfig,
+    run_folder_name,
 )
 
 __all__ = [
