@@ -21,7 +21,6 @@ Each variant runs in a fresh child process (own peak RSS), interleaved over ``--
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -29,11 +28,23 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.bench_train import REPO, machine_info, parse_variant
+from bench.bench_train import (
+    REPO,
+    BenchOptions,
+    child_flags,
+    machine_info,
+    parse_bench_flags,
+    parse_variant,
+)
+from diffuseq.cli.common import run_cli
+from diffuseq.config import opt
 
 DEFAULT_OUT = REPO / "bench" / "data" / "model.json"
+PROG = "python -m bench.bench_model"
 # The original code on this machine: seconds per denoising step for 64 x 128 positions.
 REFERENCE = {
     "v1_ddim_step_s": 12.9,
@@ -44,8 +55,27 @@ REFERENCE = {
 TARGET_STEP_RATIO = 0.6
 
 
-def run_child(args: argparse.Namespace) -> dict:
-    variant = parse_variant(args.variant)
+@dataclass(frozen=True)
+class ModelBenchOptions(BenchOptions):
+    """What to measure."""
+
+    variants: str = opt(
+        "fp32-eager,fp32-sdpa,bf16-sdpa",
+        "comma-separated variants; ratios are reported against the first one",
+    )
+    batch: int = opt(64, "sentences per step")
+    seq_len: int = opt(128, "positions per sentence")
+    vocab_size: int = opt(30522, "rows of the embedding to round to")
+    warmup: int = opt(1, "unmeasured calls after the first one")
+    iters: int = opt(3, "measured calls per child run")
+    out: str = opt(
+        str(DEFAULT_OUT),
+        "results JSON, default bench/data/model.json (a .md table is written next to it)",
+    )
+
+
+def run_child(options: ModelBenchOptions, variant_name: str) -> dict:
+    variant = parse_variant(variant_name)
     from diffuseq.runtime import perf
 
     threads = perf.set_threads(variant.threads or None)
@@ -65,13 +95,13 @@ def run_child(args: argparse.Namespace) -> dict:
         config_name="bert-base-uncased",
         attention=variant.attention,
     )
-    device = torch.device(args.device)
+    device = torch.device(options.device)
     cuda = device.type == "cuda"
-    model = build_model(cfg, vocab_size=args.vocab_size).to(device).eval()
+    model = build_model(cfg, vocab_size=options.vocab_size).to(device).eval()
     perf.maybe_compile(model, variant.compile)
     rounding = make_rounding_fn(model.lm_head.weight)
-    x = torch.randn(args.batch, args.seq_len, cfg.hidden_dim).to(device)
-    t = torch.full((args.batch,), 500.0, device=device)
+    x = torch.randn(options.batch, options.seq_len, cfg.hidden_dim).to(device)
+    t = torch.full((options.batch,), 500.0, device=device)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if variant.bf16
@@ -97,10 +127,10 @@ def run_child(args: argparse.Namespace) -> dict:
         start = clock()
         fn()
         first[name] = clock() - start
-        for _ in range(args.warmup):
+        for _ in range(options.warmup):
             fn()
         times = []
-        for _ in range(args.iters):
+        for _ in range(options.iters):
             start = clock()
             fn()
             times.append(clock() - start)
@@ -108,8 +138,8 @@ def run_child(args: argparse.Namespace) -> dict:
     return {
         "variant": variant.name,
         "threads": threads,
-        "batch": args.batch,
-        "seq_len": args.seq_len,
+        "batch": options.batch,
+        "seq_len": options.seq_len,
         "times": timings,
         "first_call_s": first,
         "median_s": {k: statistics.median(v) for k, v in timings.items()},
@@ -120,73 +150,32 @@ def run_child(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.bench_model",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--variants",
-        default="fp32-eager,fp32-sdpa,bf16-sdpa",
-        help="comma-separated variants; ratios are reported against the first one",
-    )
-    parser.add_argument("--batch", type=int, default=64, help="sentences per step")
-    parser.add_argument("--seq_len", type=int, default=128, help="positions per sentence")
-    parser.add_argument(
-        "--vocab_size", type=int, default=30522, help="rows of the embedding to round to"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="unmeasured calls after the first one"
-    )
-    parser.add_argument("--iters", type=int, default=3, help="measured calls per child run")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="child runs per variant, interleaved"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=3600.0, help="seconds allowed per child run"
-    )
-    parser.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="results JSON (a .md table is written next to it)"
-    )
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="device of the model"
-    )
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    """Entry point; a bad flag prints one paragraph and returns 2."""
+    return run_cli(_main, argv, PROG)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    options, args = parse_bench_flags(ModelBenchOptions, argv, PROG, __doc__)
     if args.child:
-        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        print("RESULT " + json.dumps(run_child(options, args.variant)), flush=True)
         return 0
 
-    command = "python -m bench.bench_model " + " ".join(
+    command = f"{PROG} " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     print(f"command: {command}", flush=True)
-    variants = [v for v in args.variants.split(",") if v]
+    variants = [v for v in options.variants.split(",") if v]
     for v in variants:
         parse_variant(v)
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if options.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
-    info = machine_info(args.device)
+    info = machine_info(options.device)
     print(f"machine: {json.dumps(info)}", flush=True)
-    child_args = [
-        "--device",
-        args.device,
-        "--batch",
-        str(args.batch),
-        "--seq_len",
-        str(args.seq_len),
-        "--vocab_size",
-        str(args.vocab_size),
-        "--warmup",
-        str(args.warmup),
-        "--iters",
-        str(args.iters),
-    ]
+    child_args = child_flags(options, "device", "batch", "seq_len", "vocab_size", "warmup", "iters")
     runs = []
-    for repeat in range(args.repeats):
+    for repeat in range(options.repeats):
         for variant in variants if repeat % 2 == 0 else variants[::-1]:
             env = dict(os.environ)
             threads = parse_variant(variant).threads
@@ -206,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=args.timeout,
+                timeout=options.timeout,
             )
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -240,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 "variant": variant,
                 "runs": len(ok),
                 **{f"{k}_s": v for k, v in med.items()},
-                "per_sentence_s": med["step"] / args.batch,
+                "per_sentence_s": med["step"] / options.batch,
                 "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
                 **(
                     {"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
@@ -256,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if "error" not in row and base:
             row["step_speedup_vs_first"] = base["step_s"] / row["step_s"]
-            if args.device == "cpu":  # the original's figures are CPU figures
+            if options.device == "cpu":  # the original's figures are CPU figures
                 row["step_vs_original_v1"] = row["step_s"] / REFERENCE["v1_ddim_step_s"]
     head = (
         "| variant | runs | forward s | rounding s | step s | s/sentence | peak RSS GiB | x first variant "
@@ -276,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     table = head + "\n".join(lines) + "\n"
     print(table)
-    out = Path(args.out)
+    out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -284,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": command,
                 "machine": info,
                 "reference": REFERENCE,
-                "args": vars(args),
+                "args": asdict(options),
                 "summary": rows,
                 "runs": runs,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -1,12 +1,17 @@
-"""Shared test fixtures: golden-file location and tiny deterministic settings."""
+"""Shared test fixtures: golden-file location, tiny deterministic settings, the tiny denoiser."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+
+if TYPE_CHECKING:  # imported by the builders below only: collecting tests stays fast
+    from diffuseq.models.denoiser import TransformerNetModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,6 +100,96 @@ def load_golden(golden_dir: Path, name: str):
     if not path.exists():
         skip_missing(f"golden file {name} in {golden_dir}")
     return torch.load(path, weights_only=True)
+
+
+def tiny_denoiser(
+    *,
+    vocab_size: int = 20,
+    hidden_dim: int = 8,
+    hidden_t_dim: int = 8,
+    dropout: float = 0.0,
+    num_layers: int = 1,
+    num_heads: int = 2,
+    hidden_size: int = 16,
+    intermediate_size: int = 32,
+    max_position_embeddings: int | None = None,
+    attention_dropout: float | None = None,
+    attn: str = "sdpa",
+    seed: int | None = None,
+    **model_kwargs: Any,
+) -> TransformerNetModel:
+    """A tiny random denoiser: a ``bert-base-uncased`` encoder config shrunk to the given sizes
+    (default 1 layer, 2 heads, width 16, feed-forward 32), as built (train mode).
+
+    Args:
+        max_position_embeddings: ``None`` keeps bert-base's 512.
+        attention_dropout: ``None`` keeps bert-base's 0.1 (``dropout`` is the hidden dropout).
+        attn: the encoder's attention kernel, ``"sdpa"`` or ``"eager"``.
+        seed: ``torch.manual_seed(seed)`` first (``None``: the generator as it is).
+        model_kwargs: the rest of ``TransformerNetModel`` (``learned_mean_embed``, ``self_cond``).
+    """
+    from diffuseq.models.denoiser import TransformerNetModel
+    from diffuseq.models.encoder_config import build_bert_config
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    bert = build_bert_config(
+        dropout=dropout,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        attn_implementation=attn,
+    )
+    if attention_dropout is not None:
+        bert.attention_probs_dropout_prob = attention_dropout
+    return TransformerNetModel(
+        vocab_size=vocab_size,
+        hidden_dim=hidden_dim,
+        hidden_t_dim=hidden_t_dim,
+        dropout=dropout,
+        bert_config=bert,
+        **model_kwargs,
+    )
+
+
+def golden_denoiser(
+    golden_dir: Path,
+    *,
+    v2: bool = False,
+    attn: str = "sdpa",
+    hidden_dim: int | None = None,
+    load: bool = True,
+) -> TransformerNetModel:
+    """The G3 tiny denoiser of the golden files (G6: ``v2``, with μ) in eval mode: its
+    constructor arguments and encoder config from ``g3_model_config.json`` and
+    ``g3_tiny_bert_config``, loaded with ``g3_model_state.pt`` (``g6_model_state_v2.pt``)
+    unless ``load`` is false (then freshly initialised, ``hidden_dim`` may differ)."""
+    from diffuseq.models.denoiser import TransformerNetModel
+    from diffuseq.models.encoder_config import build_bert_config
+
+    config_path = golden_dir / "g3_model_config.json"
+    if not config_path.exists():
+        skip_missing("g3_model_config.json not found")
+    args = json.loads(config_path.read_text())["constructor_args"]
+    bert = build_bert_config(
+        str(golden_dir / "g3_tiny_bert_config"), dropout=args["dropout"], attn_implementation=attn
+    )
+    model = TransformerNetModel(
+        vocab_size=args["vocab_size"],
+        hidden_dim=args["input_dims"] if hidden_dim is None else hidden_dim,
+        hidden_t_dim=args["hidden_t_dim"],
+        dropout=args["dropout"],
+        bert_config=bert,
+        learned_mean_embed=v2,
+        init_pretrained=args["init_pretrained"],
+    )
+    if load:
+        model.load_state_dict(
+            load_golden(golden_dir, "g6_model_state_v2.pt" if v2 else "g3_model_state.pt")
+        )
+    return model.eval()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,11 +19,10 @@ from diffuseq.cli.decode import main
 from diffuseq.config import DataConfig, DecodeConfig, DiffusionConfig, ModelConfig, RunConfig
 from diffuseq.decoding import api
 from diffuseq.decoding.job import cut_at_sep, samples_dir_name
-from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.store.checkpoint_format import state_dict_for_saving
 from diffuseq.store.run_folder import open_run
 from diffuseq.tokenizers.tokenizer import VocabFileTokenizer
+from tests.conftest import tiny_denoiser
 
 WORDS = [
     "the",
@@ -90,22 +89,8 @@ def make_run(root: Path, *, learned_mean_embed: bool = False, denoise: bool = Fa
     run.mkdir(parents=True)
     config.save_yaml(run / "config.yaml")
     tokenizer.save(run)
-    torch.manual_seed(0)
-    bert = build_bert_config(
-        "bert-base-uncased",
-        dropout=0.0,
-        num_layers=1,
-        num_heads=2,
-        hidden_size=16,
-        intermediate_size=32,
-    )
-    model = TransformerNetModel(
-        vocab_size=tokenizer.vocab_size,
-        hidden_dim=8,
-        hidden_t_dim=8,
-        dropout=0.0,
-        bert_config=bert,
-        learned_mean_embed=learned_mean_embed,
+    model = tiny_denoiser(
+        vocab_size=tokenizer.vocab_size, seed=0, learned_mean_embed=learned_mean_embed
     )
     for step in (5, 10):
         with torch.no_grad():

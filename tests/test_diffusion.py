@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig
 
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.losses import training_losses
 from diffuseq.models.denoiser import TransformerNetModel
 from diffuseq.sampling.rounding import make_rounding_fn
+from tests.conftest import tiny_denoiser
 
 B, L, H, V = 3, 8, 6, 11
 
@@ -40,22 +40,12 @@ class ConstantModel(nn.Module):
 
 
 def _tiny_random_model(learned_mean_embed: bool = False) -> TransformerNetModel:
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return TransformerNetModel(
+    return tiny_denoiser(
         vocab_size=V,
         hidden_dim=H,
-        hidden_t_dim=8,
-        dropout=0.0,
-        bert_config=config,
+        max_position_embeddings=16,
+        attention_dropout=0.0,
+        seed=0,
         learned_mean_embed=learned_mean_embed,
     )
 

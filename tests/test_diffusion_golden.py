@@ -7,7 +7,6 @@ golden README (§0 "Recommended tolerances").
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,8 @@ from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.losses import training_losses
 from diffuseq.diffusion.schedules import SCHEDULE_NAMES, get_named_beta_schedule
 from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling.rounding import make_rounding_fn
-from tests.conftest import load_golden, skip_missing
+from tests.conftest import golden_denoiser, load_golden
 
 TABLE_TOL = dict(rtol=1e-12, atol=1e-15)
 FP32_TOL = dict(rtol=1e-6, atol=1e-6)
@@ -34,31 +32,6 @@ FREE_TOL = dict(rtol=0, atol=1e-4)
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _tiny_model(golden_dir: Path, v2: bool = False) -> TransformerNetModel:
-    """The G3 tiny denoiser (G6: with μ) in eval mode, built and loaded from the golden files."""
-    config_path = golden_dir / "g3_model_config.json"
-    if not config_path.exists():
-        skip_missing("g3_model_config.json not found")
-    args = json.loads(config_path.read_text())["constructor_args"]
-    bert = build_bert_config(
-        str(golden_dir / "g3_tiny_bert_config"),
-        dropout=args["dropout"],
-        attn_implementation="eager",  # the golden values went through BERT's eager attention
-    )
-    model = TransformerNetModel(
-        vocab_size=args["vocab_size"],
-        hidden_dim=args["input_dims"],
-        hidden_t_dim=args["hidden_t_dim"],
-        dropout=args["dropout"],
-        bert_config=bert,
-        learned_mean_embed=v2,
-        init_pretrained=args["init_pretrained"],
-    )
-    state_file = "g6_model_state_v2.pt" if v2 else "g3_model_state.pt"
-    model.load_state_dict(load_golden(golden_dir, state_file))
-    return model.eval()
 
 
 def _sqrt_diffusion(T, **kwargs) -> GaussianDiffusion:
@@ -101,12 +74,12 @@ def _final_tokens(model, sample: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny(golden_dir):
-    return _tiny_model(golden_dir)
+    return golden_denoiser(golden_dir, attn="eager")  # the goldens went through eager attention
 
 
 @pytest.fixture(scope="module")
 def tiny_v2(golden_dir):
-    return _tiny_model(golden_dir, v2=True)
+    return golden_denoiser(golden_dir, v2=True, attn="eager")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from diffuseq.errors import ConfigError
 from diffuseq.families import FAMILIES, get_family
 from diffuseq.sampling.noise import NoiseSource
 from tests.conftest import REPO_ROOT
-from tests.test_layering import ORCHESTRATION, _modules, _violations
 from tests.train_helpers import assert_same, make_tiny_data, read_metrics, tiny_argv
 
 MASK = 7  # mask id of the stub vocabulary (V = 7)
@@ -299,12 +298,6 @@ def test_resolve_decode():
     for bad in ({"sampler": "ddim"}, {"top_p": 0.5}, {"clamp_step": 3}):
         with pytest.raises(ConfigError):
             family.resolve_decode(DecodeConfig(**bad), process)
-
-
-def test_discrete_math_imports_no_orchestration():
-    paths = _modules("discrete")
-    assert len(paths) == 4
-    assert _violations(paths, ORCHESTRATION) == []
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -185,3 +185,57 @@ def test_bad_model_folders_are_clean_errors(run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert needle in " ".join(err.split()) and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
+    """The model card's recipe rows and the hints of a checkpoint mismatch are the run config's
+    fields declared ``recipe=True`` / ``in_weights`` (the text of the hand-written lists they
+    replaced); a field declared so joins them with no other change."""
+    from dataclasses import dataclass
+
+    from diffuseq.config import RunConfig, opt
+    from diffuseq.config.fields import recipe_fields, weights_hints
+    from diffuseq.store.checkpoint_format import _FLAG_OF
+    from diffuseq.store.model_card import model_card
+
+    card = model_card({"run_config": RunConfig().to_dict()})
+    assert [line for line in card.splitlines() if line.startswith("| `--")] == [
+        "| `--hidden_dim` | 128 |",
+        "| `--hidden_t_dim` | 128 |",
+        "| `--config_name` | `bert-base-uncased` |",
+        "| `--num_layers` | 0 |",
+        "| `--bert_hidden_size` | 0 |",
+        "| `--learned_mean_embed` | False |",
+        "| `--self_cond` | False |",
+        "| `--diff_steps` | 4000 |",
+        "| `--noise_schedule` | `cosine` |",
+        "| `--schedule_sampler` | `uniform` |",
+        "| `--denoise` | False |",
+        "| `--noise_floor` | 0 |",
+        "| `--seq_len` | 128 |",
+        "| `--vocab` | `bert` |",
+        "| `--lr` | 0.0001 |",
+        "| `--bsz` | 64 |",
+        "| `--learning_steps` | 40000 |",
+        "| `--ema_rate` | `0.9999` |",
+        "| `--seed` | 101 |",
+    ]
+    assert _FLAG_OF == {
+        "vocab_size": "the vocabulary (--vocab / tokenizer)",
+        "hidden_dim": "--hidden_dim",
+        "hidden_t_dim": "--hidden_t_dim",
+        "bert_hidden_size": "--bert_hidden_size / --config_name",
+        "num_layers": "--num_layers / --config_name",
+        "intermediate_size": "--intermediate_size / --config_name",
+        "max_position_embeddings": "--config_name (max_position_embeddings)",
+        "learned_mean_embed": "--learned_mean_embed",
+        "self_cond": "--self_cond",
+    }
+
+    @dataclass(frozen=True)
+    class Extra:
+        plain: int = opt(1, "not a recipe flag")
+        knob: float = opt(0.5, "a new recipe flag", flag="k", recipe=True, in_weights="{flag} / -x")
+
+    assert recipe_fields({"extra": Extra}) == (("extra", "knob", "--k"),)
+    assert weights_hints(Extra) == {"knob": "--k / -x"}

@@ -8,23 +8,21 @@ import torch
 
 import diffuseq.models.denoiser as model_module
 from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.models.encoder_config import build_bert_config
+from tests.conftest import tiny_denoiser
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_lean_training_forward_matches_transformers(monkeypatch, dropout, autocast):
-    torch.manual_seed(0)
-    config = build_bert_config(
-        "bert-base-uncased",
+    model = tiny_denoiser(
+        vocab_size=50,
+        hidden_dim=16,
+        hidden_t_dim=16,
         dropout=dropout,
         num_layers=2,
-        num_heads=2,
         hidden_size=32,
         intermediate_size=64,
-    )
-    model = TransformerNetModel(
-        vocab_size=50, hidden_dim=16, hidden_t_dim=16, dropout=dropout, bert_config=config
+        seed=0,
     ).train()
     x = torch.randn(3, 10, 16)
     t = torch.tensor([0.0, 5.0, 999.5])
@@ -52,17 +50,7 @@ def test_lean_training_forward_matches_transformers(monkeypatch, dropout, autoca
 
 
 def test_lean_forward_used_only_when_training(monkeypatch):
-    config = build_bert_config(
-        "bert-base-uncased",
-        dropout=0.1,
-        num_layers=1,
-        num_heads=2,
-        hidden_size=32,
-        intermediate_size=64,
-    )
-    model = TransformerNetModel(
-        vocab_size=20, hidden_dim=8, hidden_t_dim=8, dropout=0.1, bert_config=config
-    )
+    model = tiny_denoiser(dropout=0.1, hidden_size=32, intermediate_size=64)
     emb = torch.zeros(1, 2, 32)
     assert not model.train()._lean_training(emb)  # small activations: transformers' layers
     monkeypatch.setattr(model_module, "LEAN_MIN_ELEMENTS", emb.numel())

@@ -12,6 +12,7 @@ from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError
 from diffuseq.models.denoiser import TransformerNetModel
 from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.store.checkpoint_format import infer_architecture, state_dict_for_saving
+from tests.conftest import tiny_denoiser
 
 TINY = {
     "num_layers": 2,
@@ -22,18 +23,10 @@ TINY = {
 }
 
 
-def tiny_model(
-    *, hidden_dim: int = 8, vocab_size: int = 20, attn: str = "sdpa", **kw
-) -> TransformerNetModel:
-    bert = build_bert_config(dropout=0.0, attn_implementation=attn, **TINY)
-    return TransformerNetModel(
-        vocab_size=vocab_size,
-        hidden_dim=hidden_dim,
-        hidden_t_dim=6,
-        dropout=0.0,
-        bert_config=bert,
-        **kw,
-    ).eval()
+def tiny_model(**kw) -> TransformerNetModel:
+    """This file's tiny denoiser (:func:`tests.conftest.tiny_denoiser`): 2 layers of width 32,
+    24 positions, h = 8, d_t = 6, V = 20, eval mode."""
+    return tiny_denoiser(**{**TINY, "hidden_t_dim": 6, **kw}).eval()
 
 
 def inputs(model: TransformerNetModel, batch: int = 3, length: int = 10):
@@ -143,14 +136,8 @@ def test_state_dict_layout_and_parameter_count():
 
 def test_mean_embed_init_std():
     h = 4096
-    bert = build_bert_config(dropout=0.0, **TINY)
-    model = TransformerNetModel(
-        vocab_size=4,
-        hidden_dim=h,
-        hidden_t_dim=4,
-        dropout=0.0,
-        bert_config=bert,
-        learned_mean_embed=True,
+    model = tiny_denoiser(
+        **TINY, vocab_size=4, hidden_dim=h, hidden_t_dim=4, learned_mean_embed=True
     )
     assert model.mean_embed.shape == (h,)
     assert model.mean_embed.std().item() == pytest.approx(h**-0.5, rel=0.05)
@@ -225,10 +212,7 @@ def test_sdpa_matches_eager(hidden_dim):
 
 
 def test_dropout_active_only_in_train_mode():
-    bert = build_bert_config(dropout=0.5, **TINY)
-    model = TransformerNetModel(
-        vocab_size=5, hidden_dim=8, hidden_t_dim=4, dropout=0.5, bert_config=bert
-    )
+    model = tiny_denoiser(**TINY, vocab_size=5, hidden_dim=8, hidden_t_dim=4, dropout=0.5)
     x, t = inputs(model)
     with torch.no_grad():
         model.eval()
@@ -341,10 +325,7 @@ def test_bad_checkpoints_raise_checkpoint_error():
     with pytest.raises(CheckpointError, match="vocab_size: checkpoint 30, model 20"):
         model.load_state_dict(dict(tiny_model(vocab_size=30).state_dict()))
 
-    bert3 = build_bert_config(dropout=0.0, **{**TINY, "num_layers": 3})
-    deeper = TransformerNetModel(
-        vocab_size=20, hidden_dim=8, hidden_t_dim=6, dropout=0.0, bert_config=bert3
-    )
+    deeper = tiny_model(num_layers=3)
     with pytest.raises(CheckpointError, match="num_layers: checkpoint 3, model 2") as err:
         model.load_state_dict(dict(deeper.state_dict()))
     assert "unexpected keys: input_transformers.layer.2." in str(err.value)

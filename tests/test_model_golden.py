@@ -15,7 +15,7 @@ from diffuseq.models.denoiser import TransformerNetModel
 from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.models.nn_utils import timestep_embedding
 from diffuseq.store.checkpoint_format import infer_architecture, state_dict_for_saving
-from tests.conftest import load_golden, skip_missing
+from tests.conftest import golden_denoiser, load_golden, skip_missing
 
 FWD_TOL = {"rtol": 1e-5, "atol": 1e-5}
 LOGIT_TOL = {"rtol": 1e-5, "atol": 5e-5}
@@ -47,35 +47,10 @@ def _g3_config(golden_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _g3_model(
-    golden_dir: Path,
-    *,
-    hidden_dim: int | None = None,
-    learned_mean_embed: bool = False,
-    attn: str = "sdpa",
-) -> TransformerNetModel:
-    args = _g3_config(golden_dir)["constructor_args"]
-    bert = build_bert_config(
-        str(golden_dir / "g3_tiny_bert_config"), dropout=args["dropout"], attn_implementation=attn
-    )
-    model = TransformerNetModel(
-        vocab_size=args["vocab_size"],
-        hidden_dim=args["input_dims"] if hidden_dim is None else hidden_dim,
-        hidden_t_dim=args["hidden_t_dim"],
-        dropout=args["dropout"],
-        bert_config=bert,
-        learned_mean_embed=learned_mean_embed,
-        init_pretrained=args["init_pretrained"],
-    )
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def g3(golden_dir):
     """(model loaded with g3_model_state.pt, g3_model_outputs.pt)."""
-    model = _g3_model(golden_dir)
-    model.load_state_dict(load_golden(golden_dir, "g3_model_state.pt"))
-    return model, load_golden(golden_dir, "g3_model_outputs.pt")
+    return golden_denoiser(golden_dir), load_golden(golden_dir, "g3_model_outputs.pt")
 
 
 def test_g3_bert_config_matches_resolved(golden_dir):
@@ -142,8 +117,7 @@ def test_g3_intermediates(g3):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_g3_forward_and_logits(golden_dir, attn):
-    model = _g3_model(golden_dir, attn=attn)
-    model.load_state_dict(load_golden(golden_dir, "g3_model_state.pt"))
+    model = golden_denoiser(golden_dir, attn=attn)
     out = load_golden(golden_dir, "g3_model_outputs.pt")
     with torch.no_grad():
         y = model(out["x"], out["timesteps"])
@@ -156,7 +130,7 @@ def test_g3_forward_and_logits(golden_dir, attn):
 
 def test_g3_sdpa_equals_eager(golden_dir, g3):
     model, out = g3
-    eager = _g3_model(golden_dir, attn="eager")
+    eager = golden_denoiser(golden_dir, attn="eager", load=False)
     eager.load_state_dict(model.state_dict())
     with torch.no_grad():
         diff = (model(out["x"], out["timesteps"]) - eager(out["x"], out["timesteps"])).abs().max()
@@ -176,7 +150,7 @@ def test_g3_variant_no_projection(golden_dir):
     out = load_golden(golden_dir, "g3_model_outputs.pt")
     var = _get(out, "variant_no_projection")
     state = var["state_dict"]
-    model = _g3_model(golden_dir, hidden_dim=var["hidden_dim"])
+    model = golden_denoiser(golden_dir, hidden_dim=var["hidden_dim"], load=False)
     assert model.input_up_proj is None and model.output_down_proj is None
     assert list(model.state_dict()) == list(state)
     assert not any("proj" in k for k in state)
@@ -190,7 +164,7 @@ def test_g3_variant_no_projection(golden_dir):
 
 def test_g6_mean_embed_is_first_key_and_loads(golden_dir):
     state = load_golden(golden_dir, "g6_model_state_v2.pt")
-    model = _g3_model(golden_dir, learned_mean_embed=True)
+    model = golden_denoiser(golden_dir, v2=True, load=False)
     keys = list(model.state_dict())
     assert keys[0] == "mean_embed" and keys == list(state)
     assert (

@@ -25,7 +25,6 @@ from diffuseq.diffusion.timestep_sampling import (
 )
 from diffuseq.errors import ConfigError
 from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling import SAMPLERS, run_sampler
 from diffuseq.sampling.noise import NoiseSource
 from diffuseq.sampling.noise_floor import NoiseFloored, noise_floor_time
@@ -33,6 +32,7 @@ from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.sampling.self_cond import SelfConditioned
 from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.run_folder import open_run
+from tests.conftest import tiny_denoiser
 from tests.train_helpers import assert_same, make_tiny_data, tiny_argv
 
 B, L, H, V = 3, 8, 8, 20
@@ -175,14 +175,7 @@ def test_floor_in_original_units_with_respacing():
 
 
 def _model(self_cond: bool) -> TransformerNetModel:
-    torch.manual_seed(0)
-    bert = build_bert_config(
-        dropout=0.0, num_layers=1, num_heads=2, hidden_size=16, intermediate_size=32
-    )
-    return TransformerNetModel(
-        vocab_size=V, hidden_dim=H, hidden_t_dim=8, dropout=0.0, bert_config=bert,
-        self_cond=self_cond,
-    ).eval()  # fmt: skip
+    return tiny_denoiser(vocab_size=V, hidden_dim=H, seed=0, self_cond=self_cond).eval()
 
 
 class Recorder:

@@ -12,8 +12,6 @@ import pytest
 import torch
 
 from diffuseq.diffusion.gaussian import GaussianDiffusion
-from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling.ancestral import ancestral_sample
 from diffuseq.sampling.ddim import (
     adjacent_timesteps,
@@ -25,6 +23,7 @@ from diffuseq.sampling.dpm_solver import dpm_scheduler, dpm_solver_sample, sde_d
 from diffuseq.sampling.dpm_v2 import DiscreteVPSchedule, dpm_solver_v2_sample
 from diffuseq.sampling.noise import NoiseSource, ReplayNoise, example_seed
 from diffuseq.sampling.rounding import make_rounding_fn
+from tests.conftest import tiny_denoiser
 
 T = 20
 B, L, H = 3, 8, 8
@@ -32,23 +31,8 @@ B, L, H = 3, 8, 8
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(1)
-    bert = build_bert_config(
-        "bert-base-uncased",
-        dropout=0.0,
-        num_layers=1,
-        num_heads=2,
-        hidden_size=16,
-        intermediate_size=32,
-        max_position_embeddings=L,
-    )
-    model = TransformerNetModel(
-        vocab_size=30,
-        hidden_dim=H,
-        hidden_t_dim=8,
-        dropout=0.0,
-        bert_config=bert,
-        learned_mean_embed=True,
+    model = tiny_denoiser(
+        vocab_size=30, hidden_dim=H, max_position_embeddings=L, seed=1, learned_mean_embed=True
     ).eval()
     diffusion = GaussianDiffusion.from_schedule(noise_schedule="sqrt", diffusion_steps=T)
     ids = torch.randint(4, 30, (B, L))

@@ -6,55 +6,28 @@ Tolerances: golden README §0 (teacher-forced states atol 1e-5, free-running 1e-
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from diffuseq.decoding.job import texts_from_tokens
 from diffuseq.diffusion.gaussian import GaussianDiffusion
-from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling.ancestral import ancestral_sample
 from diffuseq.sampling.ddim import adjacent_timesteps, ddim_adjacent_sample
 from diffuseq.sampling.noise import ReplayNoise
 from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.tokenizers.tokenizer import VocabFileTokenizer
-from tests.conftest import load_golden, skip_missing
+from tests.conftest import golden_denoiser, load_golden
 
 TEACHER_TOL = {"rtol": 0, "atol": 1e-5}
 FREE_TOL = {"rtol": 0, "atol": 1e-4}
 LOGIT_TOL = {"rtol": 1e-5, "atol": 5e-5}
 
 
-def _model(golden_dir: Path, *, v2: bool) -> TransformerNetModel:
-    path = golden_dir / "g3_model_config.json"
-    if not path.exists():
-        skip_missing("g3_model_config.json not found")
-    args = json.loads(path.read_text())["constructor_args"]
-    model = TransformerNetModel(
-        vocab_size=args["vocab_size"],
-        hidden_dim=args["input_dims"],
-        hidden_t_dim=args["hidden_t_dim"],
-        dropout=args["dropout"],
-        learned_mean_embed=v2,
-        init_pretrained=args["init_pretrained"],
-        bert_config=build_bert_config(
-            str(golden_dir / "g3_tiny_bert_config"), dropout=args["dropout"]
-        ),
-    )
-    model.load_state_dict(
-        load_golden(golden_dir, "g6_model_state_v2.pt" if v2 else "g3_model_state.pt")
-    )
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def g4(golden_dir):
     data = load_golden(golden_dir, "g4_diffusion.pt")
     T = data["loop_T"]
-    return data["by_T"][str(T)], _model(golden_dir, v2=False), T
+    return data["by_T"][str(T)], golden_denoiser(golden_dir), T
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +160,7 @@ def test_g6_v2_loop(golden_dir, tokenizer):
     T = data["loop_T"]
     case = data["by_T"][str(T)]
     loop = case["sampling"]["loop"]
-    model = _model(golden_dir, v2=True)
+    model = golden_denoiser(golden_dir, v2=True)
     torch.testing.assert_close(model.mean_embed.detach(), data["mean_embed"], rtol=0, atol=0)
     diffusion = GaussianDiffusion.from_schedule(
         noise_schedule="sqrt", diffusion_steps=T, denoise=True, denoise_rate=data["denoise_rate"]
@@ -227,7 +200,7 @@ def test_g6_v2_start_point(golden_dir):
     T = data["loop_T"]
     case = data["by_T"][str(T)]
     loop = case["sampling"]["loop"]
-    model = _model(golden_dir, v2=True)
+    model = golden_denoiser(golden_dir, v2=True)
     seen = []
 
     def spy(x, t):

@@ -11,29 +11,18 @@ from diffuseq.decoding import api
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.diffusion.losses import self_condition, training_losses
 from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.models.encoder_config import build_bert_config
 from diffuseq.sampling import SAMPLERS
 from diffuseq.sampling.self_cond import SelfConditioned
 from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.checkpoint_format import infer_architecture
+from tests.conftest import tiny_denoiser
 from tests.train_helpers import assert_same, make_tiny_data, tiny_argv
 
 B, L, H, V = 3, 8, 8, 20
 
 
 def _model(self_cond: bool, seed: int = 0) -> TransformerNetModel:
-    torch.manual_seed(seed)
-    bert = build_bert_config(
-        dropout=0.0, num_layers=1, num_heads=2, hidden_size=16, intermediate_size=32
-    )
-    return TransformerNetModel(
-        vocab_size=V,
-        hidden_dim=H,
-        hidden_t_dim=8,
-        dropout=0.0,
-        bert_config=bert,
-        self_cond=self_cond,
-    ).eval()
+    return tiny_denoiser(vocab_size=V, hidden_dim=H, seed=seed, self_cond=self_cond).eval()
 
 
 def test_keys_and_initial_weights_of_the_plain_model_are_unchanged():

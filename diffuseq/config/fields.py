@@ -36,6 +36,8 @@ def opt(
     choices: Choices | None = None,
     metavar: str | None = None,
     group: str | None = None,
+    recipe: bool = False,
+    in_weights: bool | str = False,
 ):
     """A dataclass field with CLI metadata.
 
@@ -47,6 +49,11 @@ def opt(
         choices: allowed values (or a function returning them).
         metavar: the value's placeholder in ``--help``.
         group: the ``--help`` section (default: the config's title).
+        recipe: a recipe choice of a training run: a model card lists it in its recipe table
+            (:mod:`diffuseq.store.model_card`).
+        in_weights: an architecture value a checkpoint's shapes reveal: when a checkpoint does
+            not fit, the message names it and what to set (:mod:`diffuseq.store.checkpoint_format`):
+            ``True`` for its flag, or a text where ``{flag}`` stands for ``--<flag>``.
     """
     return field(
         default=default,
@@ -56,6 +63,8 @@ def opt(
             "choices": choices,
             "metavar": metavar,
             "group": group,
+            "recipe": recipe,
+            "in_weights": in_weights,
         },
     )
 
@@ -75,6 +84,30 @@ def str2bool(value: str | bool) -> bool:
 def flag_name(f: Field) -> str:
     """The command-line name of a field (without ``--``)."""
     return f.metadata.get("flag") or f.name
+
+
+def flag_text(f: Field) -> str:
+    """``--<flag name>`` of a field, as messages and model cards show it."""
+    return f"--{flag_name(f)}"
+
+
+def recipe_fields(sections: Mapping[str, type]) -> tuple[tuple[str, str, str], ...]:
+    """``(section, field, --flag)`` of every field declared ``recipe=True``, in declaration order."""
+    return tuple(
+        (section, f.name, flag_text(f))
+        for section, kind in sections.items()
+        for f in fields(kind)
+        if f.metadata.get("recipe")
+    )
+
+
+def weights_hints(kind: type) -> dict[str, str]:
+    """Field name -> what to set, for the fields of ``kind`` declared with ``in_weights``."""
+    return {
+        f.name: flag_text(f) if hint is True else hint.format(flag=flag_text(f))
+        for f in fields(kind)
+        if (hint := f.metadata.get("in_weights"))
+    }
 
 
 def field_choices(f: Field) -> tuple[str, ...] | None:

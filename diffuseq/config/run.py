@@ -1,12 +1,11 @@
-"""The training run's configuration: one frozen dataclass per concern, grouped in :class:`RunConfig`.
+"""The training run's configuration: the sections of :mod:`diffuseq.config.sections`, grouped in
+:class:`RunConfig`, validated once; the run folder's name.
 
 Replaces the original's `diffuseq/config.json` + `scripts/run_train.py` flags +
 `training_args.json` + `args.__dict__.update` (docs/original.md §2.2, §2.3, §10.1 item 16).
 
-* Each field carries its help text and, where the original used another name on the
-  command line, the original flag (``--bsz`` for ``batch_size``, ``--diff_steps`` for
-  ``diffusion_steps``). Flags are generated from the fields (:mod:`diffuseq.cli.flags`).
-* Defaults are those of the original `run_train.py` wrapper, which is what users launch.
+* :meth:`RunConfig.from_layers` is the one merging path (defaults < saved config < preset <
+  flags); :meth:`RunConfig.validate` rejects bad values and combinations, naming the flag.
 * A run saves its config as ``config.yaml`` (sectioned, our format) and as
   ``training_args.json`` with the original's key set (docs/original.md §2.3), so that tools written for
   the original keep working. :func:`RunConfig.from_training_args` reads either back.
@@ -27,195 +26,33 @@ import yaml
 from diffuseq.config.discrete import DiscreteConfig, discrete_checks
 from diffuseq.config.fields import (
     choice_checks,
-    opt,
     raise_first,
     read_layer,
     read_yaml,
     values_from_dict,
 )
+from diffuseq.config.sections import (
+    SECTIONS,
+    DataConfig,
+    DiffusionConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from diffuseq.errors import ConfigError
 from diffuseq.store.safe_io import path_component
 
-
-def schedule_names() -> tuple[str, ...]:
-    """``--noise_schedule`` choices: the beta schedules of :mod:`diffuseq.diffusion.schedules`."""
-    from diffuseq.diffusion.schedules import SCHEDULE_NAMES
-
-    return SCHEDULE_NAMES
-
-
-def timestep_distribution_names() -> tuple[str, ...]:
-    """``--schedule_sampler`` choices (:data:`diffuseq.names.TIMESTEP_DISTRIBUTION_NAMES`)."""
-    from diffuseq.names import TIMESTEP_DISTRIBUTION_NAMES
-
-    return TIMESTEP_DISTRIBUTION_NAMES
-
-
-def family_choices() -> tuple[str, ...]:
-    """``--family`` choices (:data:`diffuseq.families.FAMILIES`, torch-free)."""
-    from diffuseq.families import family_names
-
-    return family_names()
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The transformer denoiser (docs/original.md §4)."""
-
-    family: str = opt(
-        "gaussian",
-        "model family (diffuseq.families): gaussian = DiffuSeq / DiffuSeq-v2, the original; "
-        "ar = autoregressive encoder-decoder baseline",
-        choices=family_choices,
-    )
-    ar_layers: str = opt(
-        "auto",
-        "ar family: encoder+decoder layers as E+D (6+6 = Transformer-base); auto = the balanced "
-        "split whose parameter count is closest to the gaussian model of the same flags",
-        metavar="auto|E+D",
-    )
-
-    hidden_dim: int = opt(128, "word-embedding size h (model input/output size)")
-    hidden_t_dim: int = opt(128, "size of the sinusoidal timestep embedding")
-    dropout: float = opt(0.1, "dropout of the embedding LayerNorm output and BERT hidden layers")
-    config_name: str = opt(
-        "bert-base-uncased",
-        "BERT architecture: bert-base-uncased (built in, offline), a local folder with "
-        "config.json, or a hub name already in the local cache",
-    )
-    use_plm_init: str = opt("no", "initialise from pretrained BERT weights", choices=("no", "bert"))
-    num_layers: int = opt(0, "override the encoder's number of layers (0 = from config_name)")
-    num_heads: int = opt(0, "override the number of attention heads (0 = from config_name)")
-    bert_hidden_size: int = opt(0, "override the encoder width H (0 = from config_name)")
-    intermediate_size: int = opt(0, "override the feed-forward size (0 = from config_name)")
-    attention: str = opt("sdpa", "attention kernel of the encoder", choices=("sdpa", "eager"))
-    learned_mean_embed: bool = opt(
-        False, "DiffuSeq-v2 soft absorbing state: learn a mean embedding"
-    )
-    self_cond: bool = opt(
-        False,
-        "self-conditioning (beyond the original): the denoiser also sees its previous estimate "
-        "of x_0 (trained with a 50% two-pass forward; every sampler feeds the last step's)",
-    )
-    vocab_size: int = opt(0, "vocabulary size (filled in from the tokenizer)")
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The forward process, the loss and the timestep sampler (docs/original.md §5)."""
-
-    diffusion_steps: int = opt(4000, "number of diffusion steps T", flag="diff_steps")
-    noise_schedule: str = opt("cosine", "beta schedule", choices=schedule_names)
-    schedule_sampler: str = opt(
-        "uniform", "timestep distribution for training", choices=timestep_distribution_names
-    )
-    timestep_respacing: str = opt("", "respacing of the training process ('' = none)")
-    rescale_timesteps: bool = opt(True, "feed the network t*1000/T instead of t")
-    denoise: bool = opt(
-        False, "DiffuSeq-v2 discrete noise: replace positions by the mean embedding"
-    )
-    denoise_rate: float = opt(
-        0.2, "DiffuSeq-v2 discrete-noise rate (code default 0.2; v2 recipe 0.5)"
-    )
-    reg_rate: float = opt(
-        0.01,
-        "weight of the ||mean_embed|| regulariser (the original always used 0.01, ignoring its flag)",
-    )
-    noise_floor: float = opt(
-        0.0,
-        "noise floor F in [0, 1) (beyond the original; DINOISER, Ye et al. 2023): train only on "
-        "t >= round(F*T) and tell the network max(t, round(F*T)) when sampling (0 = off)",
-    )
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Dataset and tokenizer (docs/original.md §3)."""
-
-    dataset: str = opt("", "dataset name (used in the run folder name)")
-    data_dir: str = opt("", "folder with train.jsonl, valid.jsonl, test.jsonl")
-    seq_len: int = opt(128, "total length of [CLS] x [SEP] [SEP] [CLS] y [SEP] [PAD]...")
-    vocab: str = opt(
-        "bert",
-        "tokenizer: 'bert' (from --config_name), 'hf:NAME_OR_FOLDER', a vocab file in the "
-        "original word-level format, or 'wordpiece' (trained on the training data)",
-    )
-    wordpiece_vocab_size: int = opt(8000, "vocabulary size for --vocab wordpiece")
-    num_workers: int = opt(0, "DataLoader worker processes")
-    data_cache: str = opt(
-        "auto",
-        "tokenization cache: 'auto' ($XDG_CACHE_HOME/diffuseq/data, else "
-        "~/.cache/diffuseq/data), 'off' (tokenize on every launch) or a folder; rank 0 "
-        "tokenizes each split once, every rank memory-maps it, a changed file or tokenizer "
-        "is tokenized again",
-        metavar="auto|off|DIR",
-    )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation, checkpointing and logging (docs/original.md §6)."""
-
-    lr: float = opt(1e-4, "peak learning rate (linear decay to 0, no warm-up)")
-    batch_size: int = opt(64, "examples per step and per process", flag="bsz")
-    microbatch: int = opt(64, "micro-batch size for gradient accumulation (<=0: = --bsz)")
-    learning_steps: int = opt(40000, "total optimizer steps (including resumed ones)")
-    save_interval: int = opt(10000, "save checkpoints every N steps")
-    log_interval: int = opt(20, "log averaged metrics every N steps")
-    eval_interval: int = opt(1000, "compute the loss of one validation batch every N steps")
-    ema_rate: str = opt("0.9999", "comma-separated EMA rates")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    gradient_clipping: float = opt(-1.0, "clip the gradient norm to this value (<=0: off)")
-    use_fp16: bool = opt(False, "mixed precision fp16 with a GradScaler (torch.amp)")
-    bf16: bool = opt(False, "mixed precision bf16 autocast (no scaler)")
-    seed: int = opt(101, "random seed")
-    resume_checkpoint: str = opt(
-        "none",
-        "resume from a training state, an original ema_*.pt file, or 'auto' (newest in the run folder)",
-    )
-    checkpoint_path: str = opt(
-        "", "run folder (default: diffusion_models/<name built from the flags>)"
-    )
-    notes: str = opt("-", "free text appended to the run folder name with a timestamp")
-    run_name_format: str = opt(
-        "portable",
-        "run folder name: portable (no ':', notes '-' left out: ..._seed102_qqp_20250101-120000) "
-        "or original (the original's ..._seed102_qqp20250101-12:00:00, for tools that parse it)",
-        choices=("portable", "original"),
-    )
-    log_wandb: bool = opt(False, "also log to Weights & Biases (never required)", flag="wandb")
-    tensorboard: bool = opt(
-        False,
-        "also write the metrics as TensorBoard events in RUN/tensorboard/ (needs the "
-        "tensorboard package: pip install .[tensorboard])",
-    )
-    ema_tied_quirk: bool = opt(
-        False,
-        "reproduce the original's EMA file, whose lm_head.weight holds the raw (non-EMA) tied weight",
-    )
-    same_seed_all_ranks: bool = opt(
-        False, "reproduce the original: every rank uses the same seed (identical noise on all GPUs)"
-    )
-    fixed_data_order: bool = opt(
-        False, "reproduce the original: never call set_epoch (same shuffle every epoch)"
-    )
-
-    @property
-    def ema_rates(self) -> tuple[float, ...]:
-        return tuple(float(r) for r in self.ema_rate.split(",") if r.strip())
-
-    @property
-    def effective_microbatch(self) -> int:
-        return self.microbatch if self.microbatch > 0 else self.batch_size
-
-
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "diffusion": DiffusionConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-    "discrete": DiscreteConfig,
-}
+# The sections are re-exported: ``from diffuseq.config.run import TrainConfig`` keeps working.
+__all__ = [
+    "SECTIONS",
+    "STAMP_FORMATS",
+    "DataConfig",
+    "DiffusionConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "run_folder_name",
+    "run_notes",
+]
 
 
 @dataclass(frozen=True)

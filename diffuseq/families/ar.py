@@ -37,6 +37,7 @@ search for several.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,6 @@ from diffuseq.models.seq2seq import (
     place_targets,
     split_merged,
 )
-from diffuseq.runtime.logger import get_logger
 
 if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, ModelConfig, RunConfig
@@ -77,7 +77,7 @@ __all__ = [
 AR_SAMPLERS = ("greedy", "beam", "sample")
 DEFAULT_BEAMS = 4
 
-log = get_logger("ar")
+log = logging.getLogger("diffuseq.ar")  # the package logger's child (no runtime import)
 
 
 # ------------------------------------------------------------------------------ sizing

@@ -1,24 +1,34 @@
-"""Progress output that suits where it goes: a live tqdm bar on a terminal (or in a notebook),
-periodic plain lines when the stream is a file or a pipe, or under CI (``$CI`` set).
+"""Progress output that suits where it goes, as a configuration of tqdm: a live bar on a
+terminal (or in a notebook), periodic plain lines when the stream is a file or a pipe, or under
+CI (``$CI`` set).
 
 A bar redraws itself with carriage returns and escape codes, which turn a log file into
-hundreds of kilobytes of noise; a plain line (``training: 120/1000 (12%) 3.1 it/s, eta 4m43s,
-loss 0.1234``) every ``$DIFFUSEQ_PROGRESS_INTERVAL`` seconds (default 30) reads well in a file.
-Training (:mod:`diffuseq.training.trainer`), decoding (:mod:`diffuseq.decoding.job`) and the samplers'
-inner loops (:mod:`diffuseq.sampling.common`) all choose through :func:`progress`.
+hundreds of kilobytes of noise; a plain line (``training: 120/1000 (12%), 3.1 it/s, eta 4m43s,
+elapsed 38s, loss 0.1234``) every ``$DIFFUSEQ_PROGRESS_INTERVAL`` seconds (default 30) reads
+well in a file. Training (:mod:`diffuseq.training.trainer`), decoding
+(:mod:`diffuseq.decoding.job`) and the samplers' inner loops (:mod:`diffuseq.sampling.common`)
+all choose through :func:`progress`.
 
-Postfix values may be callables (e.g. ``loss=lambda: loss_tensor``): they are evaluated only
-when a line or a redraw is due, so a bar can show the latest loss without a device
-synchronisation per step.
+Both forms are tqdm bars (its counting, timing, ``mininterval`` throttling, iteration and
+context manager); what tqdm has no setting for is added by small subclasses:
+
+* postfix values may be callables or tensors (``update(1, loss=loss_tensor)``): they are read
+  only when a line or a redraw is due, so a bar shows the latest loss without a device
+  synchronisation per step (tqdm's ``set_postfix`` formats its values at once);
+* the plain form: one line per refresh ending in a newline instead of a redraw ending in
+  ``\\r``, one at the start and one at the end, in this toolkit's format (tqdm's
+  ``bar_format`` cannot leave out the rate before the first step, and writes ``k=v``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TextIO
+
+from tqdm import tqdm as text_tqdm
+from tqdm.auto import tqdm as auto_tqdm  # the notebook widget under Jupyter, else text_tqdm
 
 __all__ = ["PlainProgress", "live_output", "progress"]
 
@@ -59,9 +69,39 @@ def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-class PlainProgress:
-    """The non-terminal form of a bar: one plain line at the start, every ``interval`` seconds
-    and at the end, written to ``stream``; the subset of the tqdm interface the toolkit uses."""
+class _LazyPostfix:
+    """tqdm mixin: ``update(n, **postfix)``; postfix values are kept as given and formatted
+    only when the bar is drawn (tqdm draws from :attr:`format_dict`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.values: dict[str, Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def update(self, n: int = 1, **postfix: Any) -> bool | None:
+        self.values.update(postfix)
+        return super().update(n)  # type: ignore[misc]
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **values: Any) -> None:
+        self.values.update(ordered_dict or {}, **values)
+        if refresh:
+            self.refresh()  # type: ignore[attr-defined]
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        data = super().format_dict  # type: ignore[misc]
+        data["postfix"] = ", ".join(f"{k}={_value(v)}" for k, v in self.values.items())
+        return data
+
+
+class _LiveBar(_LazyPostfix, auto_tqdm):
+    """The live bar."""
+
+
+class PlainProgress(_LazyPostfix, text_tqdm):
+    """The non-terminal form of a bar: one plain line at the start, at most every ``interval``
+    seconds (tqdm's ``mininterval``) and at the end, written to ``stream`` (default stderr)."""
+
+    monitor_interval = 0  # no tqdm monitor thread: lines come from updates only
 
     def __init__(
         self,
@@ -72,99 +112,55 @@ class PlainProgress:
         desc: str = "",
         stream: TextIO | None = None,
         interval: float | None = None,
+        disable: bool = False,
     ) -> None:
-        self.iterable = iterable
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
-            total = len(iterable)
-        self.total, self.n, self.desc = total, initial, desc
-        self.stream = stream
-        self.interval = _interval() if interval is None else interval
-        self._start_n, self._start = initial, time.monotonic()
-        self._last_line = self._start
-        self._postfix: dict[str, Any] = {}
-        self._closed = False
-        self._write()
+        super().__init__(
+            iterable,
+            total=total,
+            initial=initial,
+            desc=desc,
+            file=stream,
+            mininterval=_interval() if interval is None else interval,
+            miniters=0,  # every update checks the time
+            smoothing=0,  # the rate is the average since the start
+            leave=False,  # close() writes the last line itself, with no "\r" or blank line
+            disable=disable,
+        )
 
-    def __iter__(self) -> Iterator:
-        for item in self.iterable or ():
-            yield item
-            self.update(1)
-        self.close()
+    @property
+    def interval(self) -> float:
+        return self.mininterval
 
-    def __enter__(self) -> PlainProgress:
-        return self
+    @interval.setter
+    def interval(self, value: float) -> None:
+        self.mininterval = value
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
-        self._postfix.update(values)
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        self.n += n
-        self._postfix.update(postfix)
-        if time.monotonic() - self._last_line >= self.interval:
-            self._write()
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg is not None:  # tqdm clearing the bar: a line stays as it is
+            return False
+        self.fp.write(self.line() + "\n")
+        self.fp.flush()
+        return True
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._write()
+        if not self.disable:
+            self.display()
+        super().close()
 
-    def _write(self) -> None:
-        now = time.monotonic()
-        self._last_line = now
-        parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "")]
-        if self.total:
-            parts[0] += f" ({100 * self.n / self.total:.0f}%)"
-        done, elapsed = self.n - self._start_n, now - self._start
+    def line(self) -> str:
+        """``desc: n/total (p%), rate, eta, elapsed, key value, ...``."""
+        n, total = self.n, self.total
+        started = getattr(self, "start_t", None)  # tqdm sets it after the first line
+        elapsed = 0.0 if started is None else self._time() - started
+        parts = [f"{self.desc}: {n}" + (f"/{total} ({100 * n / total:.0f}%)" if total else "")]
+        done = n - self.initial
         if done > 0 and elapsed > 0:
             rate = done / elapsed
             speed = f"{rate:.3g} it/s" if rate >= 1 else f"{1 / rate:.3g} s/it"
-            eta = f", eta {_duration((self.total - self.n) / rate)}" if self.total else ""
+            eta = f", eta {_duration((total - n) / rate)}" if total else ""
             parts.append(f"{speed}{eta}, elapsed {_duration(elapsed)}")
-        parts += [f"{k} {_value(v)}" for k, v in self._postfix.items()]
-        stream = sys.stderr if self.stream is None else self.stream
-        stream.write(", ".join(parts) + "\n")
-        stream.flush()
-
-
-class _LiveBar:
-    """A tqdm bar whose postfix values may be callables, evaluated only on a redraw."""
-
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-        self._postfix: dict[str, Any] = {}
-        self._shown = 0.0
-
-    def __iter__(self) -> Iterator:
-        return iter(self.bar)
-
-    def __enter__(self) -> _LiveBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._refresh_postfix(force=True)
-        self.bar.close()
-
-    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
-        self._postfix.update(values)
-        self._refresh_postfix(force=refresh)
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        self._postfix.update(postfix)
-        self._refresh_postfix()
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.__exit__()
-
-    def _refresh_postfix(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self._postfix and (force or now - self._shown >= max(self.bar.mininterval, 0.5)):
-            self._shown = now
-            values = {k: _value(v) for k, v in self._postfix.items()}
-            self.bar.set_postfix(values, refresh=False)
+        parts += [f"{k} {_value(v)}" for k, v in self.values.items()]
+        return ", ".join(parts)
 
 
 def progress(
@@ -186,18 +182,16 @@ def progress(
         stream: where it goes (default stderr); its kind decides bar or lines.
 
     Returns:
-        A tqdm bar (``live_output``), a :class:`PlainProgress`, or ``iterable`` itself / a
-        silent :class:`PlainProgress`-like object when nothing is shown. All support iteration,
-        ``update(n, **postfix)``, ``set_postfix`` and use as a context manager.
+        A tqdm bar: live (:func:`live_output`), :class:`PlainProgress`, or a disabled one that
+        shows nothing. All support iteration, ``update(n, **postfix)``, ``set_postfix`` and
+        use as a context manager.
     """
     live = live_output(stream)
     if not enabled or (nested and not live):
-        return _Silent(iterable)
+        return PlainProgress(iterable, total=total, disable=True)
     if not live:
         return PlainProgress(iterable, total=total, initial=initial, desc=desc, stream=stream)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
+    return _LiveBar(
         iterable,
         total=total,
         initial=initial,
@@ -206,29 +200,3 @@ def progress(
         dynamic_ncols=True,
         file=stream,
     )
-    return bar if iterable is not None else _LiveBar(bar)
-
-
-class _Silent:
-    """Shows nothing; iterates ``iterable`` unchanged."""
-
-    def __init__(self, iterable: Iterable | None) -> None:
-        self.iterable = iterable
-
-    def __iter__(self) -> Iterator:
-        return iter(self.iterable or ())
-
-    def __enter__(self) -> _Silent:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, n: int = 1, **postfix: Callable | Any) -> None:
-        pass
-
-    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

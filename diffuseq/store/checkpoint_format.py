@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from diffuseq.config.fields import weights_hints
+from diffuseq.config.sections import ModelConfig
 from diffuseq.errors import CheckpointError
 
 __all__ = [
@@ -27,17 +29,12 @@ __all__ = [
 ]
 
 TIED_KEYS = ("word_embedding.weight", "lm_head.weight")
-# What a user changes when an architecture value of a checkpoint differs from the model.
+# What a user changes when an architecture value of a checkpoint differs from the model: the
+# model fields declared ``in_weights`` (config/sections.py), plus what only the encoder's
+# config decides.
 _FLAG_OF = {
-    "vocab_size": "the vocabulary (--vocab / tokenizer)",
-    "hidden_dim": "--hidden_dim",
-    "hidden_t_dim": "--hidden_t_dim",
-    "bert_hidden_size": "--bert_hidden_size / --config_name",
-    "num_layers": "--num_layers / --config_name",
-    "intermediate_size": "--intermediate_size / --config_name",
+    **weights_hints(ModelConfig),
     "max_position_embeddings": "--config_name (max_position_embeddings)",
-    "learned_mean_embed": "--learned_mean_embed",
-    "self_cond": "--self_cond",
 }
 
 
@@ -113,8 +110,8 @@ def describe_mismatch(
     ours, theirs = infer_architecture(model.state_dict()), infer_architecture(prepared)
     diffs = [
         f"{name}: checkpoint {theirs[name]}, model {ours[name]} (set {_FLAG_OF[name]})"
-        for name in _FLAG_OF
-        if name in ours and name in theirs and ours[name] != theirs[name]
+        for name in theirs  # infer_architecture's order
+        if name in _FLAG_OF and name in ours and ours[name] != theirs[name]
     ]
     if diffs:
         parts.append("the model was probably built with other settings: " + "; ".join(diffs))

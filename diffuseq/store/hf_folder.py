@@ -20,6 +20,27 @@ finishes; ``diffuseq-export`` writes one for any checkpoint, the original's runs
 Folders are written as ``<name>.<pid>.tmp`` and renamed into place when complete, so a crash
 never leaves a half-written model folder under its final name; checkpoints are only read.
 :func:`diffuseq.decoding.api.load` and ``TextGenerator.from_pretrained`` read model folders offline.
+
+Why not ``huggingface_hub.PyTorchModelHubMixin`` (huggingface_hub 2.x, read for this): its
+``save_pretrained`` would change every file and lose guarantees tests/test_hf_folder.py checks.
+
+* ``model.safetensors``: the mixin writes ``safetensors.torch.save_model(model)``: the
+  ``position_ids`` buffer included, the tied pair de-duplicated by safetensors' own choice of
+  name, metadata ``{"format": "pt"}`` only; here the weights are :func:`model_weights` (the
+  original's tied rule, no buffer) with the diffuseq version in the metadata.
+* ``config.json``: the mixin dumps one dict with sorted keys (or the model's ``__init__``
+  arguments); the folder needs the run config, the resolved encoder, the tokenizer and the
+  checkpoint's origin, in this order, and the model is rebuilt through its family from them,
+  not by ``cls(**config)``.
+* The mixin writes into the final folder file by file (a crash leaves half a folder under the
+  final name) and keeps an existing ``README.md``; here the folder appears complete or not at
+  all (:func:`write_model_folder`).
+* Its ``from_pretrained`` downloads what is missing; reading here is offline only
+  (:func:`snapshot_from_cache` asks the hub cache with ``local_files_only=True``).
+
+The hub library is used where it fits: the cache lookup (``snapshot_download``), the card's
+metadata (``ModelCardData``, :mod:`diffuseq.store.model_card`) and pushing
+(``upload_folder`` / ``hf upload``, which the card documents).
 """
 
 from __future__ import annotations

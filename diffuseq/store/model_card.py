@@ -4,7 +4,12 @@ Written from the folder's ``config.json`` content: task and data, the recipe's f
 training steps, evaluation numbers when known (an ``eval_seq2seq.py --json`` report given to
 ``diffuseq-export --eval``; "unknown" otherwise), the environment of the run's first launch,
 how to load the folder with diffuseq and how to push it to the Hub. The YAML header is the
-Hub's model-card metadata.
+Hub's model-card metadata (``huggingface_hub.ModelCardData``). The body is plain text built
+here rather than a ``ModelCard.from_template`` Jinja template: its tables come from
+``config.json`` and an evaluation report, so a template would receive the same Python values
+and move the same logic into Jinja syntax without changing a character of the text.
+The recipe table lists the run config's fields declared ``recipe=True``
+(:mod:`diffuseq.config.sections`): a new recipe flag appears here by its declaration alone.
 """
 
 from __future__ import annotations
@@ -14,31 +19,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelCardData
+
+from diffuseq.config.fields import recipe_fields
+from diffuseq.config.sections import SECTIONS
 from diffuseq.errors import ConfigError
 
 __all__ = ["model_card", "read_evaluation", "summarize_evaluation"]
 
-# (section, field, flag) of the recipe table, in this order.
-_RECIPE = (
-    ("model", "hidden_dim", "--hidden_dim"),
-    ("model", "hidden_t_dim", "--hidden_t_dim"),
-    ("model", "config_name", "--config_name"),
-    ("model", "num_layers", "--num_layers"),
-    ("model", "bert_hidden_size", "--bert_hidden_size"),
-    ("model", "learned_mean_embed", "--learned_mean_embed"),
-    ("model", "self_cond", "--self_cond"),
-    ("diffusion", "diffusion_steps", "--diff_steps"),
-    ("diffusion", "noise_schedule", "--noise_schedule"),
-    ("diffusion", "schedule_sampler", "--schedule_sampler"),
-    ("diffusion", "denoise", "--denoise"),
-    ("diffusion", "noise_floor", "--noise_floor"),
-    ("data", "seq_len", "--seq_len"),
-    ("data", "vocab", "--vocab"),
-    ("train", "lr", "--lr"),
-    ("train", "batch_size", "--bsz"),
-    ("train", "learning_steps", "--learning_steps"),
-    ("train", "ema_rate", "--ema_rate"),
-    ("train", "seed", "--seed"),
+# (section, field, --flag) of the recipe table, in this order: the fields declared
+# ``recipe=True`` (config/sections.py).
+_RECIPE = recipe_fields(SECTIONS)
+# The Hub's model-card metadata (the YAML header).
+_CARD_DATA = ModelCardData(
+    library_name="diffuseq",
+    pipeline_tag="text2text-generation",
+    tags=["diffuseq", "diffusion", "text-generation", "seq2seq"],
 )
 _METRICS = (
     ("avg_bleu", "BLEU"),
@@ -147,13 +143,7 @@ def model_card(info: Mapping[str, Any], *, launches: list[Mapping[str, Any]] | N
     step = checkpoint.get("step")
     lines = [
         "---",
-        "library_name: diffuseq",
-        "pipeline_tag: text2text-generation",
-        "tags:",
-        "- diffuseq",
-        "- diffusion",
-        "- text-generation",
-        "- seq2seq",
+        _CARD_DATA.to_yaml(),
         "---",
         "",
         f"# DiffuSeq{'-v2' if v2 else ''} model: {dataset}",
