@@ -103,7 +103,9 @@ class DiscreteFamily(Family):
 
     name = "discrete"
 
-    def build_model(self, config: RunConfig, *, vocab_size=None, encoder_config=None):
+    def build_model(
+        self, config: RunConfig, *, vocab_size=None, encoder_config=None, tokenizer=None
+    ):
         m = config.model
         return MaskedTokenDenoiser(
             vocab_size=vocab_size or m.vocab_size,
