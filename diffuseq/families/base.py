@@ -16,6 +16,7 @@ import torch
 
 if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, RunConfig
+    from diffuseq.config.decode import ResolvedDecode
 
 __all__ = ["Family", "LossBatch", "Objective"]
 
@@ -101,8 +102,8 @@ class Family(ABC):
         """The training objective."""
 
     @abstractmethod
-    def resolve_decode(self, config: DecodeConfig, process: Any) -> DecodeConfig:
-        """``config`` with its defaults filled for this model (e.g. ``steps`` = T); raises
+    def resolve_decode(self, config: DecodeConfig, process: Any) -> ResolvedDecode:
+        """``config`` resolved for this model (e.g. ``steps`` = T, a sampler row); raises
         :class:`~diffuseq.errors.ConfigError` for a combination the family cannot decode."""
 
     @abstractmethod
@@ -115,7 +116,7 @@ class Family(ABC):
         *,
         seeds: Sequence[int],
         indices: Sequence[int],
-        config: DecodeConfig,
+        config: ResolvedDecode,
         progress: bool = False,
     ) -> torch.Tensor:
         """Decode one batch of rows: int64 tokens ``[B, L]`` on the model's device.

@@ -27,6 +27,7 @@ from diffuseq.models.factory import (
 
 if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, RunConfig
+    from diffuseq.config.decode import ResolvedDecode
     from diffuseq.diffusion.gaussian import GaussianDiffusion
 
 __all__ = ["FAMILY", "GaussianFamily", "GaussianObjective"]
@@ -84,8 +85,8 @@ class GaussianFamily(Family):
     def build_objective(self, config: RunConfig, process: GaussianDiffusion) -> GaussianObjective:
         return GaussianObjective(process, build_timestep_distribution(config.diffusion, process))
 
-    def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> DecodeConfig:
-        return config.resolve(process.num_timesteps)
+    def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> ResolvedDecode:
+        return config.resolve(process.num_timesteps, family=self.name)
 
     @torch.no_grad()
     def sample_tokens(
@@ -97,7 +98,7 @@ class GaussianFamily(Family):
         *,
         seeds: Sequence[int],
         indices: Sequence[int],
-        config: DecodeConfig,
+        config: ResolvedDecode,
         progress: bool = False,
     ) -> torch.Tensor:
         """Row ``r`` draws from the generator of ``(seeds[r], indices[r])``: first ``z`` for
