@@ -35,6 +35,7 @@ from diffuseq.runtime import dist
 from diffuseq.runtime.logger import get_logger
 from diffuseq.runtime.progress import progress as progress_display
 from diffuseq.sampling.inputs import torch_dtype
+from diffuseq.sampling.run import RowBatch
 from diffuseq.store.safe_io import contained, path_component
 
 __all__ = [
@@ -156,14 +157,7 @@ class Decoder:
 
     @torch.no_grad()
     def sample_tokens(
-        self,
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
-        *,
-        seeds: Sequence[int],
-        indices: Sequence[int],
-        config: ResolvedDecode,
-        progress: bool = False,
+        self, rows: RowBatch, config: ResolvedDecode, *, progress: bool = False
     ) -> torch.Tensor:
         """Sample one batch of rows and return their tokens ``[B, L]`` (CPU).
 
@@ -171,14 +165,7 @@ class Decoder:
         ``x_T``, then the sampler's per-step draws.
         """
         tokens = self.family.sample_tokens(
-            self.model,
-            self.diffusion,
-            input_ids.to(self.device),
-            input_mask.to(self.device),
-            seeds=seeds,
-            indices=indices,
-            config=config,
-            progress=progress,
+            self.model, self.diffusion, rows.to(self.device), config=config, progress=progress
         )
         return tokens.cpu()
 
@@ -197,13 +184,9 @@ class Decoder:
             batch = rows[start : start + config.batch_size]
             index = torch.tensor([i for i, _ in batch], dtype=torch.long)
             ids, mask = inputs.input_ids[index], inputs.input_mask[index]
+            seeds, indices = [config.seed + k for _, k in batch], [i for i, _ in batch]
             tokens = self.sample_tokens(
-                ids,
-                mask,
-                seeds=[config.seed + k for _, k in batch],
-                indices=[i for i, _ in batch],
-                config=config,
-                progress=progress,
+                RowBatch(ids, mask, seeds, indices), config, progress=progress
             )
             texts = texts_from_tokens(self.tokenizer, ids, mask, tokens)
             out.extend((i, k, text["recover"]) for (i, k), text in zip(batch, texts))

@@ -11,7 +11,7 @@ EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, RunConfig
     from diffuseq.config.decode import ResolvedDecode
     from diffuseq.diffusion.gaussian import GaussianDiffusion
+    from diffuseq.sampling.run import RowBatch
 
 __all__ = ["FAMILY", "GaussianFamily", "GaussianObjective"]
 
@@ -93,11 +94,8 @@ class GaussianFamily(Family):
         self,
         model: torch.nn.Module,
         process: GaussianDiffusion,
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
+        rows: RowBatch,
         *,
-        seeds: Sequence[int],
-        indices: Sequence[int],
         config: ResolvedDecode,
         progress: bool = False,
     ) -> torch.Tensor:
@@ -105,16 +103,7 @@ class GaussianFamily(Family):
         ``x_T``, then the sampler's per-step draws; tokens are the top-1 of the fp32 logits."""
         from diffuseq.sampling.run import sample_x0
 
-        x0 = sample_x0(
-            model,
-            process,
-            input_ids,
-            input_mask,
-            seeds=seeds,
-            indices=indices,
-            config=config,
-            progress=progress,
-        )
+        x0 = sample_x0(model, process, rows, config=config, progress=progress)
         logits = model.get_logits(x0.float())  # [B, L, V], fp32 outside autocast
         return torch.topk(logits, k=1, dim=-1).indices[..., 0]
 

@@ -83,17 +83,12 @@ def ddim_adjacent_sample(inputs: SamplerInputs) -> torch.Tensor:
     (η = 0; the original v1 path has no μ).
     """
     model, diffusion, x = inputs.network(), inputs.diffusion, inputs.x_T
+    mask, x_start, rounding = inputs.input_mask, inputs.x_start, inputs.denoised_fn
     levels = adjacent_timesteps(diffusion.num_timesteps, inputs.step_count("ddim-adjacent"))
     for step, t in enumerate(progress_steps(levels, inputs.progress, "ddim-adjacent")):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = diffusion.ddim_sample(
-            model,
-            x,
-            tt,
-            t_prev=None,
-            mask=inputs.input_mask,
-            x_start=inputs.x_start,
-            denoised_fn=inputs.denoised_fn,
+            model, x, tt, t_prev=None, mask=mask, x_start=x_start, denoised_fn=rounding
         )
         x = out["sample"]
         if inputs.callback is not None:

@@ -57,62 +57,28 @@ class SamplerRow:
         return getattr(importlib.import_module(module), attribute)
 
 
-#: ``--sampler`` name -> row, in ``--help`` order.
-SAMPLER_TABLE: dict[str, SamplerRow] = {
-    row.name: row
-    for row in (
-        SamplerRow(
-            "ancestral",
-            "diffuseq.sampling.ancestral:ancestral_sample",
-            "gaussian",
-            draws_noise=True,
-            takes_steps=False,
-            help="the original's DDPM loop with rounding (all T steps)",
-        ),
-        SamplerRow(
-            "ddim",
-            "diffuseq.sampling.ddim:ddim_sample",
-            "gaussian",
-            draws_noise=False,
-            takes_steps=True,
-            help="DDIM eta=0 over --step respaced levels",
-        ),
-        SamplerRow(
-            "ddim-adjacent",
-            "diffuseq.sampling.ddim:ddim_adjacent_sample",
-            "gaussian",
-            draws_noise=False,
-            takes_steps=True,
-            help="the original v1 pseudo-DDIM (steps to the adjacent level, never reaches t=0)",
-            legacy=("ddim", "ddim_adjacent"),
-        ),
-        SamplerRow(
-            "dpm-solver++",
-            "diffuseq.sampling.dpm_solver:dpm_solver_sample",
-            "gaussian",
-            draws_noise=False,
-            takes_steps=True,
-            help="DPM-Solver++(2M)",
-        ),
-        SamplerRow(
-            "dpm-solver++-v2",
-            "diffuseq.sampling.dpm_v2:dpm_solver_v2_sample",
-            "gaussian",
-            draws_noise=False,
-            takes_steps=True,
-            help="DiffuSeq-v2's modified solver loop (reproduces v2 numbers)",
-            legacy=("dpm-solver++", "dpm_v2_variant"),
-        ),
-        SamplerRow(
-            "sde-dpm-solver++",
-            "diffuseq.sampling.dpm_solver:sde_dpm_solver_sample",
-            "gaussian",
-            draws_noise=True,
-            takes_steps=True,
-            help="its SDE form (fresh noise every step; closer to ancestral in few steps)",
-        ),
-    )
-}
+def _by_name(*rows: SamplerRow) -> dict[str, SamplerRow]:
+    """``name -> row``; ``ValueError`` on a repeated name."""
+    table: dict[str, SamplerRow] = {}
+    for row in rows:
+        if row.name in table:
+            raise ValueError(f"sampler {row.name!r} is registered twice")
+        table[row.name] = row
+    return table
+
+
+#: ``--sampler`` name -> row, in ``--help`` order; one line per sampler:
+#: name, function, family, draws noise, takes steps, help[, legacy spelling].
+# fmt: off
+SAMPLER_TABLE: dict[str, SamplerRow] = _by_name(
+    SamplerRow("ancestral", "diffuseq.sampling.ancestral:ancestral_sample", "gaussian", True, False, "the original's DDPM loop with rounding (all T steps)"),
+    SamplerRow("ddim", "diffuseq.sampling.ddim:ddim_sample", "gaussian", False, True, "DDIM eta=0 over --step respaced levels"),
+    SamplerRow("ddim-adjacent", "diffuseq.sampling.ddim:ddim_adjacent_sample", "gaussian", False, True, "the original v1 pseudo-DDIM (steps to the adjacent level, never reaches t=0)", ("ddim", "ddim_adjacent")),
+    SamplerRow("dpm-solver++", "diffuseq.sampling.dpm_solver:dpm_solver_sample", "gaussian", False, True, "DPM-Solver++(2M)"),
+    SamplerRow("dpm-solver++-v2", "diffuseq.sampling.dpm_v2:dpm_solver_v2_sample", "gaussian", False, True, "DiffuSeq-v2's modified solver loop (reproduces v2 numbers)", ("dpm-solver++", "dpm_v2_variant")),
+    SamplerRow("sde-dpm-solver++", "diffuseq.sampling.dpm_solver:sde_dpm_solver_sample", "gaussian", True, True, "the SDE form of DPM-Solver++(2M) (fresh noise every step; closer to ancestral in few steps)"),
+)
+# fmt: on
 
 
 def sampler_names() -> tuple[str, ...]:
