@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from diffuseq.sampling.inputs import Autocast, SamplerInputs, torch_dtype, wrap_model
+from diffuseq.sampling.inputs import SamplerInputs
 from diffuseq.sampling.noise import NoiseSource
 from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.sampling.table import get_sampler
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from diffuseq.config.decode import ResolvedDecode
     from diffuseq.diffusion.gaussian import GaussianDiffusion
 
-__all__ = ["Autocast", "RowBatch", "sample_x0", "torch_dtype", "wrap_model"]
+__all__ = ["RowBatch", "sample_x0"]
 
 
 @dataclass(frozen=True)
