@@ -55,7 +55,10 @@ def top_p_warning(resolved: ResolvedDecode) -> str | None:
     if resolved.noise_top_p is None or resolved.row.draws_noise:
         return None
     noisy = ", ".join(row.name for row in SAMPLER_TABLE.values() if row.draws_noise)
-    return f"--top_p only affects the samplers that draw noise ({noisy}); {resolved.sampler} draws none"
+    return (
+        f"--top_p only affects the samplers that draw noise ({noisy}); "
+        f"{resolved.sampler} draws none"
+    )
 
 
 def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
