@@ -152,9 +152,9 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     from diffuseq.diffusion.gaussian import GaussianDiffusion
     from diffuseq.runtime.perf import device_clock
     from diffuseq.sampling.dpm_solver import dpm_solver_sample
+    from diffuseq.sampling.inputs import Autocast, SamplerInputs, torch_dtype
     from diffuseq.sampling.noise import NoiseSource
     from diffuseq.sampling.rounding import make_rounding_fn
-    from diffuseq.sampling.run import Autocast, torch_dtype
 
     device = torch.device(args.device or "cpu")
     model = _paper_model(args.hidden_dim, args.vocab_size, args.seq_len).to(device)
@@ -183,14 +183,17 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
                 net, x, t, mask=mask, x_start=x_start, noise=noise.gaussian(), denoised_fn=rounding
             )
             t3 = clock()
-            dpm_solver_sample(
-                net,
-                diffusion,
-                x,
-                input_mask=mask,
-                x_start=x_start,
-                denoised_fn=rounding,
-                steps=DPM_STEPS,
+            dpm_solver_sample(  # wraps the raw model in Autocast itself
+                SamplerInputs(
+                    model,
+                    diffusion,
+                    x,
+                    input_mask=mask,
+                    x_start=x_start,
+                    denoised_fn=rounding,
+                    steps=DPM_STEPS,
+                    dtype=dtype,
+                )
             )
             t4 = clock()
         return {

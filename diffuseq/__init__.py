@@ -11,7 +11,8 @@ The public API, importable from here (each name is imported on first use, so tha
   :class:`TrainConfig`, :class:`RunConfig`;
 - building blocks: :func:`build_model`, :func:`build_diffusion`, :func:`load_tokenizer`,
   :class:`TransformerNetModel`, :class:`GaussianDiffusion`, :func:`training_losses`,
-  :data:`SAMPLERS` / :func:`get_sampler`;
+  :data:`SAMPLERS` / :func:`get_sampler` / :class:`SamplerInputs` (a sampler applies the
+  model's self-conditioning, the process's noise floor and autocast itself, as the CLI does);
 - errors: :class:`UserError` and its subclasses.
 """
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "training_losses": "diffuseq.diffusion.losses",
     "SAMPLERS": "diffuseq.sampling",
     "get_sampler": "diffuseq.sampling",
+    "SamplerInputs": "diffuseq.sampling.inputs",
     "UserError": "diffuseq.errors",
     "ConfigError": "diffuseq.errors",
     "DataError": "diffuseq.errors",
@@ -62,6 +64,7 @@ __all__ = [
     "training_losses",
     "SAMPLERS",
     "get_sampler",
+    "SamplerInputs",
     "UserError",
     "ConfigError",
     "DataError",
@@ -84,6 +87,7 @@ if TYPE_CHECKING:
     from diffuseq.models.denoiser import TransformerNetModel
     from diffuseq.models.factory import build_diffusion, build_model
     from diffuseq.sampling import SAMPLERS, get_sampler
+    from diffuseq.sampling.inputs import SamplerInputs
     from diffuseq.tokenizers.tokenizer import load_tokenizer
 
 

@@ -19,6 +19,7 @@ from diffuseq.families import FAMILIES, get_family
 from diffuseq.families.ar import parameter_counts
 from diffuseq.models.seq2seq import split_merged
 from diffuseq.runtime import dist
+from diffuseq.sampling.run import RowBatch
 from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.checkpoint_format import state_dict_for_saving
 from diffuseq.tokenizers.tokenizer import load_tokenizer
@@ -186,7 +187,8 @@ def test_resolve_decode():
 
 def _decode(model, ids, mask, sampler, *, seeds, indices, k=1):
     config = AR.resolve_decode(DecodeConfig(sampler=sampler, num_samples=k), None)
-    return AR.sample_tokens(model, None, ids, mask, seeds=seeds, indices=indices, config=config)
+    rows = RowBatch(ids, mask, seeds=seeds, indices=indices)
+    return AR.sample_tokens(model, None, rows, config=config)
 
 
 @pytest.mark.parametrize("sampler", ["greedy", "sample", "beam"])
@@ -315,8 +317,8 @@ def test_bf16_trains_and_decodes_on_cpu(tmp_path, model):
     assert train_main(argv) == 0
     assert (run / "ema_0.9999_000003.pt").is_file()
     config = AR.resolve_decode(DecodeConfig(dtype="bf16", num_samples=2), None)
-    tokens = AR.sample_tokens(model, None, IDS, MASK, seeds=[101, 102, 101], indices=[0, 0, 1],
-                              config=config)  # fmt: skip
+    rows = RowBatch(IDS, MASK, seeds=[101, 102, 101], indices=[0, 0, 1])
+    tokens = AR.sample_tokens(model, None, rows, config=config)
     assert tokens.shape == IDS.shape and torch.equal(tokens[MASK == 0], IDS[MASK == 0])
 
 

@@ -16,12 +16,12 @@ from diffuseq.config import (
     DecodeJob,
     DiffusionConfig,
     EvalConfig,
+    ResolvedDecode,
     RunConfig,
 )
 from diffuseq.decoding.job import torch_dtype
 from diffuseq.diffusion.schedules import SCHEDULE_NAMES
 from diffuseq.diffusion.timestep_sampling import TIMESTEP_DISTRIBUTIONS
-from diffuseq.discrete.samplers import SAMPLERS as DISCRETE_SAMPLERS
 from diffuseq.errors import ConfigError
 from diffuseq.sampling import SAMPLERS
 
@@ -62,14 +62,40 @@ def test_decode_flags_round_trip_and_original_names():
         DecodeConfig.from_dict({"stepz": 3}, source="saved")
 
 
-def test_variant_names_become_base_plus_flag():
-    config = DecodeConfig(sampler="dpm-solver++-v2").validate()
-    assert (config.sampler, config.dpm_v2_variant, config.label) == (
-        "dpm-solver++",
-        True,
-        "dpm-solver++-v2",
-    )
-    assert DecodeConfig(top_p=-1.0).noise_top_p is None and DecodeConfig(top_p=2).noise_top_p == 2
+def test_a_config_resolves_once_into_a_table_row():
+    """The resolved sampler is a row name; the first releases' flags select their rows."""
+    T = 2000
+    cases = [
+        (DecodeConfig(), ("ancestral", T)),
+        (DecodeConfig(steps=10), ("ddim", 10)),
+        (DecodeConfig(sampler="dpm-solver++-v2", steps=10), ("dpm-solver++-v2", 10)),
+        (
+            DecodeConfig(sampler="dpm-solver++", dpm_v2_variant=True, steps=10),
+            ("dpm-solver++-v2", 10),
+        ),
+        (DecodeConfig(sampler="ddim", ddim_adjacent=True, steps=10), ("ddim-adjacent", 10)),
+        (DecodeConfig(ddim_adjacent=True), ("ddim-adjacent", T)),  # auto: the flag's row
+        (DecodeConfig(sampler="ddim-adjacent", steps=10), ("ddim-adjacent", 10)),
+        (DecodeConfig(sampler="sde-dpm-solver++", steps=4), ("sde-dpm-solver++", 4)),
+    ]
+    for config, expected in cases:
+        resolved = config.resolve(T)
+        assert isinstance(resolved, ResolvedDecode) and resolved.sampler in SAMPLERS
+        assert (resolved.sampler, resolved.steps) == expected, config
+        assert resolved.row.name == resolved.sampler
+    assert DecodeConfig(top_p=-1.0).resolve(T).noise_top_p is None
+    assert DecodeConfig(top_p=2).resolve(T).noise_top_p == 2
+    for bad, flag in (
+        (DecodeConfig(sampler="ddim", dpm_v2_variant=True), "--dpm_v2_variant"),
+        (DecodeConfig(sampler="dpm-solver++", ddim_adjacent=True), "--ddim_adjacent"),
+        (DecodeConfig(ddim_adjacent=True, dpm_v2_variant=True), "select different samplers"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(flag)):
+            bad.validate()
+    with pytest.raises(ConfigError, match="always runs all T=2000 steps"):
+        DecodeConfig(sampler="ancestral", steps=10).resolve(T)
+    with pytest.raises(ConfigError, match="decodes gaussian models"):
+        DecodeConfig().resolve(T, family="absorbing")
 
 
 @pytest.mark.parametrize(
@@ -130,7 +156,7 @@ def test_help_defaults_are_the_field_defaults():
 
 
 def test_choices_come_from_the_registries():
-    assert _choices(decode.build_parser(), "--sampler") == ("auto", *SAMPLERS, *DISCRETE_SAMPLERS)
+    assert _choices(decode.build_parser(), "--sampler") == ("auto", *SAMPLERS)
     assert _choices(decode.build_parser(), "--dtype") == tuple(DTYPES)
     assert _choices(train.build_parser(), "--noise_schedule") == SCHEDULE_NAMES
     assert _choices(train.build_parser(), "--schedule_sampler") == TIMESTEP_DISTRIBUTIONS

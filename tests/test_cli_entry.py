@@ -51,8 +51,6 @@ def test_help_imports_no_torch(name):
 
 def test_registries_match_the_light_names():
     from diffuseq.diffusion.timestep_sampling import TIMESTEP_DISTRIBUTIONS
-    from diffuseq.names import SAMPLER_NAMES, TIMESTEP_DISTRIBUTION_NAMES
-    from diffuseq.sampling import SAMPLERS
+    from diffuseq.diffusion.timesteps import TIMESTEP_DISTRIBUTION_NAMES
 
-    assert tuple(SAMPLERS) == SAMPLER_NAMES
     assert TIMESTEP_DISTRIBUTIONS == TIMESTEP_DISTRIBUTION_NAMES

@@ -14,10 +14,11 @@ from torch import nn
 from diffuseq.config import DecodeConfig, RunConfig
 from diffuseq.discrete.losses import discrete_losses
 from diffuseq.discrete.process import AbsorbingDiffusion, keep_probability
-from diffuseq.discrete.samplers import SAMPLERS, absorbing_sample, rdm_sample
+from diffuseq.discrete.samplers import absorbing_sample, rdm_sample
 from diffuseq.errors import ConfigError
 from diffuseq.families import FAMILIES, get_family
 from diffuseq.sampling.noise import NoiseSource
+from diffuseq.sampling.table import family_samplers, get_sampler
 from tests.conftest import REPO_ROOT
 from tests.train_helpers import assert_same, make_tiny_data, read_metrics, tiny_argv
 
@@ -185,10 +186,10 @@ def _run(sampler, rows, *, steps=4, seeds=None, schedule="linear", **options):
     return out, denoise.calls, levels, ids, mask
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", family_samplers("discrete"))
 @pytest.mark.parametrize("steps", [1, 3, 10])
 def test_sampler_calls_unmasks_everything_and_keeps_the_source(name, steps):
-    out, calls, levels, ids, mask = _run(SAMPLERS[name], [0, 1, 2], steps=steps)
+    out, calls, levels, ids, mask = _run(get_sampler(name), [0, 1, 2], steps=steps)
     assert calls == steps == len(levels)
     assert [level for _, level in levels] == [k / steps for k in range(steps, 0, -1)]
     assert not (out == MASK).any() and out.dtype == torch.long
@@ -196,9 +197,9 @@ def test_sampler_calls_unmasks_everything_and_keeps_the_source(name, steps):
     assert int(out.max()) < MASK
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", family_samplers("discrete"))
 def test_sampler_determinism_per_seed_and_row_alone_equals_row_in_batch(name):
-    sampler = SAMPLERS[name]
+    sampler = get_sampler(name)
     batch, *_ = _run(sampler, [0, 1, 2], seeds=[5, 5, 6])
     again, *_ = _run(sampler, [0, 1, 2], seeds=[5, 5, 6])
     assert torch.equal(batch, again)
@@ -293,7 +294,7 @@ def test_resolve_decode():
     family = get_family("discrete")
     process = AbsorbingDiffusion(num_timesteps=8)
     auto = family.resolve_decode(DecodeConfig(), process)
-    assert (auto.sampler, auto.steps, auto.label) == ("rdm", 10, "rdm")
+    assert (auto.sampler, auto.steps, auto.row.family) == ("rdm", 10, "discrete")
     assert family.resolve_decode(DecodeConfig(sampler="absorbing", steps=50), process).steps == 50
     for bad in ({"sampler": "ddim"}, {"top_p": 0.5}, {"clamp_step": 3}):
         with pytest.raises(ConfigError):

@@ -25,11 +25,13 @@ from diffuseq.diffusion.timestep_sampling import (
 )
 from diffuseq.errors import ConfigError
 from diffuseq.models.denoiser import TransformerNetModel
-from diffuseq.sampling import SAMPLERS, run_sampler
+from diffuseq.sampling import get_sampler
+from diffuseq.sampling.inputs import SamplerInputs
 from diffuseq.sampling.noise import NoiseSource
 from diffuseq.sampling.noise_floor import NoiseFloored, noise_floor_time
 from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.sampling.self_cond import SelfConditioned
+from diffuseq.sampling.table import family_samplers
 from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.run_folder import open_run
 from tests.conftest import tiny_denoiser
@@ -199,16 +201,15 @@ def _sample(name, model, diffusion):
     x_start = text_model.get_embeds(ids).detach()
     noise = NoiseSource([1, 2, 3], [0, 1, 2], shape=(L, H))
     x_T = torch.where(mask.unsqueeze(-1) == 0, x_start, noise.gaussian())
-    return run_sampler(
-        name, model, diffusion, x_T, input_mask=mask, x_start=x_start, noise=noise,
+    return get_sampler(name)(SamplerInputs(
+        model, diffusion, x_T, input_mask=mask, x_start=x_start, noise=noise,
         steps=min(10, diffusion.num_timesteps),
         denoised_fn=make_rounding_fn(text_model.word_embedding.weight), clamp_step=0,
-        mean_embed=None, top_p=None,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 @pytest.mark.parametrize("respacing", ["", "5"], ids=["full", "respaced"])
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", family_samplers("gaussian"))
 def test_every_sampler_tells_the_network_max_t_tmin(name, respacing):
     diffusion = GaussianDiffusion.from_schedule(
         noise_schedule="sqrt", diffusion_steps=20, timestep_respacing=respacing

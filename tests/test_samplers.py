@@ -21,6 +21,7 @@ from diffuseq.sampling.ddim import (
 )
 from diffuseq.sampling.dpm_solver import dpm_scheduler, dpm_solver_sample, sde_dpm_solver_sample
 from diffuseq.sampling.dpm_v2 import DiscreteVPSchedule, dpm_solver_v2_sample
+from diffuseq.sampling.inputs import SamplerInputs
 from diffuseq.sampling.noise import NoiseSource, ReplayNoise, example_seed
 from diffuseq.sampling.rounding import make_rounding_fn
 from tests.conftest import tiny_denoiser
@@ -88,12 +89,12 @@ def test_ddim_visits_requested_levels_and_is_deterministic(setup):
     model, diffusion, mask, x_start, x_T = setup
     for steps in (1, 4, T):
         spy = Spy(model)
-        out1 = ddim_sample(spy, diffusion, x_T, steps=steps, **_kwargs(setup))
+        out1 = ddim_sample(SamplerInputs(spy, diffusion, x_T, steps=steps, **_kwargs(setup)))
         levels = ddim_timesteps(T, steps)
         assert len(spy.times) == steps
         for t_in, level in zip(spy.times, levels):
             assert torch.equal(t_in, diffusion.scale_timesteps(torch.full((B,), level)))
-        out2 = ddim_sample(model, diffusion, x_T, steps=steps, **_kwargs(setup))
+        out2 = ddim_sample(SamplerInputs(model, diffusion, x_T, steps=steps, **_kwargs(setup)))
         assert torch.equal(out1, out2)
         # ends at the clean level: the output is the (anchored) rounded x̂_0 of the last call
         rounded, _ = make_rounding_fn(model.word_embedding.weight)(
@@ -115,12 +116,14 @@ def test_ddim_step_equals_eq12_on_our_tables(setup):
     levels = ddim_timesteps(T, steps)
     states = []
     ddim_sample(
-        model,
-        diffusion,
-        x_T,
-        steps=steps,
-        callback=lambda info: states.append(info["sample"]),
-        **_kwargs(setup),
+        SamplerInputs(
+            model,
+            diffusion,
+            x_T,
+            steps=steps,
+            callback=lambda info: states.append(info["sample"]),
+            **_kwargs(setup),
+        )
     )
     prev = x_T
     rounding = make_rounding_fn(model.word_embedding.weight)
@@ -143,7 +146,9 @@ def test_ddim_clamp_step_gates_rounding(setup):
     model, diffusion, _, _, x_T = setup
     seen = []
     ddim_sample(
-        model, diffusion, x_T, steps=T, clamp_step=7, callback=seen.append, **_kwargs(setup)
+        SamplerInputs(
+            model, diffusion, x_T, steps=T, clamp_step=7, callback=seen.append, **_kwargs(setup)
+        )
     )
     assert [("tokens" in info) for info in seen] == [info["t"] >= 7 for info in seen]
 
@@ -153,14 +158,14 @@ def test_ddim_v2_mean_shift(setup):
     model, diffusion, mask, _, x_T = setup
     mu = model.mean_embed.detach()
     spy = Spy(model)
-    ddim_sample(spy, diffusion, x_T, steps=3, mean_embed=mu, **_kwargs(setup))
+    ddim_sample(SamplerInputs(spy, diffusion, x_T, steps=3, mean_embed=mu, **_kwargs(setup)))
     torch.testing.assert_close(spy.inputs[0], x_T + mu * mask.unsqueeze(-1), rtol=0, atol=0)
 
 
 def test_ddim_adjacent_calls(setup):
     model, diffusion, _, _, x_T = setup
     spy = Spy(model)
-    ddim_adjacent_sample(spy, diffusion, x_T, steps=6, **_kwargs(setup))
+    ddim_adjacent_sample(SamplerInputs(spy, diffusion, x_T, steps=6, **_kwargs(setup)))
     expected = adjacent_timesteps(T, 6)
     assert [float(t[0]) for t in spy.times] == [
         float(diffusion.scale_timesteps(torch.tensor([t]))) for t in expected
@@ -174,10 +179,12 @@ def test_ddim_adjacent_calls(setup):
 def test_dpm_solver_model_calls(setup, steps):
     model, diffusion, mask, x_start, x_T = setup
     spy = Spy(model)
-    out = dpm_solver_sample(spy, diffusion, x_T, steps=steps, **_kwargs(setup))
+    out = dpm_solver_sample(SamplerInputs(spy, diffusion, x_T, steps=steps, **_kwargs(setup)))
     assert len(spy.times) == steps
     assert float(spy.times[0][0]) == float(diffusion.scale_timesteps(torch.tensor([T - 1])))
-    assert torch.equal(out, dpm_solver_sample(model, diffusion, x_T, steps=steps, **_kwargs(setup)))
+    assert torch.equal(
+        out, dpm_solver_sample(SamplerInputs(model, diffusion, x_T, steps=steps, **_kwargs(setup)))
+    )
     assert torch.equal(out[mask == 0], x_start[mask == 0])
 
 
@@ -185,7 +192,9 @@ def test_dpm_solver_final_is_rounded_prediction(setup):
     """The last update goes to σ = 0, i.e. returns the last rounded x̂_0 (target positions = E[tokens])."""
     model, diffusion, mask, x_start, x_T = setup
     seen = []
-    out = dpm_solver_sample(model, diffusion, x_T, steps=4, callback=seen.append, **_kwargs(setup))
+    out = dpm_solver_sample(
+        SamplerInputs(model, diffusion, x_T, steps=4, callback=seen.append, **_kwargs(setup))
+    )
     E = model.word_embedding.weight.detach()
     torch.testing.assert_close(
         out, torch.where(mask.unsqueeze(-1) == 0, x_start, E[seen[-1]["tokens"]]), rtol=0, atol=1e-5
@@ -205,7 +214,15 @@ def test_sde_dpm_solver_calls_anchor_and_final(setup, steps):
     model, diffusion, mask, x_start, x_T = setup
     spy, seen = Spy(model), []
     out = sde_dpm_solver_sample(
-        spy, diffusion, x_T, steps=steps, noise=_noise(5), callback=seen.append, **_kwargs(setup)
+        SamplerInputs(
+            spy,
+            diffusion,
+            x_T,
+            steps=steps,
+            noise=_noise(5),
+            callback=seen.append,
+            **_kwargs(setup),
+        )
     )
     assert len(spy.times) == steps
     assert float(spy.times[0][0]) == float(diffusion.scale_timesteps(torch.tensor([T - 1])))
@@ -222,24 +239,33 @@ def test_sde_dpm_solver_noise_is_per_row_and_seeded(setup):
 
     def sample(seed):
         return sde_dpm_solver_sample(
-            model, diffusion, x_T, steps=6, noise=_noise(seed), **_kwargs(setup, denoised_fn=None)
+            SamplerInputs(
+                model,
+                diffusion,
+                x_T,
+                steps=6,
+                noise=_noise(seed),
+                **_kwargs(setup, denoised_fn=None),
+            )
         )
 
     first = sample(5)
     assert torch.equal(first, sample(5))
     assert not torch.allclose(first[mask == 1], sample(6)[mask == 1])
     deterministic = dpm_solver_sample(
-        model, diffusion, x_T, steps=6, **_kwargs(setup, denoised_fn=None)
+        SamplerInputs(model, diffusion, x_T, steps=6, **_kwargs(setup, denoised_fn=None))
     )
     assert not torch.allclose(first[mask == 1], deterministic[mask == 1])
     alone = sde_dpm_solver_sample(
-        model,
-        diffusion,
-        x_T[1:2],
-        steps=6,
-        noise=NoiseSource([5], [1], shape=(L, H)),
-        input_mask=mask[1:2],
-        x_start=x_start[1:2],
+        SamplerInputs(
+            model,
+            diffusion,
+            x_T[1:2],
+            steps=6,
+            noise=NoiseSource([5], [1], shape=(L, H)),
+            input_mask=mask[1:2],
+            x_start=x_start[1:2],
+        )
     )
     torch.testing.assert_close(alone[0], first[1], rtol=1e-5, atol=1e-5)
 
@@ -252,14 +278,16 @@ def test_sde_dpm_solver_first_update_hand_checked(setup):
     c, eps = torch.randn(B, L, H), torch.randn(2, B, L, H)
     seen = []
     out = sde_dpm_solver_sample(
-        lambda x, t: c,
-        diffusion,
-        x_T,
-        steps=2,
-        noise=ReplayNoise(eps),
-        input_mask=mask,
-        x_start=x_start,
-        callback=seen.append,
+        SamplerInputs(
+            lambda x, t: c,
+            diffusion,
+            x_T,
+            steps=2,
+            noise=ReplayNoise(eps),
+            input_mask=mask,
+            x_start=x_start,
+            callback=seen.append,
+        )
     )
     s, t = dpm_scheduler(diffusion, 2, algorithm_type="sde-dpmsolver++").timesteps.tolist()
     abar = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
@@ -288,7 +316,9 @@ def test_sde_dpm_solver_top_p_reaches_noise(setup):
             return out
 
     noise = Watch([1] * B, range(B), shape=(L, H))
-    sde_dpm_solver_sample(model, diffusion, x_T, steps=5, noise=noise, top_p=0.5, **_kwargs(setup))
+    sde_dpm_solver_sample(
+        SamplerInputs(model, diffusion, x_T, steps=5, noise=noise, top_p=0.5, **_kwargs(setup))
+    )
     assert len(biggest) == 5 and max(biggest) <= 0.5
 
 
@@ -301,7 +331,9 @@ def test_ancestral_calls_clamp_and_final(setup):
     seen = []
     noise = NoiseSource([5] * B, range(B), shape=(L, H))
     out = ancestral_sample(
-        spy, diffusion, x_T, noise=noise, clamp_step=4, callback=seen.append, **_kwargs(setup)
+        SamplerInputs(
+            spy, diffusion, x_T, noise=noise, clamp_step=4, callback=seen.append, **_kwargs(setup)
+        )
     )
     assert [info["t"] for info in seen] == list(range(T))[::-1]
     assert [("tokens" in info) for info in seen] == [t >= 4 for t in range(T)[::-1]]
@@ -322,12 +354,14 @@ def test_ancestral_top_p_reaches_noise(setup):
             return out
 
     ancestral_sample(
-        model,
-        diffusion,
-        x_T,
-        noise=Watch([1] * B, range(B), shape=(L, H)),
-        top_p=0.5,
-        **_kwargs(setup),
+        SamplerInputs(
+            model,
+            diffusion,
+            x_T,
+            noise=Watch([1] * B, range(B), shape=(L, H)),
+            top_p=0.5,
+            **_kwargs(setup),
+        )
     )
     assert 0.4 < Watch.biggest <= 0.5
 
@@ -407,7 +441,9 @@ def test_dpm_v2_variant_hand_checked(setup, steps):
         times.append(t.clone())
         return c
 
-    out = dpm_solver_v2_sample(const, diffusion, x_T, steps=steps, input_mask=mask, x_start=x_start)
+    out = dpm_solver_v2_sample(
+        SamplerInputs(const, diffusion, x_T, steps=steps, input_mask=mask, x_start=x_start)
+    )
     grid = np.linspace(1.0, 1.0 / T, steps + 1)
     assert len(times) == steps
     for t_in, g in zip(times, grid[:-1]):
@@ -428,12 +464,14 @@ def test_dpm_v2_variant_second_order_update(setup):
     c = torch.randn(B, L, H)
     steps = 3
     out = dpm_solver_v2_sample(
-        lambda x, t: c * (1 + t[:, None, None] / 1000),
-        diffusion,
-        x_T,
-        steps=steps,
-        input_mask=mask,
-        x_start=torch.zeros_like(x_start),
+        SamplerInputs(
+            lambda x, t: c * (1 + t[:, None, None] / 1000),
+            diffusion,
+            x_T,
+            steps=steps,
+            input_mask=mask,
+            x_start=torch.zeros_like(x_start),
+        ),
         order=2,
     )
     alpha, sigma, lam = _reference_schedule(diffusion.betas)
@@ -466,4 +504,4 @@ def test_dpm_v2_variant_second_order_update(setup):
 def test_sde_dpm_solver_needs_a_noise_stream(setup):
     model, diffusion, _, _, x_T = setup
     with pytest.raises(ValueError, match="pass noise=NoiseSource"):
-        sde_dpm_solver_sample(model, diffusion, x_T, steps=3, **_kwargs(setup))
+        sde_dpm_solver_sample(SamplerInputs(model, diffusion, x_T, steps=3, **_kwargs(setup)))

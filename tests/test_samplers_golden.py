@@ -13,6 +13,7 @@ from diffuseq.decoding.job import texts_from_tokens
 from diffuseq.diffusion.gaussian import GaussianDiffusion
 from diffuseq.sampling.ancestral import ancestral_sample
 from diffuseq.sampling.ddim import adjacent_timesteps, ddim_adjacent_sample
+from diffuseq.sampling.inputs import SamplerInputs
 from diffuseq.sampling.noise import ReplayNoise
 from diffuseq.sampling.rounding import make_rounding_fn
 from diffuseq.tokenizers.tokenizer import VocabFileTokenizer
@@ -90,14 +91,16 @@ def test_g4_ancestral_free_running(g4, tokenizer):
     diffusion = GaussianDiffusion.from_schedule(noise_schedule="sqrt", diffusion_steps=T)
     rec = Recorder()
     final = ancestral_sample(
-        model,
-        diffusion,
-        loop["x_noised"],
-        input_mask=case["input_mask"],
-        x_start=case["x_start_mean"],
-        denoised_fn=make_rounding_fn(model.word_embedding.weight),
-        noise=ReplayNoise(loop["step_noise"]),
-        callback=rec,
+        SamplerInputs(
+            model,
+            diffusion,
+            loop["x_noised"],
+            input_mask=case["input_mask"],
+            x_start=case["x_start_mean"],
+            denoised_fn=make_rounding_fn(model.word_embedding.weight),
+            noise=ReplayNoise(loop["step_noise"]),
+            callback=rec,
+        )
     )
     assert rec.t == loop["visited_t"].tolist()
     for k in range(T):
@@ -134,15 +137,17 @@ def test_g4_pseudo_ddim_loop(g4, tokenizer):
     # free-running; clamp_step must be ignored on this path (the original ignores it)
     rec = Recorder()
     final = ddim_adjacent_sample(
-        model,
-        diffusion,
-        loop["x_noised"],
-        input_mask=case["input_mask"],
-        x_start=case["x_start_mean"],
-        denoised_fn=rounding,
-        clamp_step=T,
-        steps=loop["step"],
-        callback=rec,
+        SamplerInputs(
+            model,
+            diffusion,
+            loop["x_noised"],
+            input_mask=case["input_mask"],
+            x_start=case["x_start_mean"],
+            denoised_fn=rounding,
+            clamp_step=T,
+            steps=loop["step"],
+            callback=rec,
+        )
     )
     assert rec.t == loop["visited_t"].tolist()
     for k in range(len(rec.t)):
@@ -174,15 +179,17 @@ def test_g6_v2_loop(golden_dir, tokenizer):
     rec = Recorder()
     x_start = model.get_embeds(case["input_ids"]).detach()
     final = ancestral_sample(
-        model,
-        diffusion,
-        loop["x_noised"],
-        input_mask=case["input_mask"],
-        x_start=x_start,
-        denoised_fn=make_rounding_fn(model.word_embedding.weight),
-        noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]),
-        callback=rec,
-        mean_embed=model.mean_embed.detach(),
+        SamplerInputs(
+            model,
+            diffusion,
+            loop["x_noised"],
+            input_mask=case["input_mask"],
+            x_start=x_start,
+            denoised_fn=make_rounding_fn(model.word_embedding.weight),
+            noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]),
+            callback=rec,
+            mean_embed=model.mean_embed.detach(),
+        )
     )
     assert rec.t == loop["visited_t"].tolist()
     for k in range(T):
@@ -211,13 +218,15 @@ def test_g6_v2_start_point(golden_dir):
         noise_schedule="sqrt", diffusion_steps=T, denoise=True, denoise_rate=data["denoise_rate"]
     )
     ancestral_sample(
-        spy,
-        diffusion,
-        loop["x_noised"],
-        input_mask=case["input_mask"],
-        x_start=model.get_embeds(case["input_ids"]).detach(),
-        noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]),
-        mean_embed=model.mean_embed.detach(),
-        denoised_fn=make_rounding_fn(model.word_embedding.weight),
+        SamplerInputs(
+            spy,
+            diffusion,
+            loop["x_noised"],
+            input_mask=case["input_mask"],
+            x_start=model.get_embeds(case["input_ids"]).detach(),
+            noise=ReplayNoise(loop["step_noise"], loop["bernoulli_uniform"]),
+            mean_embed=model.mean_embed.detach(),
+            denoised_fn=make_rounding_fn(model.word_embedding.weight),
+        )
     )
     torch.testing.assert_close(seen[0], loop["x_start_point_after_mean_shift"], rtol=0, atol=1e-6)

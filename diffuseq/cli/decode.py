@@ -27,8 +27,9 @@ from pathlib import Path
 from diffuseq.cli.common import describe, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args
-from diffuseq.config import DecodeConfig, DecodeJob
+from diffuseq.config import DecodeConfig, DecodeJob, ResolvedDecode
 from diffuseq.errors import ConfigError
+from diffuseq.sampling.table import SAMPLER_TABLE
 
 PROG = program_name("run_decode.py", "diffuseq.cli.decode", "diffuseq-decode")
 
@@ -47,6 +48,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[DecodeJob, DecodeConfig]:
     args = build_parser().parse_args(argv)
     config = config_from_args(args, DecodeConfig).validate()
     return config_from_args(args, DecodeJob).validate(), config
+
+
+def top_p_warning(resolved: ResolvedDecode) -> str | None:
+    """The warning for a ``--top_p`` the resolved sampler ignores (its row draws no noise)."""
+    if resolved.noise_top_p is None or resolved.row.draws_noise:
+        return None
+    noisy = ", ".join(row.name for row in SAMPLER_TABLE.values() if row.draws_noise)
+    return (
+        f"--top_p only affects the samplers that draw noise ({noisy}); "
+        f"{resolved.sampler} draws none"
+    )
 
 
 def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
@@ -113,16 +125,14 @@ def _main(argv: Sequence[str] | None) -> int:
             log.info(
                 "decoding %d input(s) with %s, %d steps, %s, on %d process(es): %s",
                 len(pairs),
-                resolved.label,
+                resolved.sampler,
                 resolved.steps,
                 settings.dtype,
                 info.world_size,
                 checkpoint,
             )
-            if settings.noise_top_p and resolved.sampler != "ancestral":
-                log.warning(
-                    "--top_p only affects the ancestral sampler; %s draws no noise", resolved.label
-                )
+            if warning := top_p_warning(resolved):
+                log.warning("%s", warning)
             folder = (
                 Path(job.out_dir)
                 / run.name

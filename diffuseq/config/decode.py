@@ -1,56 +1,47 @@
-"""What ``run_decode.py`` and the Python API sample (:class:`DecodeConfig`) and what the decode
-command reads and writes (:class:`DecodeJob`); docs/original.md §2.4–2.6.
+"""What ``run_decode.py`` and the Python API sample (:class:`DecodeConfig`, resolved once per
+model into a :class:`ResolvedDecode`) and what the decode command reads and writes
+(:class:`DecodeJob`); docs/original.md §2.4–2.6.
 
 Flag names and defaults are the original ``scripts/run_decode.py``'s (``--step``, ``--bsz``,
 ``--seed``, ``--top_p``, ``--clamp_step``, ``--pattern``, ``--out_dir``, ``--note``), then this
-toolkit's additions. Importing this module does not load torch: the sampler names come from
-the registry :data:`diffuseq.sampling.SAMPLERS` only when a parser is built or a value checked.
+toolkit's additions. Importing this module does not load torch: the ``--sampler`` choices and
+help come from the torch-free sampler table (:mod:`diffuseq.sampling.table`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from diffuseq.config.fields import FlagConfig, choice_checks, opt, raise_first
 from diffuseq.errors import ConfigError
+from diffuseq.sampling.table import SAMPLER_TABLE, SamplerRow, sampler_help, sampler_names
 from diffuseq.store.safe_io import check_writable_folder, path_component
 
-__all__ = ["DTYPES", "DecodeConfig", "DecodeJob", "SAMPLER_VARIANTS", "sampler_choices"]
+__all__ = ["DTYPES", "DecodeConfig", "DecodeJob", "ResolvedDecode", "sampler_choices"]
 
 #: ``--dtype`` name -> the ``torch`` dtype attribute it autocasts the network to.
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
-#: Registered sampler -> (base sampler, the flag that selects it with the base), for the flags
-#: the first releases had (``--sampler ddim --ddim_adjacent``).
-SAMPLER_VARIANTS = {
-    "ddim-adjacent": ("ddim", "ddim_adjacent"),
-    "dpm-solver++-v2": ("dpm-solver++", "dpm_v2_variant"),
-}
-
 
 def sampler_choices() -> tuple[str, ...]:
-    """``--sampler`` choices: ``auto`` plus every sampler name (:data:`diffuseq.names.SAMPLER_NAMES`,
-    the keys of :data:`diffuseq.sampling.SAMPLERS`, then the discrete family's,
-    :data:`diffuseq.discrete.SAMPLER_NAMES`)."""
-    from diffuseq.discrete import SAMPLER_NAMES as DISCRETE_SAMPLER_NAMES
-    from diffuseq.names import SAMPLER_NAMES
+    """``--sampler`` choices: ``auto`` plus every row of :data:`~diffuseq.sampling.table.SAMPLER_TABLE`."""
+    return ("auto", *sampler_names())
 
-    return ("auto", *SAMPLER_NAMES, *DISCRETE_SAMPLER_NAMES)
+
+def _legacy_rows() -> list[tuple[str, str, SamplerRow]]:
+    """``(flag, --sampler value, row)`` of the first releases' spellings (``--ddim_adjacent``)."""
+    return [(row.legacy[1], row.legacy[0], row) for row in SAMPLER_TABLE.values() if row.legacy]
+
+
+def _noisy_names() -> str:
+    return ", ".join(row.name for row in SAMPLER_TABLE.values() if row.draws_noise)
 
 
 @dataclass(frozen=True)
 class DecodeConfig(FlagConfig):
-    """What to sample. ``resolve(T)`` fills ``steps``/``sampler`` for a model with T steps."""
+    """What to sample. :meth:`resolve` turns it into the :class:`ResolvedDecode` for a model."""
 
-    sampler: str = opt(
-        "auto",
-        "auto: ancestral at --step T, else ddim. ancestral: the original's DDPM loop with "
-        "rounding; ddim: DDIM eta=0 over --step respaced levels; dpm-solver++: DPM-Solver++(2M); "
-        "sde-dpm-solver++: its SDE form (fresh noise every step; closer to ancestral in few steps). "
-        "--family discrete models: auto = rdm (RDM's adaptive decoding, --step default 10) or "
-        "absorbing (ancestral absorbing-state sampling)",
-        choices=sampler_choices,
-    )
+    sampler: str = opt("auto", sampler_help(), choices=sampler_choices)
     steps: int | None = opt(
         None,
         "sampling steps (default: the model's T, i.e. the original's 2000 = full ancestral "
@@ -63,7 +54,7 @@ class DecodeConfig(FlagConfig):
     top_p: float = opt(
         -1.0,
         "the original's noise truncation: redraw noise entries with |x| > top_p (<= 0: off; "
-        "ancestral and sde-dpm-solver++ only)",
+        f"only the samplers that draw noise: {_noisy_names()})",
     )
     seed: int = opt(101, "decoding seed (candidate k of --num_samples uses seed+k)")
     num_samples: int = opt(
@@ -76,18 +67,16 @@ class DecodeConfig(FlagConfig):
         choices=tuple(DTYPES),
     )
     ddim_adjacent: bool = opt(
-        False,
-        "with ddim: the original's pseudo-DDIM (steps to the adjacent level, never reaches t=0)",
+        False, "the first releases' spelling of --sampler ddim-adjacent (with --sampler ddim)"
     )
     dpm_v2_variant: bool = opt(
-        False, "with dpm-solver++: DiffuSeq-v2's modified solver loop (reproduces v2 numbers)"
+        False,
+        "the first releases' spelling of --sampler dpm-solver++-v2 (with --sampler dpm-solver++)",
     )
 
     def validate(self) -> DecodeConfig:
-        """Checks that need no model (run at start-up); a variant name becomes base + flag."""
-        if self.sampler in SAMPLER_VARIANTS:
-            base, flag = SAMPLER_VARIANTS[self.sampler]
-            return replace(self, sampler=base, **{flag: True}).validate()
+        """Checks that need no model (run at start-up)."""
+        legacy = [(flag, base, row) for flag, base, row in _legacy_rows() if getattr(self, flag)]
         raise_first(
             [
                 *choice_checks(self),
@@ -101,47 +90,89 @@ class DecodeConfig(FlagConfig):
                     f"--step must be at least 1, got {self.steps}",
                 ),
                 (self.clamp_step >= 0, f"--clamp_step must be ≥ 0, got {self.clamp_step}"),
-                (
-                    not (self.ddim_adjacent and self.sampler not in ("ddim", "auto")),
-                    "--ddim_adjacent selects the original's pseudo-DDIM: use it with --sampler ddim",
+                *(
+                    (
+                        self.sampler in ("auto", base, row.name),
+                        f"--{flag} selects {row.name} ({row.help}): use it with --sampler "
+                        f"{base}, or pass --sampler {row.name} alone",
+                    )
+                    for flag, base, row in legacy
                 ),
                 (
-                    not (self.dpm_v2_variant and self.sampler != "dpm-solver++"),
-                    "--dpm_v2_variant selects DiffuSeq-v2's solver loop: use it with --sampler "
-                    "dpm-solver++",
+                    len(legacy) <= 1,
+                    " and ".join(f"--{flag}" for flag, _, _ in legacy)
+                    + " select different samplers: pass one --sampler",
                 ),
             ]
         )
         return self
 
-    def resolve(self, num_timesteps: int) -> DecodeConfig:
-        """Fill ``steps`` (default T) and ``sampler`` (``auto``) for a model with T steps."""
-        self = self.validate()
+    def resolve(self, num_timesteps: int, *, family: str = "gaussian") -> ResolvedDecode:
+        """The sampler row and step count for a ``family`` model with T = ``num_timesteps``.
+
+        ``steps`` defaults to T; ``auto`` is ancestral at T steps, else ddim; a legacy flag
+        (``--ddim_adjacent``, ``--dpm_v2_variant``) selects its row. Raises
+        :class:`~diffuseq.errors.ConfigError` for a combination the model cannot decode.
+        """
+        self.validate()
         T = num_timesteps
         steps = T if self.steps is None else self.steps
         if steps > T:
             raise ConfigError(
                 f"--step {steps} is larger than the model's diffusion steps T={T}; pass --step ≤ {T}"
             )
-        sampler = self.sampler
-        if sampler == "auto":
-            sampler = "ancestral" if steps == T and not self.ddim_adjacent else "ddim"
-        if sampler == "ancestral" and steps != T:
+        flagged = [row.name for flag, _, row in _legacy_rows() if getattr(self, flag)]
+        name = flagged[0] if flagged else self.sampler
+        if name == "auto":
+            name = "ancestral" if steps == T else "ddim"
+        row = SAMPLER_TABLE[name]
+        if row.family != family:
             raise ConfigError(
-                f"--sampler ancestral always runs all T={T} steps (got --step {steps}); for fewer "
-                "steps use --sampler ddim, --sampler ddim --ddim_adjacent (the original's "
-                "pseudo-DDIM), --sampler dpm-solver++ or --sampler sde-dpm-solver++"
+                f"--sampler {name} decodes {row.family} models; this model's family is {family}"
             )
-        return replace(self, steps=steps, sampler=sampler)
+        if not row.takes_steps and steps != T:
+            others = ", ".join(
+                f"--sampler {r.name}" for r in SAMPLER_TABLE.values() if r.takes_steps
+            )
+            raise ConfigError(
+                f"--sampler {name} always runs all T={T} steps (got --step {steps}); for fewer "
+                f"steps use one of {others}"
+            )
+        return self.resolved(name, steps)
+
+    def resolved(self, sampler: str, steps: int) -> ResolvedDecode:
+        """This config with its sampler row and step count chosen (a family's
+        ``resolve_decode`` decides them; :meth:`resolve` is the Gaussian family's choice)."""
+        return ResolvedDecode(
+            sampler=sampler,
+            steps=steps,
+            clamp_step=self.clamp_step,
+            top_p=self.top_p,
+            seed=self.seed,
+            num_samples=self.num_samples,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedDecode:
+    """A :class:`DecodeConfig` resolved for one model (:meth:`DecodeConfig.resolve`): what the
+    decode job and the samplers run, nothing left to choose. Saved in the decode manifest."""
+
+    sampler: str  # a row of diffuseq.sampling.table.SAMPLER_TABLE (never auto)
+    steps: int  # model calls of a sampler that takes a step count; T for ancestral
+    clamp_step: int  # round only at levels t >= clamp_step
+    top_p: float  # noise truncation as given (see noise_top_p)
+    seed: int  # seed of candidate 0
+    num_samples: int  # candidates per source
+    batch_size: int  # rows per model call
+    dtype: str  # autocast dtype (DTYPES)
 
     @property
-    def label(self) -> str:
-        """The registered sampler name (also used in output folder names)."""
-        if self.sampler == "ddim" and self.ddim_adjacent:
-            return "ddim-adjacent"
-        if self.sampler == "dpm-solver++" and self.dpm_v2_variant:
-            return "dpm-solver++-v2"
-        return self.sampler
+    def row(self) -> SamplerRow:
+        """The sampler's row (:data:`~diffuseq.sampling.table.SAMPLER_TABLE`)."""
+        return SAMPLER_TABLE[self.sampler]
 
     @property
     def noise_top_p(self) -> float | None:

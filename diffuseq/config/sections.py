@@ -33,8 +33,8 @@ def schedule_names() -> tuple[str, ...]:
 
 
 def timestep_distribution_names() -> tuple[str, ...]:
-    """``--schedule_sampler`` choices (:data:`diffuseq.names.TIMESTEP_DISTRIBUTION_NAMES`)."""
-    from diffuseq.names import TIMESTEP_DISTRIBUTION_NAMES
+    """``--schedule_sampler`` choices (:mod:`diffuseq.diffusion.timesteps`, torch-free)."""
+    from diffuseq.diffusion.timesteps import TIMESTEP_DISTRIBUTION_NAMES
 
     return TIMESTEP_DISTRIBUTION_NAMES
 

@@ -97,7 +97,7 @@ class TextGenerator:
                 seed ``seed + k``.
             overrides: :class:`~diffuseq.config.DecodeConfig` fields replacing the config's
                 (``steps=10, sampler="dpm-solver++", num_samples=3, seed=101, top_p, clamp_step,
-                batch_size, ddim_adjacent, dpm_v2_variant``).
+                batch_size``; the first releases' ``ddim_adjacent``, ``dpm_v2_variant``).
 
         Raises:
             TypeError: ``sources`` is a single string or holds a non-string; an unknown option
@@ -131,7 +131,7 @@ class TextGenerator:
 
         Args:
             steps: sampling steps (default T); sampler: ``auto`` or a name of
-                :data:`diffuseq.sampling.SAMPLERS`; num_samples: candidates per source;
+                :data:`diffuseq.sampling.table.SAMPLER_TABLE`; num_samples: candidates per source;
                 seed: seed of candidate 0.
             options: as :meth:`generate_raw` (``config``, ``references``, ``progress`` and the
                 other :class:`~diffuseq.config.DecodeConfig` fields).

@@ -27,14 +27,15 @@ from typing import Any
 
 import torch
 
-from diffuseq.config.decode import DecodeConfig
+from diffuseq.config.decode import DecodeConfig, ResolvedDecode
 from diffuseq.decoding.manifest import write_outputs
 from diffuseq.decoding.text import EncodedInputs, cut_at_sep, read_input_file, texts_from_tokens
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.runtime import dist
 from diffuseq.runtime.logger import get_logger
 from diffuseq.runtime.progress import progress as progress_display
-from diffuseq.sampling.run import torch_dtype
+from diffuseq.sampling.inputs import torch_dtype
+from diffuseq.sampling.run import RowBatch
 from diffuseq.store.safe_io import contained, path_component
 
 __all__ = [
@@ -52,13 +53,13 @@ __all__ = [
 log = get_logger("decode")
 
 
-def samples_dir_name(checkpoint_name: str, config: DecodeConfig, *, input_label: str = "") -> str:
+def samples_dir_name(checkpoint_name: str, config: ResolvedDecode, *, input_label: str = "") -> str:
     """``<ckpt>.samples`` for full-step ancestral sampling (the original's folder), else
     ``<ckpt>.samples-<sampler>-<N>steps``; ``input_label`` (non-test split, ad-hoc input) is
     appended as ``-<label>``, so every folder holds the seeds of one configuration only."""
     name = f"{checkpoint_name}.samples"
     if config.sampler != "ancestral":
-        name += f"-{config.label}-{config.steps}steps"
+        name += f"-{config.sampler}-{config.steps}steps"
     return name + (f"-{input_label}" if input_label else "")
 
 
@@ -147,8 +148,10 @@ class Decoder:
             family=family.name,
         )
 
-    def resolve(self, config: DecodeConfig) -> DecodeConfig:
-        """``config`` with its defaults filled for this model (the family decides)."""
+    def resolve(self, config: DecodeConfig | ResolvedDecode) -> ResolvedDecode:
+        """``config`` resolved for this model (the family decides); a resolved one as is."""
+        if isinstance(config, ResolvedDecode):
+            return config
         return self.family.resolve_decode(config, self.diffusion)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedInputs:
@@ -156,14 +159,7 @@ class Decoder:
 
     @torch.no_grad()
     def sample_tokens(
-        self,
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
-        *,
-        seeds: Sequence[int],
-        indices: Sequence[int],
-        config: DecodeConfig,
-        progress: bool = False,
+        self, rows: RowBatch, config: ResolvedDecode, *, progress: bool = False
     ) -> torch.Tensor:
         """Sample one batch of rows and return their tokens ``[B, L]`` (CPU).
 
@@ -171,14 +167,7 @@ class Decoder:
         ``x_T``, then the sampler's per-step draws.
         """
         tokens = self.family.sample_tokens(
-            self.model,
-            self.diffusion,
-            input_ids.to(self.device),
-            input_mask.to(self.device),
-            seeds=seeds,
-            indices=indices,
-            config=config,
-            progress=progress,
+            self.model, self.diffusion, rows.to(self.device), config=config, progress=progress
         )
         return tokens.cpu()
 
@@ -186,7 +175,7 @@ class Decoder:
         self,
         inputs: EncodedInputs,
         rows: Sequence[tuple[int, int]],
-        config: DecodeConfig,
+        config: ResolvedDecode,
         *,
         progress: bool = False,
     ) -> list[tuple[int, int, str]]:
@@ -197,23 +186,24 @@ class Decoder:
             batch = rows[start : start + config.batch_size]
             index = torch.tensor([i for i, _ in batch], dtype=torch.long)
             ids, mask = inputs.input_ids[index], inputs.input_mask[index]
+            seeds, indices = [config.seed + k for _, k in batch], [i for i, _ in batch]
             tokens = self.sample_tokens(
-                ids,
-                mask,
-                seeds=[config.seed + k for _, k in batch],
-                indices=[i for i, _ in batch],
-                config=config,
-                progress=progress,
+                RowBatch(ids, mask, seeds, indices), config, progress=progress
             )
             texts = texts_from_tokens(self.tokenizer, ids, mask, tokens)
             out.extend((i, k, text["recover"]) for (i, k), text in zip(batch, texts))
         return out
 
     def generate(
-        self, inputs: EncodedInputs, config: DecodeConfig, *, progress: bool = False
+        self,
+        inputs: EncodedInputs,
+        config: DecodeConfig | ResolvedDecode,
+        *,
+        progress: bool = False,
     ) -> list[list[dict[str, str]]]:
         """All candidates of all examples in this process: ``result[i][k]`` = record of example
-        ``i``, candidate ``k`` (keys ``recover, reference, source``)."""
+        ``i``, candidate ``k`` (keys ``recover, reference, source``); ``config`` is resolved
+        here unless it already is."""
         config = self.resolve(config)
         rows = [(i, k) for i in range(len(inputs)) for k in range(config.num_samples)]
         return _assemble(
@@ -243,7 +233,7 @@ def _assemble(
 def decode_to_files(
     decoder: Decoder,
     inputs: EncodedInputs,
-    config: DecodeConfig,
+    config: DecodeConfig | ResolvedDecode,
     *,
     out_folder: str | Path,
     note: str | None = None,
@@ -255,7 +245,7 @@ def decode_to_files(
     (atomically, with the folder's manifest: :mod:`diffuseq.decoding.manifest`).
 
     Args:
-        config: what to sample (resolved against the model's T here).
+        config: what to sample (resolved for the decoder's model here unless it already is).
         out_folder: ``<out_dir>/<run>/<ckpt>.samples…``; created by rank 0.
         note: v2's file-name suffix. append: append instead of overwrite (the original appends).
         clean: ``--cut_at_sep`` on all three strings.

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from diffuseq.names import TIMESTEP_DISTRIBUTION_NAMES
+from diffuseq.diffusion.timesteps import TIMESTEP_DISTRIBUTION_NAMES, noise_floor_step
 
 __all__ = [
     "TIMESTEP_DISTRIBUTIONS",
@@ -47,11 +47,6 @@ __all__ = [
     "floor_timestep",
     "noise_floor_step",
 ]
-
-
-def noise_floor_step(noise_floor: float, T: int) -> int:
-    """``t_min = round(F·T)``: the first step of the ``T``-step process a noise floor ``F`` allows."""
-    return int(round(float(noise_floor) * int(T)))
 
 
 def floor_timestep(noise_floor: float, timestep_map: Sequence[int] | np.ndarray, T: int) -> int:
@@ -287,7 +282,7 @@ _DISTRIBUTIONS = {
 
 #: Names accepted by :func:`create_timestep_distribution`.
 TIMESTEP_DISTRIBUTIONS: tuple[str, ...] = tuple(_DISTRIBUTIONS)
-assert TIMESTEP_DISTRIBUTIONS == TIMESTEP_DISTRIBUTION_NAMES, "see diffuseq.names"
+assert TIMESTEP_DISTRIBUTIONS == TIMESTEP_DISTRIBUTION_NAMES, "see diffuseq.diffusion.timesteps"
 
 
 def create_timestep_distribution(

@@ -18,7 +18,7 @@ below for their choices.
 
 from __future__ import annotations
 
-__all__ = ["LOSS_NAMES", "SAMPLER_NAMES", "SCHEDULE_NAMES"]
+__all__ = ["LOSS_NAMES", "SCHEDULE_NAMES"]
 
 #: ``--discrete_schedule``: how the keep probability ``α(u)`` falls from 1 to 0 over
 #: ``u = t/T`` (:data:`diffuseq.discrete.process.SCHEDULES`).
@@ -27,6 +27,3 @@ SCHEDULE_NAMES: tuple[str, ...] = ("linear", "cosine")
 #: ``--discrete_loss``: RDM's reweighted objective or the vanilla ELBO
 #: (:data:`diffuseq.discrete.losses.LOSSES`).
 LOSS_NAMES: tuple[str, ...] = ("rdm", "elbo")
-
-#: ``--sampler`` names of the discrete family (:data:`diffuseq.discrete.samplers.SAMPLERS`).
-SAMPLER_NAMES: tuple[str, ...] = ("rdm", "absorbing")

@@ -29,11 +29,10 @@ from typing import Any
 
 import torch
 
-from diffuseq.discrete import SAMPLER_NAMES
 from diffuseq.discrete.process import keep_probability
 from diffuseq.runtime.progress import progress as progress_display
 
-__all__ = ["SAMPLERS", "absorbing_sample", "rdm_sample"]
+__all__ = ["absorbing_sample", "rdm_sample"]
 
 Denoise = Callable[[torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
@@ -164,11 +163,3 @@ def absorbing_sample(
         if callback is not None:
             callback({"step": k, "level": level, "tokens": x})
     return x
-
-
-#: ``--sampler`` name -> the discrete family's decoding function.
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "rdm": rdm_sample,  # RDM's adaptive decoding: confidence routing, re-masking
-    "absorbing": absorbing_sample,  # ancestral sampling of absorbing diffusion
-}
-assert tuple(SAMPLERS) == SAMPLER_NAMES, "diffuseq.discrete.SAMPLER_NAMES lists the samplers"

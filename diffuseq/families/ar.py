@@ -59,12 +59,14 @@ from diffuseq.models.seq2seq import (
     place_targets,
     split_merged,
 )
+from diffuseq.sampling.table import family_samplers
 
 if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, ModelConfig, RunConfig
+    from diffuseq.config.decode import ResolvedDecode
+    from diffuseq.sampling.run import RowBatch
 
 __all__ = [
-    "AR_SAMPLERS",
     "FAMILY",
     "ARFamily",
     "ARObjective",
@@ -73,8 +75,6 @@ __all__ = [
     "parameter_counts",
 ]
 
-#: The decoding algorithms of this family (``--sampler``; ``auto`` picks one of them).
-AR_SAMPLERS = ("greedy", "beam", "sample")
 DEFAULT_BEAMS = 4
 
 log = logging.getLogger("diffuseq.ar")  # the package logger's child (no runtime import)
@@ -267,7 +267,7 @@ class ARFamily(Family):
     def build_objective(self, config: RunConfig, process: Any) -> ARObjective:
         return ARObjective()
 
-    def resolve_decode(self, config: DecodeConfig, process: Any) -> DecodeConfig:
+    def resolve_decode(self, config: DecodeConfig, process: Any) -> ResolvedDecode:
         """``sampler`` (``auto``: greedy for one candidate, else beam) and ``steps`` (the beam
         width; 1 for greedy and sample) filled in.
 
@@ -275,10 +275,11 @@ class ARFamily(Family):
             ConfigError: a diffusion sampler or option, or a beam narrower than ``K``.
         """
         sampler, k = config.sampler, config.num_samples
-        if sampler not in ("auto", *AR_SAMPLERS):
+        own = family_samplers(self.name)
+        if sampler not in ("auto", *own):
             raise ConfigError(
                 f"--sampler {sampler!r} is a diffusion sampler; --family ar decodes with "
-                f"auto, {', '.join(AR_SAMPLERS)}"
+                f"auto, {', '.join(own)}"
             )
         checks = [
             (k >= 1, f"--num_samples must be at least 1, got {k}"),
@@ -304,78 +305,89 @@ class ARFamily(Family):
             raise ConfigError(f"--sampler {sampler} takes no --step (it is the beam width)")
         else:
             steps = 1
-        return replace(config, sampler=sampler, steps=steps)
+        return config.resolved(sampler, steps)
 
-    @torch.no_grad()
     def sample_tokens(
         self,
         model: Seq2SeqTransformer,
         process: Any,
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
+        rows: RowBatch,
         *,
-        seeds: Sequence[int],
-        indices: Sequence[int],
-        config: DecodeConfig,
+        config: ResolvedDecode,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Generate each row's target from its source (``max_new_tokens`` = its target span
-        minus the start token) and write ``[CLS] y… [SEP] [PAD]…`` into the span."""
-        from diffuseq.sampling.noise import example_seed
-        from diffuseq.sampling.run import torch_dtype
+        """:func:`generate_targets` (the function of this family's sampler rows)."""
+        return generate_targets(model, rows, config)
 
-        batch = split_merged(input_ids, input_mask)  # only the source side is read below
-        bos, eos = int(batch.bos[0]), int(batch.eos[0])
-        if not (bool((batch.bos == bos).all()) and bool((batch.eos == eos).all())):
-            raise ValueError("rows of one batch must share their start and end tokens")
-        pad = model.pad_token_id if model.pad_token_id is not None else eos
-        src_ids, src_mask = batch.src_ids, batch.src_mask
-        select = None
-        if config.sampler == "beam":  # one search per distinct example; row r takes beam k
-            slot = {index: n for n, index in enumerate(dict.fromkeys(indices))}  # first seen
-            firsts = [list(indices).index(index) for index in slot]
-            src_ids, src_mask = src_ids[firsts], src_mask[firsts]
-            k_of = [seed - config.seed for seed in seeds]
-            if min(k_of) < 0 or max(k_of) >= config.num_samples:
-                raise ValueError("beam rows must have seeds config.seed + k, 0 <= k < num_samples")
-            select = [slot[i] * config.num_samples + k for i, k in zip(indices, k_of)]
-        processors = LogitsProcessorList()
-        if config.sampler == "sample":
-            device = input_ids.device
-            processors.append(
-                RowGumbel(
-                    [
-                        torch.Generator(device=device).manual_seed(example_seed(s, i))
-                        for s, i in zip(seeds, indices)
-                    ]
-                )
+
+@torch.no_grad()
+def generate_targets(
+    model: Seq2SeqTransformer, rows: RowBatch, config: ResolvedDecode
+) -> torch.Tensor:
+    """Generate each row's target from its source (``max_new_tokens`` = its target span
+    minus the start token) and write ``[CLS] y… [SEP] [PAD]…`` into the span: tokens ``[B, L]``.
+
+    ``config.sampler``: ``greedy``, ``beam`` (``config.steps`` beams; row ``r`` takes beam
+    ``seeds[r] − config.seed`` of its example's search) or ``sample`` (Gumbel-max from each
+    row's own generator). The function of the AR rows of :mod:`diffuseq.sampling.table`.
+    """
+    from diffuseq.sampling.noise import example_seed
+    from diffuseq.sampling.inputs import torch_dtype
+
+    input_ids, input_mask = rows.input_ids, rows.input_mask
+    seeds, indices = rows.seeds, rows.indices
+    batch = split_merged(input_ids, input_mask)  # only the source side is read below
+    bos, eos = int(batch.bos[0]), int(batch.eos[0])
+    if not (bool((batch.bos == bos).all()) and bool((batch.eos == eos).all())):
+        raise ValueError("rows of one batch must share their start and end tokens")
+    pad = model.pad_token_id if model.pad_token_id is not None else eos
+    src_ids, src_mask = batch.src_ids, batch.src_mask
+    select = None
+    if config.sampler == "beam":  # one search per distinct example; row r takes beam k
+        slot = {index: n for n, index in enumerate(dict.fromkeys(indices))}  # first seen
+        firsts = [list(indices).index(index) for index in slot]
+        src_ids, src_mask = src_ids[firsts], src_mask[firsts]
+        k_of = [seed - config.seed for seed in seeds]
+        if min(k_of) < 0 or max(k_of) >= config.num_samples:
+            raise ValueError("beam rows must have seeds config.seed + k, 0 <= k < num_samples")
+        select = [slot[i] * config.num_samples + k for i, k in zip(indices, k_of)]
+    processors = LogitsProcessorList()
+    if config.sampler == "sample":
+        device = input_ids.device
+        processors.append(
+            RowGumbel(
+                [
+                    torch.Generator(device=device).manual_seed(example_seed(s, i))
+                    for s, i in zip(seeds, indices)
+                ]
             )
-        beams = config.steps if config.sampler == "beam" else 1
-        generation = GenerationConfig(
-            max_new_tokens=int(batch.span.max()) - 1,
-            do_sample=False,
-            num_beams=beams,
-            num_return_sequences=config.num_samples if config.sampler == "beam" else 1,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            decoder_start_token_id=bos,
-            use_cache=True,
         )
-        start = torch.full((src_ids.shape[0], 1), bos, dtype=torch.long, device=src_ids.device)
-        with torch.autocast(
-            input_ids.device.type, dtype=torch_dtype(config.dtype), enabled=config.dtype != "fp32"
-        ):
-            generated = model.net.generate(
-                input_ids=src_ids,
-                attention_mask=src_mask.long(),
-                decoder_input_ids=start,
-                generation_config=generation,
-                logits_processor=processors,
-            )  # [B', 1 + n]: [CLS] y… [SEP] [PAD]…
-        if select is not None:
-            generated = generated[select]
-        return place_targets(input_ids, input_mask, generated, pad_token_id=pad)
+    beams = config.steps if config.sampler == "beam" else 1
+    generation = GenerationConfig(
+        max_new_tokens=int(batch.span.max()) - 1,
+        do_sample=False,
+        num_beams=beams,
+        num_return_sequences=config.num_samples if config.sampler == "beam" else 1,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        decoder_start_token_id=bos,
+        use_cache=True,
+    )
+    start = torch.full((src_ids.shape[0], 1), bos, dtype=torch.long, device=src_ids.device)
+    with torch.autocast(
+        input_ids.device.type, dtype=torch_dtype(config.dtype), enabled=config.dtype != "fp32"
+    ):
+        generated = model.net.generate(
+            input_ids=src_ids,
+            attention_mask=src_mask.long(),
+            decoder_input_ids=start,
+            generation_config=generation,
+            logits_processor=processors,
+        )  # [B', 1 + n]: [CLS] y… [SEP] [PAD]…
+    if select is not None:
+        generated = generated[select]
+    return place_targets(input_ids, input_mask, generated, pad_token_id=pad)
 
 
 FAMILY = ARFamily()

@@ -8,7 +8,7 @@ saves whatever ``state_dict`` the family's model has, and the evaluator only rea
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,8 @@ import torch
 
 if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, RunConfig
+    from diffuseq.config.decode import ResolvedDecode
+    from diffuseq.sampling.run import RowBatch
 
 __all__ = ["Family", "LossBatch", "Objective"]
 
@@ -107,8 +109,8 @@ class Family(ABC):
         """The training objective."""
 
     @abstractmethod
-    def resolve_decode(self, config: DecodeConfig, process: Any) -> DecodeConfig:
-        """``config`` with its defaults filled for this model (e.g. ``steps`` = T); raises
+    def resolve_decode(self, config: DecodeConfig, process: Any) -> ResolvedDecode:
+        """``config`` resolved for this model (e.g. ``steps`` = T, a sampler row); raises
         :class:`~diffuseq.errors.ConfigError` for a combination the family cannot decode."""
 
     @abstractmethod
@@ -116,18 +118,15 @@ class Family(ABC):
         self,
         model: torch.nn.Module,
         process: Any,
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
+        rows: RowBatch,
         *,
-        seeds: Sequence[int],
-        indices: Sequence[int],
-        config: DecodeConfig,
+        config: ResolvedDecode,
         progress: bool = False,
     ) -> torch.Tensor:
         """Decode one batch of rows: int64 tokens ``[B, L]`` on the model's device.
 
-        ``input_ids``/``input_mask`` ``[B, L]`` hold the source (mask 0) and the target span
-        (mask 1, its ids are not to be read); row ``r`` draws all its randomness from the
-        stream of ``(seeds[r], indices[r])`` so that a row's output does not depend on its
-        batch. ``config`` is resolved (:meth:`resolve_decode`).
+        ``rows`` (:class:`~diffuseq.sampling.run.RowBatch`, on the model's device) holds the
+        source (mask 0) and the target span (mask 1, its ids are not to be read); row ``r``
+        draws all its randomness from the stream of ``(seeds[r], indices[r])`` so that a row's
+        output does not depend on its batch. ``config`` is resolved (:meth:`resolve_decode`).
         """

@@ -14,8 +14,7 @@ the Gaussian family). Decoding: ``--sampler auto`` (= ``rdm``), ``rdm`` or ``abs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,14 +26,16 @@ from diffuseq.diffusion.timestep_sampling import (
 )
 from diffuseq.discrete.losses import discrete_losses
 from diffuseq.discrete.process import AbsorbingDiffusion
-from diffuseq.discrete.samplers import SAMPLERS
 from diffuseq.errors import ConfigError
 from diffuseq.families.base import Family, LossBatch, Objective
 from diffuseq.models.factory import encoder_config as build_encoder_config
 from diffuseq.models.token_denoiser import MaskedTokenDenoiser
+from diffuseq.sampling.table import family_samplers, get_sampler
 
 if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, RunConfig
+    from diffuseq.config.decode import ResolvedDecode
+    from diffuseq.sampling.run import RowBatch
 
 __all__ = ["DEFAULT_STEPS", "FAMILY", "DiscreteFamily", "DiscreteObjective"]
 
@@ -129,47 +130,48 @@ class DiscreteFamily(Family):
         )
         return DiscreteObjective(process, timesteps, loss=config.discrete.discrete_loss)
 
-    def resolve_decode(self, config: DecodeConfig, process: AbsorbingDiffusion) -> DecodeConfig:
+    def resolve_decode(self, config: DecodeConfig, process: AbsorbingDiffusion) -> ResolvedDecode:
         """``auto`` -> ``rdm``, ``steps`` default :data:`DEFAULT_STEPS` (any number: the
         network is time-independent, the grid is ``k/N``); Gaussian-only options rejected."""
         config = config.validate()
         sampler = DEFAULT_SAMPLER if config.sampler == "auto" else config.sampler
-        if sampler not in SAMPLERS:
+        own = family_samplers(self.name)
+        if sampler not in own or config.ddim_adjacent or config.dpm_v2_variant:
             raise ConfigError(
-                f"--sampler {config.label} decodes the Gaussian family; a --family discrete "
-                f"model decodes with --sampler auto, {', '.join(SAMPLERS)}"
+                f"--sampler {sampler} decodes another family; a --family discrete model "
+                f"decodes with --sampler auto, {', '.join(own)}"
             )
-        if config.noise_top_p is not None or config.clamp_step != 0:
+        if config.top_p > 0 or config.clamp_step != 0:
             raise ConfigError(
                 "--top_p and --clamp_step are options of the Gaussian samplers; leave them at "
                 "their defaults for a --family discrete model"
             )
         steps = DEFAULT_STEPS if config.steps is None else config.steps
-        return replace(config, sampler=sampler, steps=steps)
+        return config.resolved(sampler, steps)
 
     @torch.no_grad()
     def sample_tokens(
         self,
         model: torch.nn.Module,
         process: AbsorbingDiffusion,
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
+        rows: RowBatch,
         *,
-        seeds: Sequence[int],
-        indices: Sequence[int],
-        config: DecodeConfig,
+        config: ResolvedDecode,
         progress: bool = False,
     ) -> torch.Tensor:
         """Row ``r`` starts from its source with every target position masked and draws from
         the stream of ``(seeds[r], indices[r])``; ``config.steps`` network calls."""
         from diffuseq.sampling.noise import NoiseSource
-        from diffuseq.sampling.run import torch_dtype
+        from diffuseq.sampling.inputs import torch_dtype
 
+        input_ids, input_mask = rows.input_ids, rows.input_mask
         mask_id = model.mask_token_id
         x_T = torch.where(input_mask != 0, torch.full_like(input_ids, mask_id), input_ids)
-        noise = NoiseSource(seeds, indices, shape=(input_ids.shape[1], 1), device=x_T.device)
+        noise = NoiseSource(
+            rows.seeds, rows.indices, shape=(input_ids.shape[1], 1), device=x_T.device
+        )
         dtype = None if config.dtype == "fp32" else torch_dtype(config.dtype)
-        return SAMPLERS[config.sampler](
+        return get_sampler(config.sampler)(
             _Denoiser(model, dtype),
             x_T,
             input_mask=input_mask,

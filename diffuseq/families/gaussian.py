@@ -11,7 +11,7 @@ EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +27,9 @@ from diffuseq.models.factory import (
 
 if TYPE_CHECKING:
     from diffuseq.config import DecodeConfig, RunConfig
+    from diffuseq.config.decode import ResolvedDecode
     from diffuseq.diffusion.gaussian import GaussianDiffusion
+    from diffuseq.sampling.run import RowBatch
 
 __all__ = ["FAMILY", "GaussianFamily", "GaussianObjective"]
 
@@ -86,36 +88,24 @@ class GaussianFamily(Family):
     def build_objective(self, config: RunConfig, process: GaussianDiffusion) -> GaussianObjective:
         return GaussianObjective(process, build_timestep_distribution(config.diffusion, process))
 
-    def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> DecodeConfig:
-        return config.resolve(process.num_timesteps)
+    def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> ResolvedDecode:
+        return config.resolve(process.num_timesteps, family=self.name)
 
     @torch.no_grad()
     def sample_tokens(
         self,
         model: torch.nn.Module,
         process: GaussianDiffusion,
-        input_ids: torch.Tensor,
-        input_mask: torch.Tensor,
+        rows: RowBatch,
         *,
-        seeds: Sequence[int],
-        indices: Sequence[int],
-        config: DecodeConfig,
+        config: ResolvedDecode,
         progress: bool = False,
     ) -> torch.Tensor:
         """Row ``r`` draws from the generator of ``(seeds[r], indices[r])``: first ``z`` for
         ``x_T``, then the sampler's per-step draws; tokens are the top-1 of the fp32 logits."""
         from diffuseq.sampling.run import sample_x0
 
-        x0 = sample_x0(
-            model,
-            process,
-            input_ids,
-            input_mask,
-            seeds=seeds,
-            indices=indices,
-            config=config,
-            progress=progress,
-        )
+        x0 = sample_x0(model, process, rows, config=config, progress=progress)
         logits = model.get_logits(x0.float())  # [B, L, V], fp32 outside autocast
         return torch.topk(logits, k=1, dim=-1).indices[..., 0]
 

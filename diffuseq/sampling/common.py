@@ -1,17 +1,20 @@
 """Pieces shared by the sampling loops: types, progress bars, source anchoring, rounding.
 
-See :mod:`diffuseq.sampling` for the shared sampler signature.
+See :class:`diffuseq.sampling.inputs.SamplerInputs` for the shared sampler signature.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
+from diffuseq.diffusion.gaussian import DenoisedFn
 from diffuseq.runtime.progress import progress as progress_display
+
+if TYPE_CHECKING:
+    from diffuseq.sampling.inputs import SamplerInputs
 
 __all__ = [
     "Callback",
@@ -57,19 +60,10 @@ def round_x0(
 
 
 def x0_scheduler_loop(
-    model: Model,
-    diffusion: GaussianDiffusion,
+    inputs: SamplerInputs,
     scheduler: Any,
     levels: list[int],
-    x_T: torch.Tensor,
     *,
-    input_mask: torch.Tensor,
-    x_start: torch.Tensor,
-    denoised_fn: DenoisedFn | None,
-    clamp_step: int,
-    callback: Callback | None,
-    progress: bool,
-    mean_embed: torch.Tensor | None,
     desc: str,
     step_noise: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -83,22 +77,22 @@ def x0_scheduler_loop(
     A stochastic scheduler gets ``variance_noise = step_noise()`` ``[B,L,h]`` at every step
     (``None``: the scheduler is deterministic and no noise is drawn).
     """
-    shift = target_shift(input_mask, mean_embed, x_T)
-    y = x_T
+    model, diffusion = inputs.network(), inputs.diffusion
+    mask, x_start = inputs.input_mask, inputs.x_start
+    shift = target_shift(mask, inputs.mean_embed, inputs.x_T)
+    y = inputs.x_T
     for step, (k, t) in enumerate(
-        progress_steps(list(zip(scheduler.timesteps.tolist(), levels)), progress, desc)
+        progress_steps(list(zip(scheduler.timesteps.tolist(), levels)), inputs.progress, desc)
     ):
         tt = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
         x0, tokens = round_x0(
-            denoised_fn if t >= clamp_step else None,
+            inputs.denoised_fn if t >= inputs.clamp_step else None,
             model(y + shift, diffusion.scale_timesteps(tt)),
         )
-        x0 = anchor_source(x0, input_mask, x_start)
+        x0 = anchor_source(x0, mask, x_start)
         extra = {} if step_noise is None else {"variance_noise": step_noise()}
-        y = anchor_source(
-            scheduler.step(x0 - shift, k, y, **extra).prev_sample, input_mask, x_start
-        )
-        if callback is not None:
+        y = anchor_source(scheduler.step(x0 - shift, k, y, **extra).prev_sample, mask, x_start)
+        if inputs.callback is not None:
             info = {"step": step, "t": t, "sample": y + shift, "pred_xstart": x0}
-            callback(info if tokens is None else {**info, "tokens": tokens})
+            inputs.callback(info if tokens is None else {**info, "tokens": tokens})
     return y + shift

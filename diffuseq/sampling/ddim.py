@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
 from diffuseq.diffusion.respace import respaced_betas, space_timesteps
-from diffuseq.sampling.common import Callback, Model, progress_steps, x0_scheduler_loop
-from diffuseq.sampling.noise import NoiseStream
+from diffuseq.sampling.common import progress_steps, x0_scheduler_loop
+from diffuseq.sampling.inputs import SamplerInputs
 
 __all__ = ["adjacent_timesteps", "ddim_adjacent_sample", "ddim_sample", "ddim_timesteps"]
 
@@ -31,21 +30,7 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def ddim_sample(
-    model: Model,
-    diffusion: GaussianDiffusion,
-    x_T: torch.Tensor,
-    *,
-    input_mask: torch.Tensor,
-    x_start: torch.Tensor,
-    denoised_fn: DenoisedFn | None = None,
-    clamp_step: int = 0,
-    noise: NoiseStream | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-    steps: int,
-    mean_embed: torch.Tensor | None = None,
-) -> torch.Tensor:
+def ddim_sample(inputs: SamplerInputs) -> torch.Tensor:
     """DDIM with η = 0 (Song et al. 2021, eq. 12) over ``steps`` respaced levels.
 
     Visits exactly :func:`ddim_timesteps` (``T−1 … 0``, one model call each) and steps from
@@ -54,12 +39,13 @@ def ddim_sample(
     Implemented as diffusers' ``DDIMScheduler`` on the respaced chain
     (``trained_betas`` = β'_k = 1 − ᾱ_{s_k}/ᾱ_{s_{k−1}}, ``prediction_type="sample"``,
     ``clip_sample=False``, ``set_alpha_to_one=True``), so its ``t − 1`` is the previous kept
-    level. Deterministic: ``noise`` is unused. See :func:`x0_scheduler_loop` for rounding,
-    anchoring and the v2 ``μ`` shift.
+    level. Deterministic: ``noise`` and ``top_p`` are unused. See :func:`x0_scheduler_loop`
+    for rounding, anchoring and the v2 ``μ`` shift.
     """
     from diffusers import DDIMScheduler
 
-    levels = ddim_timesteps(diffusion.num_timesteps, steps)
+    diffusion = inputs.diffusion
+    levels = ddim_timesteps(diffusion.num_timesteps, inputs.step_count("ddim"))
     betas, _ = respaced_betas(diffusion.betas, levels)
     scheduler = DDIMScheduler(
         num_train_timesteps=len(levels),
@@ -71,21 +57,7 @@ def ddim_sample(
         timestep_spacing="leading",
     )
     scheduler.set_timesteps(len(levels))
-    return x0_scheduler_loop(
-        model,
-        diffusion,
-        scheduler,
-        levels,
-        x_T,
-        input_mask=input_mask,
-        x_start=x_start,
-        denoised_fn=denoised_fn,
-        clamp_step=clamp_step,
-        callback=callback,
-        progress=progress,
-        mean_embed=mean_embed,
-        desc="ddim",
-    )
+    return x0_scheduler_loop(inputs, scheduler, levels, desc="ddim")
 
 
 def adjacent_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -100,39 +72,25 @@ def adjacent_timesteps(num_timesteps: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def ddim_adjacent_sample(
-    model: Model,
-    diffusion: GaussianDiffusion,
-    x_T: torch.Tensor,
-    *,
-    input_mask: torch.Tensor,
-    x_start: torch.Tensor,
-    denoised_fn: DenoisedFn | None = None,
-    clamp_step: int = 0,
-    noise: NoiseStream | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-    steps: int,
-) -> torch.Tensor:
+def ddim_adjacent_sample(inputs: SamplerInputs) -> torch.Tensor:
     """The original v1 pseudo-DDIM (docs/original.md §5.11.2, §10.1 item 9), kept for reproduction.
 
     At each level of :func:`adjacent_timesteps` (``⌊(T−1)/gap⌋ + 1`` model calls, e.g. 9 for
     T=100, steps=8) one DDIM η=0 step to the **adjacent** level ``t−1``
     (:meth:`GaussianDiffusion.ddim_sample` with ``t_prev=None``), rounding at every step
     (``clamp_step`` ignored, as the original), then source anchoring. The result sits at noise
-    level ᾱ_{t_last−1}, not at a clean x_0. ``noise`` is unused (η = 0).
+    level ᾱ_{t_last−1}, not at a clean x_0. ``noise``, ``top_p`` and ``mean_embed`` are unused
+    (η = 0; the original v1 path has no μ).
     """
-    x = x_T
-    for step, t in enumerate(
-        progress_steps(
-            adjacent_timesteps(diffusion.num_timesteps, steps), progress, "ddim-adjacent"
-        )
-    ):
+    model, diffusion, x = inputs.network(), inputs.diffusion, inputs.x_T
+    mask, x_start, rounding = inputs.input_mask, inputs.x_start, inputs.denoised_fn
+    levels = adjacent_timesteps(diffusion.num_timesteps, inputs.step_count("ddim-adjacent"))
+    for step, t in enumerate(progress_steps(levels, inputs.progress, "ddim-adjacent")):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = diffusion.ddim_sample(
-            model, x, tt, t_prev=None, mask=input_mask, x_start=x_start, denoised_fn=denoised_fn
+            model, x, tt, t_prev=None, mask=mask, x_start=x_start, denoised_fn=rounding
         )
         x = out["sample"]
-        if callback is not None:
-            callback({"step": step, "t": t, **out})
+        if inputs.callback is not None:
+            inputs.callback({"step": step, "t": t, **out})
     return x

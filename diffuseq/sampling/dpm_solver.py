@@ -7,14 +7,13 @@ paper's fast sampler) and its SDE form (``sde-dpm-solver++``, diffusers'
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import torch
 
-from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
-from diffuseq.sampling.common import Callback, Model, x0_scheduler_loop
-from diffuseq.sampling.noise import NoiseStream
+from diffuseq.diffusion.gaussian import GaussianDiffusion
+from diffuseq.sampling.common import x0_scheduler_loop
+from diffuseq.sampling.inputs import SamplerInputs
 
 __all__ = ["dpm_scheduler", "dpm_solver_sample", "sde_dpm_solver_sample"]
 
@@ -55,23 +54,7 @@ def dpm_scheduler(diffusion: GaussianDiffusion, steps: int, *, algorithm_type: s
 
 
 @torch.no_grad()
-def dpm_solver_sample(
-    model: Model,
-    diffusion: GaussianDiffusion,
-    x_T: torch.Tensor,
-    *,
-    input_mask: torch.Tensor,
-    x_start: torch.Tensor,
-    denoised_fn: DenoisedFn | None = None,
-    clamp_step: int = 0,
-    noise: NoiseStream | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-    steps: int,
-    top_p: float | None = None,
-    mean_embed: torch.Tensor | None = None,
-    sde: bool = False,
-) -> torch.Tensor:
+def dpm_solver_sample(inputs: SamplerInputs, *, sde: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, ``steps`` model calls.
 
     :func:`dpm_scheduler`; the final update goes to σ = 0 and returns the last (rounded) x̂_0.
@@ -79,7 +62,7 @@ def dpm_solver_sample(
     shift as :func:`x0_scheduler_loop`.
 
     ``sde=False`` (``dpm-solver++``): the ODE solver, deterministic; ``noise`` and ``top_p`` are
-    unused. ``sde=True`` (``sde-dpm-solver++``, :data:`sde_dpm_solver_sample`): its SDE form
+    unused. ``sde=True`` (``sde-dpm-solver++``, :func:`sde_dpm_solver_sample`): its SDE form
     (§5 / App. B); each update from σ_s to σ_t (λ = log α/σ, h = λ_t − λ_s) is
     ``y_t = (σ_t/σ_s)·e^{−h}·y_s + α_t(1 − e^{−2h})·D + σ_t·√(1 − e^{−2h})·ε`` with D the
     second-order data estimate and ``ε [B,L,h] = noise.gaussian(top_p)`` drawn from each row's
@@ -88,28 +71,20 @@ def dpm_solver_sample(
     lands closer to ancestral sampling than the ODE solver (bench/results_quality_nf.md).
     v2's discrete reverse noise (ancestral only) is not applied.
     """
-    if sde and noise is None:
-        raise ValueError("sde-dpm-solver++ draws noise at every step: pass noise=NoiseSource(...)")
+    name = "sde-dpm-solver++" if sde else "dpm-solver++"
+    step_noise = None
+    if sde:
+        noise, top_p = inputs.noise_stream(name), inputs.top_p
+        step_noise = lambda: noise.gaussian(top_p=top_p)
     scheduler = dpm_scheduler(
-        diffusion, steps, algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++"
+        inputs.diffusion,
+        inputs.step_count(name),
+        algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
     )
-    return x0_scheduler_loop(
-        model,
-        diffusion,
-        scheduler,
-        scheduler.timesteps.tolist(),
-        x_T,
-        input_mask=input_mask,
-        x_start=x_start,
-        denoised_fn=denoised_fn,
-        clamp_step=clamp_step,
-        callback=callback,
-        progress=progress,
-        mean_embed=mean_embed,
-        desc="sde-dpm-solver++" if sde else "dpm-solver++",
-        step_noise=(lambda: noise.gaussian(top_p=top_p)) if sde else None,
-    )
+    levels = scheduler.timesteps.tolist()
+    return x0_scheduler_loop(inputs, scheduler, levels, desc=name, step_noise=step_noise)
 
 
-#: ``sde-dpm-solver++``: :func:`dpm_solver_sample` with ``sde=True`` (its SDE form).
-sde_dpm_solver_sample = functools.partial(dpm_solver_sample, sde=True)
+def sde_dpm_solver_sample(inputs: SamplerInputs) -> torch.Tensor:
+    """``sde-dpm-solver++``: :func:`dpm_solver_sample` with ``sde=True`` (its SDE form)."""
+    return dpm_solver_sample(inputs, sde=True)

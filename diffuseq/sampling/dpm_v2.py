@@ -13,7 +13,8 @@ The original v2 decoder (`sample_seq2seq_dpmSolver.py` with a modified copy of D
 * no rounding, no μ shift, no discrete noise.
 
 Our default ``dpm-solver++`` sampler (:func:`diffuseq.sampling.dpm_solver_sample`) is the
-standard algorithm; this one sits behind ``--dpm_v2_variant``.
+standard algorithm; this one is ``--sampler dpm-solver++-v2`` (the first releases'
+``--sampler dpm-solver++ --dpm_v2_variant``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffuseq.diffusion.gaussian import DenoisedFn, GaussianDiffusion
-from diffuseq.sampling.common import Callback, Model, anchor_source, progress_steps
-from diffuseq.sampling.noise import NoiseStream
+from diffuseq.sampling.common import anchor_source, progress_steps
+from diffuseq.sampling.inputs import SamplerInputs
 
 __all__ = ["DiscreteVPSchedule", "dpm_solver_v2_sample"]
 
@@ -86,21 +86,7 @@ def _update(
 
 
 @torch.no_grad()
-def dpm_solver_v2_sample(
-    model: Model,
-    diffusion: GaussianDiffusion,
-    x_T: torch.Tensor,
-    *,
-    input_mask: torch.Tensor,
-    x_start: torch.Tensor,
-    denoised_fn: DenoisedFn | None = None,
-    clamp_step: int = 0,
-    noise: NoiseStream | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-    steps: int,
-    order: int = 2,
-) -> torch.Tensor:
+def dpm_solver_v2_sample(inputs: SamplerInputs, *, order: int = 2) -> torch.Tensor:
     """DiffuSeq-v2's DPM-Solver++(2M) loop, exactly as docs/original.md §8.4 (``steps`` model calls).
 
     With ``A(x) = where(m==0, x_start, x)`` and ``D(x, t)`` the data prediction:
@@ -112,9 +98,17 @@ def dpm_solver_v2_sample(
        ``k < steps``: ``x ← A(D(x, t_k))`` replaces its newest entry.
 
     Returns the last update's output (at ``t = 1/N``). ``denoised_fn``/``clamp_step`` are
-    ignored (the original does not round on this path), as is ``noise`` (deterministic).
+    ignored (the original does not round on this path), as are ``noise``/``top_p``
+    (deterministic) and ``mean_embed`` (no μ shift).
     """
-    vp = DiscreteVPSchedule(diffusion.betas, device=x_T.device)
+    model, x_T, input_mask, x_start = (
+        inputs.network(),
+        inputs.x_T,
+        inputs.input_mask,
+        inputs.x_start,
+    )
+    steps = inputs.step_count("dpm-solver++-v2")
+    vp = DiscreteVPSchedule(inputs.diffusion.betas, device=x_T.device)
     grid = torch.linspace(1.0, 1.0 / vp.N, steps + 1, device=x_T.device)
     order = min(order, steps)
     batch = x_T.shape[0]
@@ -126,8 +120,8 @@ def dpm_solver_v2_sample(
         return anchor_source((x - sigma * eps) / alpha, input_mask, x_start)
 
     def report(step: int, k: int, x: torch.Tensor) -> None:
-        if callback is not None:
-            callback({"step": step, "t": float(grid[k]), "sample": x})
+        if inputs.callback is not None:
+            inputs.callback({"step": step, "t": float(grid[k]), "sample": x})
 
     x = data_prediction(x_T, grid[0])
     prev_d, prev_t = [x], [grid[0]]
@@ -137,7 +131,7 @@ def dpm_solver_v2_sample(
         x = data_prediction(x, grid[k])
         prev_d.append(x)
         report(k - 1, k, x)
-    for k in progress_steps(list(range(order, steps + 1)), progress, "dpm-solver++ (v2)"):
+    for k in progress_steps(list(range(order, steps + 1)), inputs.progress, "dpm-solver++ (v2)"):
         step_order = min(order, steps + 1 - k) if steps < 10 else order
         x = anchor_source(_update(vp, x, prev_d, prev_t, grid[k], step_order), input_mask, x_start)
         prev_d, prev_t = prev_d[1:] + prev_d[-1:], prev_t[1:] + [grid[k]]

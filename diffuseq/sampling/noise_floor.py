@@ -2,7 +2,8 @@
 
 DINOISER (Ye et al. 2023, "DINOISER: Diffused Conditional Sequence Learning by Manipulating
 Noises") trains only on noise scales above a floor (``--noise_floor F``, training side:
-:mod:`diffuseq.diffusion.timestep_sampling`) and, when sampling, feeds the model noise
+:mod:`diffuseq.diffusion.timestep_sampling`; both read ``t_min`` from
+:func:`diffuseq.diffusion.timesteps.noise_floor_step`) and, when sampling, feeds the model noise
 levels no smaller than that floor. :class:`NoiseFloored` does this for every sampler at once:
 it is a ``model(x, t)`` callable that replaces the time input by ``max(t, t_min)``, in the
 units the network sees (:meth:`~diffuseq.diffusion.gaussian.GaussianDiffusion.network_time`
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from diffuseq.diffusion.gaussian import GaussianDiffusion
-from diffuseq.diffusion.timestep_sampling import noise_floor_step
+from diffuseq.diffusion.timesteps import noise_floor_step
 
 __all__ = ["NoiseFloored", "noise_floor_time"]
 
