@@ -153,9 +153,7 @@ def test_logged_keys_are_weighted_means_and_quartiles(tmp_path):
     wl = [loss * w for loss, w in zip(losses, [1.0, 2.0, 3.0, 4.0])]  # importance-weighted losses
     # t = 0, 1, 2, 7 with T = 8 -> quartiles 0, 0, 1, 3 (q2 has no example: no key)
     assert set(record) == {"step", "samples", "grad_norm"} | {
-        f"{k}{s}"
-        for k in ("loss", "mse", "nll", "decoder_nll")
-        for s in ("", "_q0", "_q1", "_q3")
+        f"{k}{s}" for k in ("loss", "mse", "nll", "decoder_nll") for s in ("", "_q0", "_q1", "_q3")
     }
     assert record["step"] == 0 and record["samples"] == 4
     assert record["loss"] == pytest.approx(((wl[0] + wl[1]) / 2 + (wl[2] + wl[3]) / 2) / 2)
