@@ -11,9 +11,9 @@ Continue a run exactly where it stopped:
 
 Reimplements the original's `scripts/run_train.py` + `train.py` (docs/original.md §2.2, §2.3) with the same
 flag names, meanings and defaults; flags override a ``--config`` YAML preset. The run itself is
-:func:`diffuseq.training.train` (the Python API), given the parsed config and runtime options. The run folder
-(``diffusion_models/<name>`` of the current directory unless ``--checkpoint_path``) is named by
-rank 0 and broadcast (the original named it on every rank, a race). It receives
+diffuseq.training.train (the Python API) given the parsed config and runtime options. The run
+folder (``diffusion_models/<name>`` of the current directory unless ``--checkpoint_path``) is
+named by rank 0 and broadcast (the original named it on every rank, a race). It receives
 ``training_args.json`` (the original's keys), ``config.yaml``, the tokenizer, ``log.txt``,
 ``environment.json`` (library versions, git commit and devices of every launch),
 ``metrics.jsonl``, ``ema_{rate}_{step:06d}.pt`` files in the original format and full training
