@@ -38,7 +38,7 @@ from diffuseq.training.trainer import Trainer
 __all__ = ["TrainResult", "check", "prepare", "train"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainResult:
     """Where a finished (or stopped) training run ended.
 
