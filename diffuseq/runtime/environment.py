@@ -63,7 +63,7 @@ def git_revision(folder: str | Path | None = None) -> dict[str, Any]:
     Dirty means tracked files differ from the commit (untracked files are ignored). Fails
     silently to ``None`` values: no git, not a checkout (an installed wheel), a timeout.
     """
-    root = Path(folder) if folder is not None else Path(__file__).resolve().parent.parent
+    root = Path(folder) if folder is not None else Path(__file__).resolve().parents[2]
     unknown: dict[str, Any] = {"git_commit": None, "git_dirty": None}
     if not (root / ".git").exists():  # a folder in a worktree has a .git file
         return unknown
