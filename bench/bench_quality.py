@@ -1,8 +1,9 @@
 """Time-to-quality benchmark: BLEU against training steps for the original's recipes and ours.
 
 For each task × recipe × seed (a *unit*), one training run of a small model (the demo's width:
-2 layers × 128, seq_len 48) through the real training CLI, checkpoints at several steps, and
-for each checkpoint a decode of the test split, scored with this toolkit's evaluator:
+2 layers × 128, seq_len 48) through the Python training API (:func:`diffuseq.training.train`,
+what ``run_train.py`` runs), checkpoints at several steps, and for each checkpoint a decode of
+the test split (:mod:`diffuseq.decoding.api`), scored with this toolkit's evaluator:
 
 * DPM-Solver++ with 10 and 4 steps, 5 candidates each (seeds 101..105): the BLEU of the seed-101
   candidate and of the MBR choice among the 5 (``diffuseq.evaluation.metrics.mbr_select``);
@@ -18,7 +19,8 @@ pairs). Recipes (same model, data, seeds): ``v1`` (the original DiffuSeq), ``v1+
 told at least 0.3·T when sampling) and ``v2+sc+nf`` (all three). The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
 an EMA of a 3000-step run still holds most of the random initialisation.
 
-Each unit writes ``OUT/results/<task>-<recipe>-<seed>.json`` as soon as it is done; a rerun of
+Each unit runs in its own process with one torch thread (``--jobs`` of them at a time) and
+writes ``OUT/results/<task>-<recipe>-<seed>.json`` as soon as it is done; a rerun of
 the same command skips finished units, so an interrupted benchmark resumes; a decode added to
 the benchmark later is filled into finished results from the run's kept checkpoints. ``report`` turns the
 results into ``bench/results_quality.md`` and ``bench/quality_bleu_vs_steps.png``
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -64,13 +67,14 @@ RECIPES = {
         "--self_cond", "true", "--noise_floor", "0.3",
     ],
 }  # fmt: skip
-MODEL = [
-    "--config_name", "bert-base-uncased", "--bert_hidden_size", "128", "--num_layers", "2",
-    "--num_heads", "4", "--intermediate_size", "512", "--hidden_dim", "128",
-    "--hidden_t_dim", "128", "--dropout", "0.1", "--noise_schedule", "sqrt",
-    "--schedule_sampler", "lossaware", "--lr", "0.001", "--bsz", "64", "--microbatch", "64",
-    "--ema_rate", "0.99", "--seq_len", "48", "--device", "cpu", "--progress", "false",
-]  # fmt: skip
+#: The run config every unit shares (flag names, as ``RECIPES``); training runs on the CPU
+#: without a progress bar or a model folder.
+MODEL = {
+    "config_name": "bert-base-uncased", "bert_hidden_size": 128, "num_layers": 2,
+    "num_heads": 4, "intermediate_size": 512, "hidden_dim": 128, "hidden_t_dim": 128,
+    "dropout": 0.1, "noise_schedule": "sqrt", "schedule_sampler": "lossaware", "lr": 0.001,
+    "bsz": 64, "microbatch": 64, "ema_rate": "0.99", "seq_len": 48,
+}  # fmt: skip
 SEEDS = (102, 103)
 CANDIDATES = 5
 DPM_STEPS = (10, 4)
@@ -124,27 +128,51 @@ def prepare_data(task: Task, out: Path) -> tuple[Path, str]:
 # ----------------------------------------------------------------------------- one unit
 
 
+def run_config(task: Task, recipe: str, seed: int, data: Path, vocab: str, run: Path):
+    """The unit's :class:`~diffuseq.config.RunConfig`: ``MODEL`` < the recipe's flags < the
+    task's data, budget and seed."""
+    from diffuseq.config import RunConfig
+
+    steps, interval = max(task.eval_at), min(task.eval_at)
+    recipe_flags = RECIPES[recipe]
+    unit = {
+        "data_dir": str(data), "vocab": vocab, "diff_steps": task.diff_steps,
+        "learning_steps": steps, "save_interval": interval, "eval_interval": interval,
+        "log_interval": max(1, interval // 5), "seed": seed, "checkpoint_path": str(run),
+    }  # fmt: skip
+    layers = [
+        (MODEL, "bench_quality.MODEL"),
+        (dict(zip((f.removeprefix("--") for f in recipe_flags[::2]), recipe_flags[1::2])), recipe),
+        (unit, "the unit"),
+    ]
+    return RunConfig.from_layers(*layers).validate()
+
+
 def train(task: Task, recipe: str, seed: int, out: Path) -> tuple[Path, dict[int, float]]:
-    """Train one unit (skipped when its last checkpoint exists); checkpoint → training seconds."""
+    """Train one unit in this process (skipped when it finished before); checkpoint → training
+    seconds. Its log lines also go to ``OUT/logs/<unit>.train.log``."""
+    from diffuseq.training import train as train_run
+
     data, vocab = prepare_data(task, out)
     run = out / "runs" / f"{task.name}-{recipe}-{seed}"
-    steps, interval = max(task.eval_at), min(task.eval_at)
     timing = run / "bench_timing.json"
     if not timing.exists():
-        command = [
-            sys.executable, "-m", "diffuseq.cli.train", *MODEL, *RECIPES[recipe],
-            "--data_dir", str(data), "--vocab", vocab, "--diff_steps", str(task.diff_steps),
-            "--learning_steps", str(steps), "--save_interval", str(interval),
-            "--eval_interval", str(interval), "--log_interval", str(max(1, interval // 5)),
-            "--seed", str(seed), "--checkpoint_path", str(run), "--export_model", "false",
-        ]  # fmt: skip
+        config = run_config(task, recipe, seed, data, vocab, run)
         if run.exists():  # an interrupted training: its seconds would be wrong, start again
             shutil.rmtree(run)
         log = out / "logs" / f"{run.name}.train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logging.getLogger("diffuseq").addHandler(handler)
         start = time.time()
+        try:
+            result = train_run(config, device="cpu", progress=False, export_model=False)
+        finally:
+            logging.getLogger("diffuseq").removeHandler(handler)
+            handler.close()
         with open(log, "a") as handle:
-            subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+            handle.write(f"finished at step {result.step}; run folder {result.run_dir}\n")
         seconds = {
             int(p.stem.rsplit("_", 1)[1]): p.stat().st_mtime - start for p in run.glob("ema_*.pt")
         }

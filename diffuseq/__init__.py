@@ -6,6 +6,8 @@ A faithful reimplementation of DiffuSeq (Gong et al., ICLR 2023) and DiffuSeq-v2
 The public API, importable from here (each name is imported on first use, so that
 ``import diffuseq`` stays cheap and command-line ``--help`` does not load torch):
 
+- training from Python: :func:`train` (a :class:`RunConfig` -> a run folder; what
+  ``run_train.py`` calls, see :mod:`diffuseq.training.api`);
 - decoding from Python: :func:`load` -> :class:`TextGenerator` (``generate``);
 - configs: :class:`ModelConfig`, :class:`DiffusionConfig`, :class:`DataConfig`,
   :class:`TrainConfig`, :class:`RunConfig`;
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "train": "diffuseq.training.api",
     "load": "diffuseq.decoding.api",
     "TextGenerator": "diffuseq.decoding.api",
     "ModelConfig": "diffuseq.config",
@@ -49,6 +52,7 @@ _EXPORTS = {
 
 __all__ = [
     "__version__",
+    "train",
     "load",
     "TextGenerator",
     "ModelConfig",
@@ -89,6 +93,7 @@ if TYPE_CHECKING:
     from diffuseq.sampling import SAMPLERS, get_sampler
     from diffuseq.sampling.inputs import SamplerInputs
     from diffuseq.tokenizers.tokenizer import load_tokenizer
+    from diffuseq.training.api import train
 
 
 #: Modules reachable as attributes (``from diffuseq import api``: the decoding API module).

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from diffuseq.cli.train import main as train_main
 from diffuseq.tokenizers.tokenizer import (
     is_bert_vocab_file,
     load_tokenizer,
     load_tokenizer_from_run,
 )
-from tests.train_helpers import DEMO_DIR, make_tiny_data, tiny_argv
+from tests.train_helpers import DEMO_DIR, make_tiny_data, train_tiny
 
 TINY_WORDPIECE = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "how", "old", "are", "you", "?",
                   "play", "##ing", "##s", "the", "game"]  # fmt: skip
@@ -55,8 +54,8 @@ def test_cased_vocabulary_is_not_lower_cased(tmp_path):
 def test_training_with_a_bert_vocab_file_saves_the_tokenizer(wordpiece_file, tmp_path):
     data = make_tiny_data(tmp_path / "data")
     run = tmp_path / "run"
-    argv = tiny_argv(data, vocab=str(wordpiece_file), learning_steps=1, save_interval=1)
-    assert train_main([*argv, "--checkpoint_path", str(run)]) == 0
+    train_tiny(data, vocab=str(wordpiece_file), learning_steps=1, save_interval=1,
+               checkpoint_path=run, export_model=False)  # fmt: skip
     wordpiece_file.unlink()  # decoding reads the copy saved in the run folder
     again = load_tokenizer_from_run(run, str(wordpiece_file))
     assert again.encode(["playing the game"]) == [[2, 10, 11, 13, 14, 3]]

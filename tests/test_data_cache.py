@@ -32,6 +32,7 @@ from tests.train_helpers import (
     run_command,
     subprocess_env,
     tiny_argv,
+    train_tiny,
 )
 
 #: Texts where splitting at white space first could go wrong: punctuation, accents, CJK, final
@@ -372,8 +373,7 @@ def test_cli_flag_and_bad_cache_message(tmp_path, data, capsys):
 
 
 def _train(data: Path, run: Path, cache: str, **flags) -> dict:
-    argv = tiny_argv(data, checkpoint_path=run, data_cache=cache, **flags)
-    assert main(argv) == 0
+    train_tiny(data, checkpoint_path=run, data_cache=cache, export_model=False, **flags)
     steps = flags.get("learning_steps", 8)
     return load_state_file(run / f"state_{steps:06d}.pt")
 

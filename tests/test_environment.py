@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 import diffuseq
-from diffuseq.cli.train import main
 from diffuseq.runtime.environment import (
     ENVIRONMENT_FILE,
     collect_environment,
@@ -18,7 +17,7 @@ from diffuseq.runtime.environment import (
     package_version,
     record_environment,
 )
-from tests.train_helpers import REPO_ROOT, make_tiny_data, tiny_argv
+from tests.train_helpers import REPO_ROOT, make_tiny_data, train_tiny
 
 
 def test_collect_environment_records_versions_and_devices():
@@ -65,9 +64,9 @@ def test_record_keeps_earlier_launches_and_replaces_an_unreadable_file(tmp_path)
 
 def test_a_run_and_its_resume_record_their_launches(tmp_path):
     data, run = make_tiny_data(tmp_path / "data"), tmp_path / "run"
-    argv = tiny_argv(data, checkpoint_path=run, learning_steps=4, save_interval=2)
-    assert main(argv + ["--max_minutes", "0.00001"]) == 0  # stops after one step
-    assert main(argv + ["--resume_checkpoint", "auto"]) == 0
+    flags = dict(checkpoint_path=run, learning_steps=4, save_interval=2, export_model=False)
+    assert train_tiny(data, max_minutes=1e-5, **flags).step == 1  # stops after one step
+    assert train_tiny(data, resume_checkpoint="auto", **flags).step == 4
     record = json.loads((run / ENVIRONMENT_FILE).read_text())
     assert record["format"] == "diffuseq-environment"
     launches = record["launches"]

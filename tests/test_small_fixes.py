@@ -14,11 +14,11 @@ import torch.distributed as torch_dist
 
 from diffuseq.cli import decode, evaluate, train
 from diffuseq.cli.common import describe
-from diffuseq.cli.train_setup import _load_resume
 from diffuseq.config import RunConfig, run_folder_name
 from diffuseq.config.run import TrainConfig, run_notes
 from diffuseq.models.nn_utils import ddp_without_buffer_sync
 from diffuseq.store.checkpoint import ResumeSource
+from diffuseq.training.setup import _load_resume
 
 
 def test_ddp_without_buffer_sync_warns_nothing(tmp_path):

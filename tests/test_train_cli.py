@@ -224,11 +224,8 @@ def test_run_folder_training_args_and_ema_format(tmp_path, data, golden_dir, mon
     config = RunConfig.load_yaml(run / "config.yaml")
     assert config.model.vocab_size == 158 and config.train.notes == "test"
     records = read_metrics(run)
-    train_keys = {
-        f"{k}{s}"
-        for k in ("loss", "mse", "nll", "decoder_nll", "tT_loss", "t0_loss")  # every loss term
-        for s in ("", "_q0", "_q1", "_q2", "_q3")
-    }
+    terms = ("loss", "mse", "nll", "decoder_nll", "tT_loss", "t0_loss")  # every term is logged
+    train_keys = {f"{k}{s}" for k in terms for s in ("", "_q0", "_q1", "_q2", "_q3")}
     assert (
         train_keys | {"grad_norm", "samples", "step"}
         >= set(records[0])

@@ -9,13 +9,12 @@ import logging
 import pytest
 
 from diffuseq.cli.decode import main as decode_main
-from diffuseq.cli.train import main as train_main
 from diffuseq.data.dataset import build_dataset
 from diffuseq.decoding import api
 from diffuseq.tokenizers.tokenizer import UnknownTokens, VocabFileTokenizer, load_tokenizer
 from tests.test_bert_vocab_file import TINY_WORDPIECE
 from tests.test_decode import make_run
-from tests.train_helpers import make_tiny_data, tiny_argv
+from tests.train_helpers import make_tiny_data, train_tiny
 
 
 def test_word_vocab_counts_text_tokens_only(tmp_path):
@@ -75,7 +74,7 @@ def test_training_reports_the_count(tmp_path, capsys):
     data = make_tiny_data(tmp_path / "data", n_train=8, n_valid=4)
     with (data / "train.jsonl").open("a") as handle:
         handle.write(json.dumps({"src": "qwertyuiop", "trg": "asdfghjkl"}) + "\n")
-    assert train_main(tiny_argv(data, learning_steps=1, checkpoint_path=tmp_path / "run")) == 0
+    train_tiny(data, learning_steps=1, checkpoint_path=tmp_path / "run", export_model=False)
     err = capsys.readouterr().err
     assert f"training data {data / 'train.jsonl'}: 2 of " in err
 

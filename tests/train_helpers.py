@@ -1,4 +1,5 @@
-"""Helpers shared by the training tests: a tiny copy of the demo data and tiny-model flags."""
+"""Helpers shared by the training tests: a tiny copy of the demo data, tiny-model flags (for the
+command line) and the same tiny run as a config (for the Python API, :func:`train_tiny`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from diffuseq.config import RunConfig
+from diffuseq.config.runtime import RuntimeOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / "datasets" / "demo"
@@ -66,6 +70,35 @@ def tiny_argv(data: Path, **overrides: object) -> list[str]:
         if value is not None:
             argv += [f"--{name}", str(value)]
     return argv
+
+
+RUNTIME_KEYS = frozenset(RuntimeOptions.__dataclass_fields__)
+
+
+def tiny_config(data: Path, **overrides: object) -> RunConfig:
+    """The run config that ``tiny_argv(data, **overrides)`` gives on the command line, built
+    without one (runtime options such as ``progress`` are left out: see :func:`train_tiny`)."""
+    values = {
+        **TINY_FLAGS,
+        "data_dir": str(data),
+        "vocab": str(Path(data) / "vocab.txt"),
+        **overrides,
+    }
+    layer = {k: v for k, v in values.items() if v is not None and k not in RUNTIME_KEYS}
+    return RunConfig.from_layers((layer, "tiny run")).validate()
+
+
+def train_tiny(data: Path, **overrides: object):
+    """Train the tiny run on ``data`` through the Python API (:func:`diffuseq.training.train`),
+    on the CPU without a progress bar; ``overrides`` may mix config fields (field or flag names)
+    and the API's runtime keywords (``max_minutes``, ``keep_states``, ``export_model``, ...).
+    Returns the :class:`~diffuseq.training.api.TrainResult`."""
+    from diffuseq.training import train
+
+    options = {"device": "cpu", "progress": False}
+    options.update({k: v for k, v in overrides.items() if k in RUNTIME_KEYS})
+    config = tiny_config(data, **{k: v for k, v in overrides.items() if k not in RUNTIME_KEYS})
+    return train(config, **options)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

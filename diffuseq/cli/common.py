@@ -6,9 +6,8 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from diffuseq.errors import ConfigError, UserError
+from diffuseq.errors import UserError
 
 
 def program_name(script: str, module: str, console_script: str) -> str:
@@ -55,25 +54,3 @@ def run_cli(
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
-
-
-def on_rank0_or_raise(action: Callable[[], Any]) -> Any:
-    """Run ``action`` on rank 0 and tell every rank whether it failed, so that a failure (a
-    folder that cannot be created, a missing package) stops all ranks instead of leaving the
-    others waiting. Returns the result on rank 0, ``None`` elsewhere."""
-    from diffuseq.runtime import dist  # torch: imported only once a run starts, not for --help
-
-    result, failure = None, None
-    if dist.is_main():
-        try:
-            result = action()
-        except UserError as err:
-            failure = err
-        except OSError as err:
-            failure = ConfigError(f"cannot write the run folder: {err}")
-    message = dist.broadcast_object(None if failure is None else str(failure))
-    if failure is not None:
-        raise failure
-    if message is not None:
-        raise UserError(f"rank 0 failed: {message}")
-    return result

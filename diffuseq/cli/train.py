@@ -10,9 +10,10 @@ Continue a run exactly where it stopped:
         --resume_checkpoint auto
 
 Reimplements the original's `scripts/run_train.py` + `train.py` (docs/original.md §2.2, §2.3) with the same
-flag names, meanings and defaults; flags override a ``--config`` YAML preset. The run folder
-(``diffusion_models/<name>`` of the current directory unless ``--checkpoint_path``) is named by
-rank 0 and broadcast (the original named it on every rank, a race). It receives
+flag names, meanings and defaults; flags override a ``--config`` YAML preset. The run itself is
+diffuseq.training.train (the Python API) given the parsed config and runtime options. The run
+folder (``diffusion_models/<name>`` of the current directory unless ``--checkpoint_path``) is
+named by rank 0 and broadcast (the original named it on every rank, a race). It receives
 ``training_args.json`` (the original's keys), ``config.yaml``, the tokenizer, ``log.txt``,
 ``environment.json`` (library versions, git commit and devices of every launch),
 ``metrics.jsonl``, ``ema_{rate}_{step:06d}.pt`` files in the original format and full training
@@ -36,47 +37,22 @@ from diffuseq.cli.common import describe, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args, given_flags
 from diffuseq.config import SECTIONS, RunConfig, opt, read_yaml
-from diffuseq.errors import ConfigError
+from diffuseq.config.runtime import RuntimeOptions
 
 if TYPE_CHECKING:  # the set-up (torch, transformers) is imported only when a run starts
     from diffuseq.training.trainer import Trainer
+
+__all__ = ["Invocation", "RuntimeOptions", "build_parser", "main", "parse_invocation", "prepare"]
 
 PROG = program_name("run_train.py", "diffuseq.cli.train", "diffuseq-train")
 
 
 @dataclass(frozen=True)
-class RuntimeOptions:
-    """How this invocation runs; not part of the run's configuration."""
+class PresetOption:
+    """The command line's preset file (the first runtime flag)."""
 
     config: str = opt(
         "", "YAML preset (e.g. configs/qqp.yaml); flags given on the command line override it"
-    )
-    device: str = opt(
-        "auto",
-        "where to train: auto (CUDA if available), cpu or cuda",
-        choices=("auto", "cpu", "cuda"),
-    )
-    max_minutes: float = opt(
-        0.0,
-        "wall-clock budget in minutes: when spent, save a checkpoint and stop cleanly "
-        "(0 = no budget)",
-    )
-    keep_states: int = opt(
-        2,
-        "how many full training states (state_*.pt) to keep; 0 keeps all; EMA files are "
-        "never deleted",
-    )
-    progress: bool = opt(True, "show a progress bar on rank 0")
-    export_model: bool = opt(
-        True,
-        "when training finishes, write the newest EMA checkpoint as a Hugging Face model folder "
-        "RUN/hf/<checkpoint>/ (model.safetensors, config.json, tokenizer, model card)",
-    )
-    check_args: bool = opt(
-        False,
-        "only check the flags, the preset, the data folder and what --resume_checkpoint "
-        "continues, then exit (0: a run would start); scripts/train.sh does this once before "
-        "starting several processes",
     )
 
 
@@ -85,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     return build_flag_parser(
         PROG,
         describe(__doc__, "run_train.py", PROG),
-        [(RuntimeOptions, "runtime"), *((kind, name) for name, kind in SECTIONS.items())],
+        [
+            (PresetOption, "runtime"),
+            (RuntimeOptions, "runtime"),
+            *((kind, name) for name, kind in SECTIONS.items()),
+        ],
     )
 
 
@@ -96,29 +76,61 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     invocation = parse_invocation(argv)  # --help and flag errors end here, before torch loads
-    from diffuseq.cli.train_setup import check, run
+    from diffuseq.training import api
 
-    return check(invocation) if invocation.options.check_args else run(invocation)
+    options, config, layers = invocation.options, invocation.config, invocation.layers
+    if options.check_args:
+        print(f"{PROG}: arguments OK ({api.check(config, device=options.device, layers=layers)})")
+        return 0
+    result = api.train(
+        config,
+        device=options.device,
+        max_minutes=options.max_minutes,
+        keep_states=options.keep_states,
+        progress=options.progress,
+        export_model=options.export_model,
+        layers=layers,
+    )
+    if result.rank == 0:
+        emas = ", ".join(path.name for path in result.ema_files)
+        status = "stopped early (--max_minutes) at" if result.stopped_early else "finished at"
+        print(f"{PROG}: {status} step {result.step}; run folder {result.run_dir} ({emas})")
+        if result.model_dir is not None:
+            print(f"{PROG}: model folder {result.model_dir}")
+    return 0
 
 
 def prepare(argv: Sequence[str] | Invocation | None) -> Trainer:
     """Parse ``argv``, join the process group and build a ready-to-fit :class:`Trainer`
-    (:func:`diffuseq.cli.train_setup.prepare`)."""
-    from diffuseq.cli.train_setup import prepare as prepare_trainer
+    (:func:`diffuseq.training.api.prepare`)."""
+    from diffuseq.training import api
 
-    return prepare_trainer(argv if isinstance(argv, Invocation) else parse_invocation(argv))
-
-
-# ---------------------------------------------------------------------------------- set-up
+    invocation = argv if isinstance(argv, Invocation) else parse_invocation(argv)
+    options = invocation.options
+    return api.prepare(
+        invocation.config,
+        device=options.device,
+        max_minutes=options.max_minutes,
+        keep_states=options.keep_states,
+        progress=options.progress,
+        layers=invocation.layers,
+    )
 
 
 @dataclass(frozen=True)
 class Invocation:
-    """A parsed command line: the run config, the runtime options and the layers it came from."""
+    """A parsed command line: the runtime options and the layers of the run config (the
+    ``--config`` preset, then the flags given)."""
 
     options: RuntimeOptions
     preset: Mapping[str, Any]
     flags: Mapping[str, Any]
+    preset_file: str = ""
+
+    @property
+    def layers(self) -> tuple[tuple[Mapping[str, Any], str], ...]:
+        """``(mapping, source)`` over the defaults (or over a continued run's saved config)."""
+        return ((self.preset, self.preset_file), (self.flags, "the command line"))
 
     @cached_property
     def config(self) -> RunConfig:
@@ -127,28 +139,19 @@ class Invocation:
 
     def merged(self, saved: tuple[Mapping[str, Any], str] | None = None) -> RunConfig:
         """Defaults < ``saved`` (a continued run's config) < ``--config`` preset < flags."""
-        layers = [saved] if saved else []
-        layers += [(self.preset, self.options.config), (self.flags, "the command line")]
-        return RunConfig.from_layers(*layers).validate()
+        return RunConfig.from_layers(*([saved] if saved else []), *self.layers).validate()
 
 
 def parse_invocation(argv: Sequence[str] | None) -> Invocation:
     """Parse and validate ``argv``: defaults < ``--config`` YAML < flags on the command line."""
     args = build_parser().parse_args(argv)
-    options = config_from_args(args, RuntimeOptions)
+    preset_file = config_from_args(args, PresetOption).config
     invocation = Invocation(
-        options=options,
-        preset=read_yaml(options.config) if options.config else {},
+        options=config_from_args(args, RuntimeOptions).validate(),
+        preset=read_yaml(preset_file) if preset_file else {},
         flags={k: v for kind in SECTIONS.values() for k, v in given_flags(args, kind).items()},
+        preset_file=preset_file,
     )
-    if options.keep_states < 0:
-        raise ConfigError(
-            f"--keep_states must be 0 (keep all) or positive, got {options.keep_states}"
-        )
-    if options.max_minutes < 0:
-        raise ConfigError(
-            f"--max_minutes must be 0 (no budget) or positive, got {options.max_minutes}"
-        )
     _ = invocation.config  # merge and validate now, before any work
     return invocation
 

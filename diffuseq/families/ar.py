@@ -331,8 +331,8 @@ def generate_targets(
     ``seeds[r] − config.seed`` of its example's search) or ``sample`` (Gumbel-max from each
     row's own generator). The function of the AR rows of :mod:`diffuseq.sampling.table`.
     """
-    from diffuseq.sampling.noise import example_seed
     from diffuseq.sampling.inputs import torch_dtype
+    from diffuseq.sampling.noise import example_seed
 
     input_ids, input_mask = rows.input_ids, rows.input_mask
     seeds, indices = rows.seeds, rows.indices

@@ -161,8 +161,8 @@ class DiscreteFamily(Family):
     ) -> torch.Tensor:
         """Row ``r`` starts from its source with every target position masked and draws from
         the stream of ``(seeds[r], indices[r])``; ``config.steps`` network calls."""
-        from diffuseq.sampling.noise import NoiseSource
         from diffuseq.sampling.inputs import torch_dtype
+        from diffuseq.sampling.noise import NoiseSource
 
         input_ids, input_mask = rows.input_ids, rows.input_mask
         mask_id = model.mask_token_id

@@ -1,20 +1,25 @@
-"""Set-up of a training run from a parsed command line (:mod:`diffuseq.cli.train`): check the
-resume source and the data, join the process group, build the data, model, diffusion and
-:class:`~diffuseq.training.trainer.Trainer`, and run it. Kept apart from the command line so that
-``run_train.py --help`` and flag errors never import torch or transformers.
+"""Set-up of a training run (behind :mod:`diffuseq.training.api` and the ``run_train.py``
+command line): check the resume source and the data, join the process group, build the data,
+the family's model, process and objective, and the :class:`~diffuseq.training.trainer.Trainer`.
+
+A run's config arrives as a validated :class:`~diffuseq.config.RunConfig` plus, optionally, the
+*layers* it was merged from (``(mapping, source)`` pairs over the defaults: the command line's
+``--config`` preset and flags). They matter only when a run continues from its training state:
+the state's saved config then takes the place of the defaults under them (:func:`resolve`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from diffuseq.cli.common import on_rank0_or_raise
-from diffuseq.cli.train import PROG, Invocation
 from diffuseq.config import RunConfig, run_folder_name
 from diffuseq.config.run import STAMP_FORMATS, run_notes
+from diffuseq.config.runtime import RuntimeOptions
 from diffuseq.data.cache import load_split
 from diffuseq.data.dataset import InfiniteBatches, infinite_batches, make_loader, split_file
 from diffuseq.errors import CheckpointError, ConfigError, UserError
@@ -35,7 +40,6 @@ from diffuseq.store.checkpoint import (
     resolve_resume,
     seed_everything,
 )
-from diffuseq.store.hf_folder import export_checkpoint
 from diffuseq.store.run_folder import create_run_folder, refuse_existing_states
 from diffuseq.store.safe_io import contained
 from diffuseq.tokenizers.tokenizer import (
@@ -46,60 +50,36 @@ from diffuseq.tokenizers.tokenizer import (
 )
 from diffuseq.training.trainer import Trainer, autocast_dtype
 
-__all__ = ["check", "prepare", "run"]
+__all__ = ["Layers", "build_trainer", "resolve", "torch_device"]
+
+#: ``(mapping, source)`` pairs a run config was merged from (:meth:`RunConfig.from_layers`).
+Layers = Sequence[tuple[Mapping[str, Any], str]]
 
 RUNS_ROOT = Path("diffusion_models")
 
 
-def run(invocation: Invocation) -> int:
-    """Train as the command line says; print where the run ended."""
-    trainer = prepare(invocation)
+def build_trainer(config: RunConfig, options: RuntimeOptions, layers: Layers = ()) -> Trainer:
+    """Join the process group (when launched by torchrun) and build a ready-to-fit
+    :class:`Trainer`; on failure the process group is left again."""
+    info, device = dist.init(device=torch_device(options.device))
     try:
-        step = trainer.fit()
-        if trainer.is_main:
-            emas = ", ".join(f"ema_{float(r)}_{step:06d}.pt" for r in trainer.ema)
-            status = "stopped early (--max_minutes) at" if trainer.stopped_early else "finished at"
-            print(f"{PROG}: {status} step {step}; run folder {trainer.run_dir} ({emas})")
-            if invocation.options.export_model and not trainer.stopped_early:
-                _export_model(trainer.run_dir)
-    finally:
-        trainer.close()
-        dist.cleanup()
-    return 0
-
-
-def check(invocation: Invocation) -> int:
-    """``--check_args``: everything that is checked before a run starts, in this process only
-    (no process group, nothing written): flags, preset, resume source, data files."""
-    choice = _device(invocation.options.device)
-    device = torch.device(choice or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config, resume = _resolve(invocation, device)
-    for split in ("train", "valid"):
-        split_file(config.data.data_dir, split)
-    what = f"continues {resume.path} (step {resume.step})" if resume.kind != "none" else "new run"
-    print(f"{PROG}: arguments OK ({what}; data {config.data.data_dir})")
-    return 0
-
-
-def prepare(invocation: Invocation) -> Trainer:
-    """Join the process group and build a ready-to-fit :class:`Trainer`."""
-    device = _device(invocation.options.device)
-    info, device = dist.init(device=device)
-    try:
-        return _build(invocation, info.rank, device)
+        return _build(config, options, layers, info.rank, device)
     except BaseException:
         dist.cleanup()
         raise
 
 
-def _device(choice: str) -> str | None:
+def torch_device(choice: str) -> str | None:
+    """``--device``: ``"cpu"``, ``"cuda"`` or ``None`` (auto: CUDA if available)."""
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
     return None if choice == "auto" else choice
 
 
-def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
-    config, resume = _resolve(invocation, device)
+def _build(
+    config: RunConfig, options: RuntimeOptions, layers: Layers, rank: int, device: torch.device
+) -> Trainer:
+    config, resume = resolve(config, layers, device)
     tr = config.train
     seed_everything(tr.seed + (0 if tr.same_seed_all_ranks else rank))
     setup_logging(is_main=rank == 0)
@@ -136,7 +116,6 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
         enabled=rank == 0,
         trackers=trackers or (),
     )
-    options = invocation.options
     trainer = Trainer(
         model=model,
         objective=family.build_objective(config, process),
@@ -157,9 +136,11 @@ def _build(invocation: Invocation, rank: int, device: torch.device) -> Trainer:
     return trainer
 
 
-def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, ResumeSource]:
-    """The run's config and what to resume from; rejects what cannot run here."""
-    config = invocation.config
+def resolve(
+    config: RunConfig, layers: Layers, device: torch.device
+) -> tuple[RunConfig, ResumeSource]:
+    """The run's config and what it continues (``resume_checkpoint``); rejects what cannot run
+    on ``device``. Continuing from a training state, the config is :func:`_config_for_resume`'s."""
     autocast_dtype(config.train, device)  # fp16 on CPU: fail before any work
     check_sequence_length(config.model, config.data.seq_len)
     require_trackers(wandb=config.train.log_wandb, tensorboard=config.train.tensorboard)
@@ -167,7 +148,7 @@ def _resolve(invocation: Invocation, device: torch.device) -> tuple[RunConfig, R
         config.train.resume_checkpoint, checkpoint_path=config.train.checkpoint_path
     )
     if resume.kind == "state":
-        config = _config_for_resume(resume, invocation)
+        config = _config_for_resume(resume, config, layers)
     return config, resume
 
 
@@ -229,14 +210,19 @@ def _load_data(
 _FIXED_DATA = ("seq_len", "vocab")
 
 
-def _config_for_resume(resume: ResumeSource, invocation: Invocation) -> RunConfig:
-    """The state's config, overridden by the ``--config`` preset and the flags given now.
+def _config_for_resume(resume: ResumeSource, config: RunConfig, layers: Layers) -> RunConfig:
+    """The config of a run continuing from its training state: the state's config overridden by
+    ``layers`` (the command line: its ``--config`` preset, then its flags). Without layers (a
+    config built in Python) ``config`` itself, with the vocabulary size of the state.
 
     Raises:
         ConfigError: a model, diffusion or tokenization value differs from the state's.
     """
     saved = RunConfig.from_dict(resume.payload["config"], source=str(resume.path))
-    config = invocation.merged((saved.to_dict(), str(resume.path)))
+    if layers:
+        config = RunConfig.from_layers((saved.to_dict(), str(resume.path)), *layers).validate()
+    else:
+        config = config.replace("model", vocab_size=saved.model.vocab_size)
     diffs = [
         f"{field}: {old!r} in the state, {new!r} now"
         for section in ("model", "diffusion")
@@ -251,7 +237,8 @@ def _config_for_resume(resume: ResumeSource, invocation: Invocation) -> RunConfi
         raise ConfigError(
             f"cannot continue {resume.path} with a different model, diffusion or tokenization ("
             + "; ".join(diffs)
-            + "); leave these flags out to use the saved values, or start a new run"
+            + "); leave these flags out to use the saved values (from Python: start from the "
+            "run's config.yaml), or start a new run"
         )
     return config
 
@@ -281,14 +268,6 @@ def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:
     return run_dir, notes
 
 
-def _export_model(run_dir: Path) -> None:
-    """The model folder of the newest EMA checkpoint (a failure is a warning: training is done)."""
-    try:
-        print(f"{PROG}: model folder {export_checkpoint(run_dir, replace=True)}")
-    except (UserError, OSError) as err:
-        get_logger("train").warning("no model folder written (%s); run diffuseq-export", err)
-
-
 def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...]) -> None:
     log = get_logger("train")
     if resume.kind == "state":
@@ -309,3 +288,23 @@ def _load_resume(trainer: Trainer, resume: ResumeSource, rates: tuple[float, ...
             resume.step,
         )
     resume.payload = None  # free the loaded tensors
+
+
+def on_rank0_or_raise(action: Callable[[], Any]) -> Any:
+    """Run ``action`` on rank 0 and tell every rank whether it failed, so that a failure (a
+    folder that cannot be created, a missing package) stops all ranks instead of leaving the
+    others waiting. Returns the result on rank 0, ``None`` elsewhere."""
+    result, failure = None, None
+    if dist.is_main():
+        try:
+            result = action()
+        except UserError as err:
+            failure = err
+        except OSError as err:
+            failure = ConfigError(f"cannot write the run folder: {err}")
+    message = dist.broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise UserError(f"rank 0 failed: {message}")
+    return result
