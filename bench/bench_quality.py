@@ -66,7 +66,13 @@ RECIPES = {
         "--learned_mean_embed", "true", "--denoise", "true", "--denoise_rate", "0.5",
         "--self_cond", "true", "--noise_floor", "0.3",
     ],
+    # the autoregressive baseline of the same size (BART layers, the split whose parameter
+    # count is closest to the diffusion model's: 1+1 here) and RDM (the discrete family)
+    "ar": ["--family", "ar"],
+    "rdm": ["--family", "discrete", "--schedule_sampler", "uniform"],
 }  # fmt: skip
+#: The model family of a recipe (decodes differ per family).
+RECIPE_FAMILY = {"ar": "ar", "rdm": "discrete"}
 #: The run config every unit shares (flag names, as ``RECIPES``); training runs on the CPU
 #: without a progress bar or a model folder.
 MODEL = {
@@ -79,6 +85,7 @@ SEEDS = (102, 103)
 CANDIDATES = 5
 DPM_STEPS = (10, 4)
 SDE_STEPS = (10, 4)  # SDE-DPM-Solver++ (``--sampler sde-dpm-solver++``), same candidates
+RDM_STEPS = (1, 2, 4, 10, 25)  # RDM's adaptive decoding (the discrete family)
 
 
 @dataclass(frozen=True)
@@ -98,10 +105,12 @@ def tasks(*, quick: bool, qqp_ancestral: bool) -> dict[str, Task]:
         small = {"train": 400, "valid": 16, "test": 16}
         return {
             "clauses": Task("clauses", (10, 20), diff_steps=50, test_limit=16, sizes=small),
+            "sortcount": Task("sortcount", (10,), diff_steps=50, test_limit=8, sizes=small),
             "qqp": Task("qqp", (10,), diff_steps=50, ancestral=qqp_ancestral, test_limit=8),
         }
     return {
         "clauses": Task("clauses", (1000, 2000, 3000)),
+        "sortcount": Task("sortcount", (1000, 2000, 3000), ancestral=False),
         "qqp": Task("qqp", (500, 1000), ancestral=qqp_ancestral),
     }
 
@@ -113,9 +122,10 @@ def shared_dir() -> Path:
 def prepare_data(task: Task, out: Path) -> tuple[Path, str]:
     """The task's data folder under ``OUT/data`` (made once) and its ``--vocab`` value."""
     folder = out / "data" / task.name
-    if task.name == "clauses":
+    makers = {"clauses": quality_tasks.make_clauses, "sortcount": quality_tasks.make_sortcount}
+    if task.name in makers:
         if not (folder / "vocab.txt").exists():
-            quality_tasks.make_clauses(folder, sizes=task.sizes or None)
+            makers[task.name](folder, sizes=task.sizes or None)
         return folder, str(folder / "vocab.txt")
     qqp = shared_dir() / "data" / "qqp" / "valid.jsonl"
     if not qqp.exists():
@@ -184,7 +194,7 @@ def train(task: Task, recipe: str, seed: int, out: Path) -> tuple[Path, dict[int
 def score(records: list[list[dict]], special_tokens: dict[str, str]) -> dict:
     """Scores of candidate 0 and of the MBR choice; records[i][k] as ``generate_raw`` returns."""
     from diffuseq.evaluation import metrics
-    from diffuseq.evaluation.job import SpecialTokens, clean_example
+    from diffuseq.evaluation.job import SpecialTokens, clean_example, score_diversity
 
     tokens = SpecialTokens(**{k: special_tokens[k] for k in ("sos", "eos", "sep", "pad")})
     cleaned = [[clean_example(r, tokens) for r in per_source] for per_source in records]
@@ -192,13 +202,17 @@ def score(records: list[list[dict]], special_tokens: dict[str, str]) -> dict:
     result = {}
     picks = {"first": [c[0].recover for c in cleaned]}
     if len(cleaned[0]) > 1:
-        matrices = metrics.pairwise_bleu_many([[e.recover for e in c] for c in cleaned])
+        groups = [[e.recover for e in c] for c in cleaned]
+        matrices = metrics.pairwise_bleu_many(groups)
         picks["mbr"] = [c[metrics.mbr_select(m)].recover for c, m in zip(cleaned, matrices)]
+        diversity = score_diversity(groups, matrices)  # of the candidate set (evaluator's)
+        result["self_bleu"], result["div4"] = diversity.avg_self_bleu, diversity.avg_div4
     for name, hyps in picks.items():
         result[name] = {
             "bleu": statistics.fmean(metrics.sentence_bleu_many(hyps, refs)),
             "rouge_l": statistics.fmean(metrics.rouge_l_many(hyps, refs)),
             "exact": statistics.fmean(float(h == r) for h, r in zip(hyps, refs)),
+            "tokens": statistics.fmean(len(h.split()) for h in hyps),
         }
     result["copy_bleu"] = statistics.fmean(
         metrics.sentence_bleu_many([c[0].source for c in cleaned], refs)
@@ -206,8 +220,14 @@ def score(records: list[list[dict]], special_tokens: dict[str, str]) -> dict:
     return result
 
 
-def decode_settings(T: int, *, ancestral: bool) -> list[tuple[str, str, int, int]]:
+def decode_settings(
+    T: int, *, ancestral: bool, family: str = "gaussian"
+) -> list[tuple[str, str, int, int]]:
     """``(name, sampler, steps, candidates)`` of every decode of one checkpoint."""
+    if family == "ar":  # greedy search; beam search with 5 beams as the 5 candidates
+        return [("greedy", "greedy", 1, 1), ("beam5", "beam", CANDIDATES, CANDIDATES)]
+    if family == "discrete":
+        return [(f"rdm{n}", "rdm", n, CANDIDATES) for n in RDM_STEPS]
     settings = [(f"dpm{n}", "dpm-solver++", n, CANDIDATES) for n in DPM_STEPS]
     settings += [(f"sde{n}", "sde-dpm-solver++", n, CANDIDATES) for n in SDE_STEPS]
     return settings + ([("ancestral", "ancestral", T, 1)] if ancestral else [])
@@ -222,21 +242,26 @@ def decode_checkpoint(
     generator = api.load(checkpoint, device="cpu")
     specials = generator.decoder.tokenizer.special_tokens
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-    T = generator.decoder.diffusion.num_timesteps
+    family = generator.decoder.family.name
+    T = getattr(generator.decoder.diffusion, "num_timesteps", 0)
     results = {}
-    for name, sampler, steps, k in decode_settings(T, ancestral=ancestral):
+    for name, sampler, steps, k in decode_settings(T, ancestral=ancestral, family=family):
         if name in skip:
             continue
         start = time.perf_counter()
         records = generator.generate_raw(
             sources, references=references, sampler=sampler, steps=steps, num_samples=k, seed=101
         )
+        scores = score(records, specials)
+        calls = steps * k  # diffusion: one network call per step and candidate
+        if family == "ar":  # one decoder call per generated token (+ [SEP]) and beam
+            calls = (scores["first"]["tokens"] + 1) * k
         results[name] = {
-            **score(records, specials),
+            **scores,
             "sampler": sampler,
             "steps": steps,
             "candidates": k,
-            "model_calls_per_sentence": steps * k,
+            "model_calls_per_sentence": calls,
             "decode_seconds": time.perf_counter() - start,
         }
     return results
@@ -260,8 +285,12 @@ def add_missing_decodes(result: dict, run: Path, pairs: list, task: Task) -> boo
     added = False
     for entry in result["checkpoints"]:
         last = entry["step"] == max(task.eval_at)
+        family = RECIPE_FAMILY.get(result["recipe"], "gaussian")
         wanted = {
-            n for n, *_ in decode_settings(task.diff_steps, ancestral=task.ancestral and last)
+            n
+            for n, *_ in decode_settings(
+                task.diff_steps, ancestral=task.ancestral and last, family=family
+            )
         }
         missing = wanted - set(entry)
         if missing and run.is_dir():
