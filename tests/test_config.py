@@ -172,3 +172,18 @@ def test_shipped_recipe_presets_extend_the_paper_presets(task):
         for section in ("data", "train"):
             a, b = vars(getattr(paper, section)), vars(getattr(recipe, section))
             assert {k for k in a if a[k] != b[k]} <= {"notes"}, (section, a, b)
+
+
+@pytest.mark.parametrize("task", ["qqp", "qg", "dialogue", "ts"])
+def test_family_presets_change_only_the_family_keys(task):
+    """configs/<task>-rdm.yaml and <task>-ar.yaml keep the paper preset's data and training
+    budget; only the family, its section and (for ar) the model size differ."""
+    paper = RunConfig.load_yaml(REPO_CONFIGS / f"{task}.yaml")
+    rdm = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-rdm.yaml").validate()
+    ar = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-ar.yaml").validate()
+    assert (rdm.model.family, ar.model.family) == ("discrete", "ar")
+    assert rdm.discrete.discrete_loss == "rdm" and ar.model.ar_layers == "6+6"
+    for recipe in (rdm, ar):
+        for section in ("data", "train"):
+            a, b = vars(getattr(paper, section)), vars(getattr(recipe, section))
+            assert {k for k in a if a[k] != b[k]} <= {"notes"}, (section, a, b)
