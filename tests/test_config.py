@@ -187,3 +187,13 @@ def test_family_presets_change_only_the_family_keys(task):
         for section in ("data", "train"):
             a, b = vars(getattr(paper, section)), vars(getattr(recipe, section))
             assert {k for k in a if a[k] != b[k]} <= {"notes"}, (section, a, b)
+
+
+def test_training_args_carry_a_non_default_family():
+    """training_args.json keeps the original key set for the Gaussian family and adds
+    ``family`` otherwise, so a folder with only that file still rebuilds the right model."""
+    assert "family" not in RunConfig().to_training_args()
+    for family in ("ar", "discrete"):
+        args = RunConfig.from_dict({"family": family}).to_training_args()
+        assert args["family"] == family
+        assert RunConfig.from_training_args(args).model.family == family

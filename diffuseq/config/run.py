@@ -196,7 +196,7 @@ class RunConfig:
     def to_training_args(self) -> dict[str, Any]:
         """The original's ``training_args.json`` content (v1 key set plus the v2 keys)."""
         m, d, da, tr = self.model, self.diffusion, self.data, self.train
-        return {
+        args = {
             "lr": tr.lr,
             "batch_size": tr.batch_size,
             "microbatch": tr.microbatch,
@@ -242,6 +242,9 @@ class RunConfig:
             "device": "",
             "data_split_num": 0,
         }
+        if m.family != "gaussian":  # beyond the original's keys only when it is not its model
+            args["family"] = m.family
+        return args
 
     @classmethod
     def from_training_args(
