@@ -78,6 +78,8 @@ def scaled(words: list[str], state: dict[str, str]) -> tuple[dict[str, str], lis
         if "--resume_checkpoint" in argv:
             return env, argv + ["--learning_steps", "6"], "run"
         return env, argv + TINY_TRAIN, "run"
+    if program == "run_train.py":  # a model family on the bundled demo
+        return env, argv + TINY_TRAIN, "run"
     if program in ("scripts/run_decode.sh", "run_decode.py"):
         argv = ["2" if a == "10" and p == "--num_samples" else a for p, a in zip([""] + argv, argv)]
         return env, argv, "run"
