@@ -110,7 +110,7 @@ def tasks(*, quick: bool, qqp_ancestral: bool) -> dict[str, Task]:
         }
     return {
         "clauses": Task("clauses", (1000, 2000, 3000)),
-        "sortcount": Task("sortcount", (1000, 2000, 3000), ancestral=False),
+        "sortcount": Task("sortcount", (500, 1000, 1500), ancestral=False),
         "qqp": Task("qqp", (500, 1000), ancestral=qqp_ancestral),
     }
 
