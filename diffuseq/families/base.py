@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from diffuseq.config.decode import ResolvedDecode
     from diffuseq.sampling.run import RowBatch
 
-__all__ = ["Family", "LossBatch", "Objective"]
+__all__ = ["Family", "LossBatch", "Objective", "TimestepObjective"]
 
 
 @dataclass
@@ -73,6 +73,27 @@ class Objective(ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`. Default: nothing."""
         return None
+
+
+class TimestepObjective(Objective):
+    """An objective that draws a noise level per example from a timestep distribution
+    (:mod:`diffuseq.diffusion.timestep_sampling`): a loss-aware one learns from every training
+    micro-batch's losses at the drawn levels (``LossBatch.draws``), and its history is part of
+    the training state. Subclasses set ``self.timesteps`` and implement :meth:`losses`."""
+
+    timesteps: Any
+
+    def observe(self, batch: LossBatch) -> None:
+        update = getattr(self.timesteps, "update_with_local_losses", None)
+        if update is not None:  # LossAwareTimesteps
+            update(batch.draws, batch.terms["loss"].detach().float())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.timesteps.state_dict() if hasattr(self.timesteps, "state_dict") else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state and hasattr(self.timesteps, "load_state_dict"):
+            self.timesteps.load_state_dict(state)
 
 
 class Family(ABC):

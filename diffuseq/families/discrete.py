@@ -14,20 +14,18 @@ the Gaussian family). Decoding: ``--sampler auto`` (= ``rdm``), ``rdm`` or ``abs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from diffuseq.diffusion.timestep_sampling import (
-    LossAwareTimesteps,
     TimestepDistribution,
     create_timestep_distribution,
 )
 from diffuseq.discrete.losses import discrete_losses
 from diffuseq.discrete.process import AbsorbingDiffusion
 from diffuseq.errors import ConfigError
-from diffuseq.families.base import Family, LossBatch, Objective
+from diffuseq.families.base import Family, LossBatch, TimestepObjective
 from diffuseq.models.factory import encoder_config as build_encoder_config
 from diffuseq.models.token_denoiser import MaskedTokenDenoiser
 from diffuseq.sampling.table import family_samplers, get_sampler
@@ -45,7 +43,7 @@ DEFAULT_STEPS = 10
 DEFAULT_SAMPLER = "rdm"
 
 
-class DiscreteObjective(Objective):
+class DiscreteObjective(TimestepObjective):
     """The discrete loss at ``t = k + 1``, ``k ~`` the timestep distribution over ``0..T−1``.
 
     Args:
@@ -67,19 +65,6 @@ class DiscreteObjective(Objective):
         )
         quartile = torch.div(4 * k, self.process.num_timesteps, rounding_mode="floor")  # [B]
         return LossBatch(terms=terms, weights=weights, groups=quartile, draws=k)
-
-    def observe(self, batch: LossBatch) -> None:
-        if isinstance(self.timesteps, LossAwareTimesteps):
-            self.timesteps.update_with_local_losses(
-                batch.draws, batch.terms["loss"].detach().float()
-            )
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.timesteps.state_dict() if hasattr(self.timesteps, "state_dict") else {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state and hasattr(self.timesteps, "load_state_dict"):
-            self.timesteps.load_state_dict(state)
 
 
 class _Denoiser:

@@ -11,14 +11,13 @@ EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from diffuseq.diffusion.losses import training_losses
-from diffuseq.diffusion.timestep_sampling import LossAwareTimesteps, TimestepDistribution
-from diffuseq.families.base import Family, LossBatch, Objective
+from diffuseq.diffusion.timestep_sampling import TimestepDistribution
+from diffuseq.families.base import Family, LossBatch, TimestepObjective
 from diffuseq.models.factory import (
     build_diffusion,
     build_model,
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["FAMILY", "GaussianFamily", "GaussianObjective"]
 
 
-class GaussianObjective(Objective):
+class GaussianObjective(TimestepObjective):
     """DiffuSeq's loss at ``t ~`` the timestep distribution (docs/original.md §5.6, §6.3).
 
     Args:
@@ -57,19 +56,6 @@ class GaussianObjective(Objective):
         terms = self.loss_fn(self.diffusion, model, input_ids, input_mask, t, text_model=text_model)
         quartile = torch.div(4 * t, self.diffusion.num_timesteps, rounding_mode="floor")  # [B]
         return LossBatch(terms=terms, weights=weights, groups=quartile, draws=t)
-
-    def observe(self, batch: LossBatch) -> None:
-        if isinstance(self.timesteps, LossAwareTimesteps):
-            self.timesteps.update_with_local_losses(
-                batch.draws, batch.terms["loss"].detach().float()
-            )
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.timesteps.state_dict() if hasattr(self.timesteps, "state_dict") else {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state and hasattr(self.timesteps, "load_state_dict"):
-            self.timesteps.load_state_dict(state)
 
 
 class GaussianFamily(Family):
