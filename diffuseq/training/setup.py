@@ -48,6 +48,7 @@ from diffuseq.tokenizers.tokenizer import (
     load_tokenizer,
     load_tokenizer_from_run,
 )
+from diffuseq.training.eval_decode import build_eval_decode
 from diffuseq.training.trainer import Trainer, autocast_dtype
 
 __all__ = ["Layers", "build_trainer", "resolve", "torch_device"]
@@ -116,6 +117,10 @@ def _build(
         enabled=rank == 0,
         trackers=trackers or (),
     )
+    eval_decode = build_eval_decode(
+        config, model=model, process=process, tokenizer=tokenizer,
+        valid_path=split_file(config.data.data_dir, "valid"), device=device, writer=writer,
+    )  # fmt: skip
     trainer = Trainer(
         model=model,
         objective=family.build_objective(config, process),
@@ -130,6 +135,7 @@ def _build(
         keep_states=options.keep_states,
         progress=options.progress,
         run_lock=run_lock,
+        eval_decode=eval_decode,
     )
     _load_resume(trainer, resume, tr.ema_rates)
     log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
