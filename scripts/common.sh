@@ -115,3 +115,20 @@ has_flag() {
     done
     return 1
 }
+
+# fresh_folder DIR WHO: make DIR an empty folder that WHO owns (a `.created-by-WHO` file inside).
+# A DIR that an earlier WHO run created is removed first; any other existing DIR is left as it
+# is and refused (status 2), so nothing the user made is ever deleted.
+fresh_folder() {
+    local dir="$1" who="$2"
+    local marker="$dir/.created-by-$who"
+    if [[ -e "$dir" || -L "$dir" ]]; then
+        if [[ -d "$dir" && ! -L "$dir" && -f "$marker" ]]; then
+            rm -rf -- "$dir"
+        else
+            echo "$who: $dir exists and was not created by $who; remove it or choose another folder" >&2
+            return 2
+        fi
+    fi
+    mkdir -p -- "$dir" && : >"$marker"
+}

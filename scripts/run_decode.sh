@@ -39,7 +39,7 @@ if [[ -z "${STEP:-}" ]] && ! has_flag --step "$@" && ! has_flag --sampler "$@" \
     && ! has_flag --device "$@" && [[ "$(visible_gpus)" == 0 ]]; then
     echo "run_decode.sh: full-step ancestral sampling on CPU: one model call per diffusion step" \
         "(T=2000 for the paper's models) for every batch of ${BSZ:-50}, which takes long" \
-        "(the progress bar shows the time left). 200x fewer model calls at" \
+        "(after a few seconds the sampler's steps show their rate and the batch's time left). 200x fewer model calls at" \
         "nearly the same quality: add --sampler dpm-solver++ --step 10 (scripts/run_decode_solver.sh)." >&2
 fi
 common=(--model_dir "$MODEL_DIR" --split "${SPLIT:-test}" --bsz "${BSZ:-50}")

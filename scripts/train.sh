@@ -33,6 +33,12 @@ if [[ -z "${CONFIG:-}" ]] && ! has_flag --config "$@" && ! has_flag --data_dir "
     CONFIG="$ROOT/configs/qqp.yaml"
     DATA_DIR="${DATA_DIR:-$ROOT/datasets/QQP}"
     echo "train.sh: no --config, --data_dir or --resume_checkpoint given: using the preset $CONFIG with --data_dir $DATA_DIR" >&2
+    if [[ ! -d "$DATA_DIR" ]]; then
+        echo "train.sh: error: $DATA_DIR not found: the QQP data is not bundled; datasets/README.md" \
+            "($ROOT/datasets/README.md) says how to get it. To train on the bundled demo data:" \
+            "NPROC=1 bash scripts/train.sh --config configs/demo.yaml" >&2
+        exit 2
+    fi
 fi
 [[ -n "${CONFIG:-}" ]] && preset+=(--config "$CONFIG")
 [[ -n "${DATA_DIR:-}" ]] && preset+=(--data_dir "$DATA_DIR")

@@ -61,6 +61,25 @@ def test_nested_loops_are_silent_in_a_file_and_disabled_shows_nothing():
     assert out.getvalue() == ""
 
 
+def test_a_long_nested_loop_in_a_file_says_its_time_left(monkeypatch):
+    """Full-step decoding: the outer bar reads ``batches: 0/4`` for minutes, so the sampler's
+    steps say their rate and time left once they have run a few seconds (then every interval);
+    short loops stay silent, and no line is written at the start or the end."""
+    monkeypatch.setenv("DIFFUSEQ_PROGRESS_INTERVAL", "30")
+    out = io.StringIO()
+    bar = progress(range(2000), desc="ancestral", nested=True, stream=out)
+    assert isinstance(bar, progress_module.StepEstimate)
+    clock = [100.0]
+    bar._time = lambda: clock[0]  # tqdm's clock
+    bar.start_t = bar.last_print_t = clock[0]
+    for _ in bar:
+        clock[0] += 0.5  # 2 steps per second: 1000 s in all
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "ancestral: 10/2000 (0%), 2 it/s, eta 16m35s, elapsed 0m05s"
+    assert len(lines) == 1 + (1000 - 5) // 30 and lines[1].startswith("ancestral: 70/2000")
+    assert not any(c in out.getvalue() for c in ESCAPES)
+
+
 def test_live_bar_shows_the_latest_loss(monkeypatch):
     monkeypatch.setattr(progress_module, "live_output", lambda stream=None: True)
     out = io.StringIO()

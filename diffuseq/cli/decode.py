@@ -73,17 +73,23 @@ def input_pairs(job: DecodeJob, run) -> tuple[list[tuple[str, str]], str]:
     return read_pairs(run.split_path(job.split)), "" if job.split == "test" else job.split
 
 
-def print_candidates(paths: Sequence[Path]) -> None:
-    """Print each source and its candidates (one per seed file) on stdout (``--text``)."""
+def print_candidates(paths: Sequence[Path], special_tokens: dict[str, str] | None = None) -> None:
+    """Print each source and its candidates (one per seed file) on stdout (``--text``), cut at
+    the first separator and without the tokenizer's ``special_tokens`` (the files keep them)."""
     import json
+
+    from diffuseq.decoding.text import cut_at_sep
+
+    def shown(text: str) -> str:
+        return cut_at_sep(text, special_tokens) if special_tokens else text
 
     files = [
         [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()] for p in paths
     ]
     for i, first in enumerate(files[0]):
-        print(f"source: {first['source']}")
+        print(f"source: {shown(first['source'])}")
         for path, records in zip(paths, files):
-            print(f"  {path.stem.split('_')[0]}: {records[i]['recover']}")
+            print(f"  {path.stem.split('_')[0]}: {shown(records[i]['recover'])}")
     sys.stdout.flush()
 
 
@@ -152,7 +158,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 info={"checkpoint": str(checkpoint)},
             )
             if job.text and info.is_main:
-                print_candidates(paths)
+                print_candidates(paths, decoder.tokenizer.special_tokens)
     dist.cleanup()
     return 0
 

@@ -8,7 +8,11 @@ Examples::
     python eval_seq2seq.py --hyp hyp.txt --ref ref.txt \\
         --bertscore_model ./roberta-large --bertscore_layer 17
 
-Without extra flags the printed lines are the original's. BERTScore needs its model locally
+Without extra flags the printed lines are the original's. A folder written by run_decode.py
+holds a MANIFEST: its files must come from one decode setting (same checkpoint weights, sampler,
+steps, inputs, ...; seeds may differ, as with run_decode.sh once per seed); files of several
+settings are refused (``--allow_mixed`` evaluates them together anyway), and stderr says which
+files, seeds and settings are combined. BERTScore needs its model locally
 (``microsoft/deberta-xlarge-mnli``, layer 40, by default); if it is not in the Hugging Face cache
 the evaluator says so on stderr and prints every other metric.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +29,7 @@ from diffuseq.cli.common import describe, program_name, run_cli
 from diffuseq.cli.flags import build_parser as build_flag_parser
 from diffuseq.cli.flags import config_from_args
 from diffuseq.config import EvalConfig
+from diffuseq.decoding import decode_sets
 from diffuseq.errors import ConfigError, OfflineAssetError
 from diffuseq.evaluation import job as evaluation
 from diffuseq.evaluation import metrics
@@ -43,14 +49,36 @@ def parse_args(argv: Sequence[str] | None) -> EvalConfig:
     return config_from_args(build_parser().parse_args(argv), EvalConfig).validate()
 
 
-def load_inputs(config: EvalConfig) -> list[evaluation.CandidateFile]:
-    """The candidate files named by ``--folder``, ``--file`` or ``--hyp/--ref``."""
+def load_inputs(config: EvalConfig, combined: list | None = None) -> list[evaluation.CandidateFile]:
+    """The candidate files named by ``--folder``, ``--file`` or ``--hyp/--ref``.
+
+    Files of several decode settings are refused unless ``--allow_mixed``
+    (:mod:`diffuseq.decoding.decode_sets`); what is combined is said on stderr and appended to
+    ``combined`` (the ``--json`` record)."""
     flags = {name: getattr(config, name) for name in ("sos", "eos", "sep", "pad")}
     tokens = evaluation.special_tokens_for(config.folder or config.file, flags)
     if config.hyp:
         return [evaluation.read_text_pair(config.hyp, config.ref, tokens)]
     paths = evaluation.find_decode_files(config.folder) if config.folder else [config.file]
-    return [evaluation.read_decode_file(path, tokens) for path in paths]
+    files = [evaluation.read_decode_file(path, tokens) for path in paths]
+    report_sets(config.folder or os.path.dirname(config.file) or ".", paths, config, combined)
+    return files
+
+
+def report_sets(folder: str, paths: Sequence[str], config: EvalConfig, combined) -> None:
+    """Refuse files of different decode settings (unless ``--allow_mixed``); say on stderr
+    which files, seeds and settings are combined."""
+    sets = decode_sets.group_files(folder, paths)
+    if sets is None:  # the original's outputs: nothing is known (nor said) about them
+        return
+    if not config.allow_mixed:
+        decode_sets.check_one_set(folder, sets, flag="--allow_mixed")
+    what = "one decode setting" if len(sets) == 1 else f"{len(sets)} settings (--allow_mixed)"
+    print(f"{PROG}: evaluating {len(paths)} file(s) of {what} in {folder}:", file=sys.stderr)
+    for group in sets:
+        print(f"  {decode_sets.describe(group)}", file=sys.stderr)
+    if combined is not None:
+        combined.extend(group.to_json() for group in sets)
 
 
 def make_bertscore(config: EvalConfig) -> tuple[evaluation.BertScoreFn | None, str]:
@@ -93,7 +121,8 @@ def versions() -> dict[str, str]:
 
 def _main(argv: Sequence[str] | None) -> int:
     config = parse_args(argv)
-    files = load_inputs(config)
+    combined: list = []
+    files = load_inputs(config, combined)
     if config.mbr and len(files) < 2:
         print(
             f"{PROG}: note: --mbr needs more than one file; only per-file metrics are printed",
@@ -116,6 +145,7 @@ def _main(argv: Sequence[str] | None) -> int:
             "command": [PROG, *(argv if argv is not None else sys.argv[1:])],
             "versions": versions(),
             "options": config.to_dict(),
+            "decode_sets": combined,
             **report.to_json(),
         }
         try:

@@ -76,9 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     invocation = parse_invocation(argv)  # --help and flag errors end here, before torch loads
-    from diffuseq.training import api
-
     options, config, layers = invocation.options, invocation.config, invocation.layers
+    from diffuseq.training.preflight import given_keys, preflight
+
+    preflight(config, given=given_keys(layers) | ({"config"} if invocation.preset_file else set()))
+    from diffuseq.training import api  # torch, transformers: after the paths are checked
+
     if options.check_args:
         print(f"{PROG}: arguments OK ({api.check(config, device=options.device, layers=layers)})")
         return 0

@@ -63,6 +63,12 @@ class EvalConfig(FlagConfig):
         "avg len",
         group="additions",
     )
+    allow_mixed: bool = opt(
+        False,
+        "evaluate files of different decode settings together (other checkpoints, samplers, "
+        "steps or inputs, as the folder's MANIFEST records them); without it they are refused",
+        group="additions",
+    )
     summary: bool = opt(
         False,
         "after the original's lines, print one table across the files: mean / min / max per "

@@ -99,6 +99,10 @@ class RunConfig:
                 "--log_interval and --eval_interval must be positive",
             ),
             (tr.lr > 0, f"--lr must be positive, got {tr.lr}"),
+            (
+                tr.eval_decode_interval >= 0 and tr.eval_decode_samples >= 1,
+                "--eval_decode_interval must be ≥ 0 (0: off) and --eval_decode_samples ≥ 1",
+            ),
             (tr.weight_decay >= 0, f"--weight_decay must be ≥ 0, got {tr.weight_decay}"),
             (d.reg_rate >= 0, f"--reg_rate must be ≥ 0, got {d.reg_rate}"),
             (da.num_workers >= 0, f"--num_workers must be ≥ 0, got {da.num_workers}"),

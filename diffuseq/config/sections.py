@@ -46,6 +46,13 @@ def family_choices() -> tuple[str, ...]:
     return family_names()
 
 
+def eval_sampler_choices() -> tuple[str, ...]:
+    """``--eval_decode_sampler`` choices: those of ``--sampler`` (:mod:`diffuseq.config.decode`)."""
+    from diffuseq.config.decode import sampler_choices
+
+    return sampler_choices()
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The transformer denoiser (docs/original.md §4)."""
@@ -221,6 +228,23 @@ class TrainConfig:
     )
     fixed_data_order: bool = opt(
         False, "reproduce the original: never call set_epoch (same shuffle every epoch)"
+    )
+    eval_decode_interval: int = opt(
+        0,
+        "every N steps decode --eval_decode_samples validation sources with the EMA weights and "
+        "log decode_bleu, decode_rouge_l, decode_exact and 3 examples (0: off)",
+        group="quality during training",
+    )
+    eval_decode_samples: int = opt(
+        32, "validation sources decoded each time (the first K of valid.jsonl)",
+        group="quality during training",
+    )  # fmt: skip
+    eval_decode_sampler: str = opt(
+        "auto",
+        "sampler of those decodes (auto: the family's fast one: gaussian dpm-solver++ 10 steps, "
+        "discrete rdm 10 steps, ar greedy; a sampler that takes steps runs 10)",
+        choices=eval_sampler_choices,
+        group="quality during training",
     )
 
     @property

@@ -38,12 +38,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffuseq.data.jsonl import iter_records
-from diffuseq.errors import ConfigError, DataError
+from diffuseq.data.splits import SPLITS, split_file  # noqa: F401 (re-exported)
+from diffuseq.errors import ConfigError
 
 if TYPE_CHECKING:
     from diffuseq.tokenizers.base import TextTokenizer, UnknownTokens
 
-SPLITS = ("train", "valid", "test")
 FIELDS = ("src", "trg")
 # [CLS] [SEP] [SEP] [CLS] [SEP]: the layout with empty source and target.
 MIN_SEQ_LEN = 5
@@ -52,33 +52,6 @@ MIN_SEQ_LEN = 5
 # ----------------------------------------------------------------------------------------------
 # Reading jsonl files
 # ----------------------------------------------------------------------------------------------
-
-
-def split_file(data_dir: str | os.PathLike, split: str) -> Path:
-    """``{data_dir}/{split}.jsonl``, checked to exist.
-
-    Raises:
-        ConfigError: ``split`` is not one of ``train``, ``valid``, ``test``.
-        DataError: the folder or the split file is missing (the message lists what is there).
-    """
-    if split not in SPLITS:
-        raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
-    folder = Path(data_dir)
-    path = folder / f"{split}.jsonl"
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.is_file() else "folder not found"
-        raise DataError(str(folder), None, None, f"--data_dir {what}.")
-    if not path.is_file():
-        present = sorted(p.name for p in folder.glob("*.jsonl")) or ["no .jsonl files"]
-        raise DataError(
-            str(path),
-            None,
-            None,
-            f"the '{split}' split file {path.name} is missing from --data_dir {folder} "
-            f"(found: {', '.join(present)}). A data folder holds train.jsonl, valid.jsonl and "
-            "test.jsonl.",
-        )
-    return path
 
 
 def iter_pairs(path: str | os.PathLike) -> Iterator[tuple[str, str]]:

@@ -18,8 +18,10 @@ output does not depend on the batch size, the number of processes or ``num_sampl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -44,6 +46,7 @@ __all__ = [
     "cut_at_sep",
     "decode_to_files",
     "output_file_name",
+    "provenance",
     "read_input_file",
     "samples_dir_name",
     "texts_from_tokens",
@@ -230,6 +233,26 @@ def _assemble(
     return result
 
 
+def provenance(model: torch.nn.Module, inputs: EncodedInputs) -> dict[str, Any]:
+    """What identifies a decode job in its manifest (:mod:`diffuseq.decoding.decode_sets`): a
+    fresh ``job`` id and time, and fingerprints of the model's weights and of the inputs, so
+    that files of other checkpoints or inputs in the same folder are told apart."""
+    weights = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        weights.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+        weights.update(data.view(torch.uint8).numpy().tobytes())
+    source = hashlib.blake2b(digest_size=8)
+    for tensor in (inputs.input_ids, inputs.input_mask):
+        source.update(tensor.to(torch.int64).contiguous().numpy().tobytes())
+    return {
+        "job": uuid.uuid4().hex[:12],
+        "decoded_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "weights": weights.hexdigest(),
+        "inputs": {"count": len(inputs), "fingerprint": source.hexdigest()},
+    }
+
+
 def decode_to_files(
     decoder: Decoder,
     inputs: EncodedInputs,
@@ -274,7 +297,13 @@ def decode_to_files(
                 for candidates in records
             ]
         outputs = {path.name: [json.dumps(r[k]) for r in records] for k, path in enumerate(paths)}
-        described = {**asdict(config), "note": note, "cut_at_sep": clean, **(info or {})}
+        described = {
+            **asdict(config),
+            "note": note,
+            "cut_at_sep": clean,
+            **provenance(decoder.model, inputs),
+            **(info or {}),
+        }
         try:
             write_outputs(
                 folder, outputs, settings=described, special_tokens=specials, append=append

@@ -83,7 +83,8 @@ def write_outputs(
     Args:
         settings: what produced the files (JSON-serialisable), stored with each file's entry.
         special_tokens: the tokenizer's ``sos/eos/sep/pad`` strings (the evaluator's defaults).
-        append: add the lines to an existing file instead of replacing it (the original).
+        append: add the lines to an existing file instead of replacing it (the original);
+            the entry then keeps the earlier settings under ``appended_to``.
 
     Returns:
         The written paths, in the order of ``outputs``.
@@ -98,12 +99,20 @@ def write_outputs(
         temps = [temp_name(p) for p in paths]
         try:
             for path, tmp, lines in zip(paths, temps, outputs.values()):
-                _write(tmp, lines, path if append and path.is_file() else None)
-                manifest["files"][path.name] = {
+                appended = append and path.is_file()
+                _write(tmp, lines, path if appended else None)
+                entry = {
                     "lines": _count_lines(tmp),
                     "bytes": tmp.stat().st_size,
                     "settings": dict(settings),
                 }
+                before = manifest["files"].get(path.name) if appended else None
+                if before is not None:  # the settings of the lines above the new ones
+                    entry["appended_to"] = [
+                        *before.get("appended_to", []),
+                        before.get("settings", {}),
+                    ]
+                manifest["files"][path.name] = entry
             manifest["special_tokens"] = dict(special_tokens)
             manifest["files"] = {  # entries of files removed since are dropped
                 name: entry

@@ -179,6 +179,29 @@ class MetricsWriter:
             self._write(record)
         return record
 
+    def log_record(
+        self, record: Mapping[str, float], *, text: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write ``record`` at once as a line of its own (the averaged keys pending for the
+        next :meth:`dump` are left alone), with the JSON values of ``text`` in the same line.
+        Trackers get the numbers at ``record["step"]``, and each ``text`` value through their
+        ``log_text`` (TensorBoard) or as a JSON string (wandb)."""
+        if not self.enabled:
+            return
+        text = dict(text or {})
+        if self.path is not None:
+            line = {**{k: _jsonable(float(v)) for k, v in record.items()}, **text}
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+        step = int(record["step"]) if "step" in record else None
+        for tracker in self.trackers:
+            tracker.log(dict(record), step=step)
+            for key, value in text.items():
+                if hasattr(tracker, "log_text"):
+                    tracker.log_text(key, value, step=step)
+                else:
+                    tracker.log({key: json.dumps(value)}, step=step)
+
     def _write(self, record: dict[str, float]) -> None:
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as handle:
@@ -300,6 +323,18 @@ class TensorBoardTracker:
             if key != "step":
                 self.writer.add_scalar(key, value, global_step=step)
         self.writer.flush()  # once per dump: readable while training runs
+
+    def log_text(self, key: str, value: Any, step: int | None = None) -> None:
+        """``value`` as TensorBoard text: a list of dicts as a Markdown table, else JSON."""
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            head = list(value[0])
+            rows = [" | ".join(head), " | ".join("---" for _ in head)]
+            rows += [" | ".join(str(v.get(k, "")).replace("|", "\\|") for k in head) for v in value]
+            text = "\n".join(rows)
+        else:
+            text = json.dumps(value)
+        self.writer.add_text(key, text, global_step=step)
+        self.writer.flush()
 
     def finish(self) -> None:
         self.writer.close()

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from tqdm import tqdm as text_tqdm
 from tqdm.auto import tqdm as auto_tqdm  # the notebook widget under Jupyter, else text_tqdm
 
-__all__ = ["PlainProgress", "live_output", "progress"]
+__all__ = ["PlainProgress", "StepEstimate", "live_output", "progress"]
 
 DEFAULT_INTERVAL = 30.0
 
@@ -163,6 +163,43 @@ class PlainProgress(_LazyPostfix, text_tqdm):
         return ", ".join(parts)
 
 
+class StepEstimate(PlainProgress):
+    """The plain form of a nested loop (a sampler's steps): silent while it is short; once it
+    has run ``first`` seconds, one line with the rate and the time left of the loop (an
+    estimate from its first steps), then one every ``interval`` seconds. No line at the start
+    or the end: the outer loop's lines say those."""
+
+    def __init__(self, iterable: Iterable | None = None, *, first: float, **kwargs: Any) -> None:
+        self.every = _interval() if kwargs.get("interval") is None else kwargs["interval"]
+        self.quiet = True  # until the first update after `first` seconds, and from close() on
+        self.last_line: float | None = None  # when the last line was written
+        kwargs["interval"] = first
+        super().__init__(iterable, **kwargs)
+
+    def update(self, n: int = 1, **postfix: Any) -> bool | None:
+        self.quiet = False
+        return super().update(n, **postfix)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg is not None:  # tqdm clearing the line: nothing to clear
+            return False
+        now = self._time()
+        if self.quiet or self.n == 0:
+            return True
+        if self.last_line is not None and now - self.last_line < self.every:
+            return True  # tqdm checks every `first` seconds; a line every `every` seconds
+        self.last_line = now
+        return super().display(msg, pos)
+
+    def close(self) -> None:
+        self.quiet = True
+        super().close()
+
+
+#: Seconds a nested loop in a file runs before its first line (:class:`StepEstimate`).
+NESTED_FIRST = 5.0
+
+
 def progress(
     iterable: Iterable | None = None,
     *,
@@ -178,7 +215,8 @@ def progress(
     Args:
         enabled: ``False`` (other ranks, ``--progress false``) shows nothing.
         nested: an inner loop (a sampler's steps inside a batch loop): a transient bar on a
-            terminal, nothing in a file (the outer loop's lines say enough).
+            terminal; in a file nothing while it is short, else a line with its time left
+            after :data:`NESTED_FIRST` seconds and then every interval (:class:`StepEstimate`).
         stream: where it goes (default stderr); its kind decides bar or lines.
 
     Returns:
@@ -187,8 +225,11 @@ def progress(
         use as a context manager.
     """
     live = live_output(stream)
-    if not enabled or (nested and not live):
+    if not enabled:
         return PlainProgress(iterable, total=total, disable=True)
+    if nested and not live:
+        first = min(NESTED_FIRST, max(_interval(), 1.0))
+        return StepEstimate(iterable, first=first, total=total, desc=desc, stream=stream)
     if not live:
         return PlainProgress(iterable, total=total, initial=initial, desc=desc, stream=stream)
     return _LiveBar(

@@ -127,7 +127,7 @@ class RunFolder:
 
     def split_path(self, split: str) -> Path:
         """The run's ``{data_dir}/{split}.jsonl`` (DataError if missing)."""
-        from diffuseq.data.dataset import split_file
+        from diffuseq.data.splits import split_file
 
         data_dir = self.config.data.data_dir
         if not data_dir or not Path(data_dir).is_dir():

@@ -26,12 +26,13 @@ import torch
 
 from diffuseq.config import RunConfig
 from diffuseq.config.runtime import RuntimeOptions
-from diffuseq.data.dataset import split_file
+from diffuseq.data.splits import split_file
 from diffuseq.errors import UserError
 from diffuseq.runtime import dist
 from diffuseq.runtime.logger import get_logger, setup_logging
 from diffuseq.store.checkpoint import ema_file_name
 from diffuseq.store.hf_folder import export_checkpoint
+from diffuseq.training.preflight import extend_hint, given_keys, preflight
 from diffuseq.training.setup import Layers, build_trainer, resolve, torch_device
 from diffuseq.training.trainer import Trainer
 
@@ -83,9 +84,11 @@ def train(
         UserError: a bad config, data file or resume source (before anything is written).
     """
     options = _options(device, max_minutes, keep_states, progress, export_model)
+    _preflight(config, layers)
     trainer = build_trainer(config.validate(), options, layers)
     try:
-        step = trainer.fit()
+        finished = trainer.step >= trainer.config.learning_steps  # said by the set-up
+        step = trainer.step if finished else trainer.fit()
         result = TrainResult(
             run_dir=trainer.run_dir,
             step=step,
@@ -115,6 +118,7 @@ def prepare(
     (run folder created, resume loaded). The caller runs ``trainer.fit()`` and then
     ``trainer.close()`` (releases the run folder's lock) and ``diffuseq.runtime.dist.cleanup()``."""
     options = _options(device, max_minutes, keep_states, progress, export_model=False)
+    _preflight(config, layers)
     return build_trainer(config.validate(), options, layers)
 
 
@@ -125,13 +129,21 @@ def check(config: RunConfig, *, device: str = "auto", layers: Layers = ()) -> st
     Returns:
         What a run would do: ``"new run; data D"`` or ``"continues S (step N); data D"``.
     """
+    _preflight(config, layers)
     choice = torch_device(_options(device).device)
     where = torch.device(choice or ("cuda" if torch.cuda.is_available() else "cpu"))
     config, resume = resolve(config.validate(), layers, where)
     for split in ("train", "valid"):
         split_file(config.data.data_dir, split)
     what = f"continues {resume.path} (step {resume.step})" if resume.kind != "none" else "new run"
+    if resume.kind == "state" and resume.step >= config.train.learning_steps:
+        what += f", which is finished: {extend_hint(resume.step)}"
     return f"{what}; data {config.data.data_dir}"
+
+
+def _preflight(config: RunConfig, layers: Layers) -> None:
+    """:func:`~diffuseq.training.preflight.preflight` (the paths, before any heavy work)."""
+    preflight(config, given=given_keys(layers) if layers else None)
 
 
 def _options(

@@ -4,6 +4,9 @@
 Each line of ``metrics.jsonl`` is one log interval (:class:`diffuseq.runtime.logger.MetricsWriter`):
 ``step``, ``loss``/``mse``/``nll`` and their per-quartile-of-t means ``loss_q0`` … ``loss_q3``
 (``q0``: the smallest t), and on evaluation intervals ``eval_loss`` and ``eval_loss_q*``.
+With ``--eval_decode_interval``, records with ``decode_bleu``, ``decode_rouge_l``,
+``decode_exact`` and ``seconds`` add a panel of these scores against steps and one of BLEU
+against seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ __all__ = ["plot_loss_curves", "read_metrics", "require_pyplot"]
 
 #: (key, matplotlib format) of the main panel.
 MAIN_CURVES = (("loss", "-"), ("eval_loss", "o--"), ("mse", ":"), ("nll", "-."))
+#: (key, format) of the quality panel (``--eval_decode_interval``).
+QUALITY_CURVES = (("decode_bleu", "o-"), ("decode_rouge_l", "s--"), ("decode_exact", "^:"))
 
 
 def require_pyplot() -> Any:
@@ -60,11 +65,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _points(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def _points(
+    records: list[dict[str, Any]], key: str, x: str = "step"
+) -> tuple[list[float], list[float]]:
     pairs = [
-        (float(r["step"]), float(r[key]))
+        (float(r[x]), float(r[key]))
         for r in records
-        if "step" in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+        if x in r and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
     ]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -83,10 +90,15 @@ def plot_loss_curves(
     quartiles = [f"{p}loss_q{q}" for p in ("", "eval_") for q in range(4)]
     have = [k for k, _ in MAIN_CURVES if _points(records, k)[0]]
     have_q = [k for k in quartiles if _points(records, k)[0]]
+    have_d = [k for k, _ in QUALITY_CURVES if _points(records, k)[0]]
+    seconds = bool(_points(records, "decode_bleu", "seconds")[0])
     if not {"loss", "eval_loss"} & set(have):
         raise DataError(source or "metrics", None, None, "no record with a step and a loss to plot")
-    fig, axes = plt.subplots(1, 2 if have_q else 1, figsize=(11 if have_q else 6, 4))
-    axes = list(axes) if have_q else [axes]
+    panels = 1 + bool(have_q) + bool(have_d) + seconds
+    fig, axes = plt.subplots(1, panels, figsize=(1 + 5 * panels, 4))
+    axes = list(axes) if panels > 1 else [axes]
+    if have_d:
+        _plot_quality(axes[1 + bool(have_q) :], records, have_d, seconds)
     for key, style in MAIN_CURVES:
         if key in have:
             axes[0].plot(*_points(records, key), style, label=key, markersize=4)
@@ -98,7 +110,7 @@ def plot_loss_curves(
         axes[1].plot(*_points(records, key), style, color=colors[q], label=key, markersize=3)
     if have_q:
         axes[1].set_title("per quartile of t (q0: smallest t)", fontsize=9)
-    for ax in axes:
+    for ax in axes[: 1 + bool(have_q)]:
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
@@ -107,4 +119,22 @@ def plot_loss_curves(
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return have + have_q
+    return have + have_q + have_d
+
+
+def _plot_quality(
+    axes: list, records: list[dict[str, Any]], keys: list[str], seconds: bool
+) -> None:
+    """``--eval_decode_interval``'s scores against steps, and BLEU against seconds."""
+    for key, style in QUALITY_CURVES:
+        if key in keys:
+            axes[0].plot(*_points(records, key), style, label=key, markersize=4)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("decoded validation sources", fontsize=9)
+    if seconds:
+        axes[1].plot(*_points(records, "decode_bleu", "seconds"), "o-", label="decode_bleu")
+        axes[1].set_xlabel("seconds of training")
+    for ax in axes:
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)

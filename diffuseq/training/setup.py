@@ -21,7 +21,8 @@ from diffuseq.config import RunConfig, run_folder_name
 from diffuseq.config.run import STAMP_FORMATS, run_notes
 from diffuseq.config.runtime import RuntimeOptions
 from diffuseq.data.cache import load_split
-from diffuseq.data.dataset import InfiniteBatches, infinite_batches, make_loader, split_file
+from diffuseq.data.dataset import InfiniteBatches, infinite_batches, make_loader
+from diffuseq.data.splits import split_file
 from diffuseq.errors import CheckpointError, ConfigError, UserError
 from diffuseq.families import get_family
 from diffuseq.models.factory import check_sequence_length
@@ -48,6 +49,8 @@ from diffuseq.tokenizers.tokenizer import (
     load_tokenizer,
     load_tokenizer_from_run,
 )
+from diffuseq.training.eval_decode import build_eval_decode
+from diffuseq.training.preflight import extend_hint
 from diffuseq.training.trainer import Trainer, autocast_dtype
 
 __all__ = ["Layers", "build_trainer", "resolve", "torch_device"]
@@ -116,6 +119,10 @@ def _build(
         enabled=rank == 0,
         trackers=trackers or (),
     )
+    eval_decode = build_eval_decode(
+        config, model=model, process=process, tokenizer=tokenizer,
+        valid_path=split_file(config.data.data_dir, "valid"), device=device, writer=writer,
+    )  # fmt: skip
     trainer = Trainer(
         model=model,
         objective=family.build_objective(config, process),
@@ -130,9 +137,16 @@ def _build(
         keep_states=options.keep_states,
         progress=options.progress,
         run_lock=run_lock,
+        eval_decode=eval_decode,
     )
     _load_resume(trainer, resume, tr.ema_rates)
-    log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
+    if trainer.step >= tr.learning_steps:
+        log.warning(
+            "nothing to train: %s is finished (step %d of --learning_steps %d); %s",
+            run_dir, trainer.step, tr.learning_steps, extend_hint(trainer.step),
+        )  # fmt: skip
+    else:
+        log.info("### Training from step %d to %d...", trainer.step, tr.learning_steps)
     return trainer
 
 

@@ -101,6 +101,7 @@ class Trainer:
         progress: show progress on rank 0 (a bar on a terminal, plain lines in a file).
         run_lock: the run folder's :class:`~diffuseq.store.safe_io.FolderLock` (rank 0), held until
             :meth:`close` or the end of the process.
+        eval_decode: ``--eval_decode_interval``'s :class:`~diffuseq.training.eval_decode.EvalDecode`.
     """
 
     def __init__(
@@ -119,8 +120,9 @@ class Trainer:
         keep_states: int = 2,
         progress: bool = True,
         run_lock: Any = None,
+        eval_decode: Any = None,
     ) -> None:
-        self.model = model
+        self.model, self.eval_decode = model, eval_decode
         self.run_lock = run_lock
         self.objective = objective
         self.train_batches = train_batches
@@ -197,6 +199,10 @@ class Trainer:
                     self.evaluate(self._next_batch(self.valid_batches))
                     self.writer.log_value("step", index)
                     self.writer.dump()
+                if self.eval_decode is not None and self.eval_decode.due(self.step):
+                    rate = next(iter(self.ema))  # the first EMA rate's weights (RNG forked)
+                    bleu = self.eval_decode.run(self.ema[rate], self.step)
+                    bar.set_postfix(bleu=bleu, refresh=False)  # shown from the next line on
                 bar.update(1, loss=self._latest_loss)  # read only when shown
                 if self.step % cfg.save_interval == 0:
                     self.save()
