@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, field, fields
@@ -269,10 +270,28 @@ def choice_check(flag: str, value: Any, choices: Iterable[str]) -> tuple[bool, s
     return value in choices, f"--{flag} {value!r} is unknown; choose one of {', '.join(choices)}"
 
 
+def finite_check(flag: str, value: Any) -> tuple[bool, str]:
+    """An ``(ok, message)`` check that ``--flag value`` is a finite number (``nan`` and
+    ``inf`` parse as floats, from a flag or a YAML ``.inf``, but no setting means them)."""
+    ok = value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+    return ok, f"--{flag} {value!r} is not a finite number; give a number such as 0.5"
+
+
 def choice_checks(config: Any) -> list[tuple[bool, str]]:
-    """:func:`choice_check` for every field of ``config`` declared with choices."""
+    """:func:`finite_check` for every float field of ``config``, then :func:`choice_check` for
+    every field declared with choices."""
+    kind = type(config)
     return [
-        choice_check(flag_name(f), getattr(config, f.name), choices)
-        for f in fields(config)
-        if (choices := field_choices(f))
+        *(
+            finite_check(flag_name(f), getattr(config, f.name))
+            for f in fields(config)
+            if field_type(kind, f.name)[0] is float
+        ),
+        *(
+            choice_check(flag_name(f), getattr(config, f.name), choices)
+            for f in fields(config)
+            if (choices := field_choices(f))
+        ),
     ]

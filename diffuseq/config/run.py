@@ -41,6 +41,10 @@ from diffuseq.config.sections import (
 from diffuseq.errors import ConfigError
 from diffuseq.store.safe_io import path_component
 
+#: The largest --lr accepted: AdamW moves each weight by about lr per step, so a larger one
+#: can only diverge (a smaller one may still: the trainer stops on a non-finite loss).
+MAX_LR = 1.0
+
 # The sections are re-exported: ``from diffuseq.config.run import TrainConfig`` keeps working.
 __all__ = [
     "SECTIONS",
@@ -98,7 +102,11 @@ class RunConfig:
                 tr.log_interval > 0 and tr.eval_interval > 0,
                 "--log_interval and --eval_interval must be positive",
             ),
-            (tr.lr > 0, f"--lr must be positive, got {tr.lr}"),
+            (
+                0 < tr.lr <= MAX_LR,
+                f"--lr must be positive and at most {MAX_LR:g} (AdamW moves every weight by "
+                f"about lr per step; the presets use 1e-4 to 1e-3), got {tr.lr}",
+            ),
             (tr.weight_decay >= 0, f"--weight_decay must be ≥ 0, got {tr.weight_decay}"),
             (d.reg_rate >= 0, f"--reg_rate must be ≥ 0, got {d.reg_rate}"),
             (da.num_workers >= 0, f"--num_workers must be ≥ 0, got {da.num_workers}"),
@@ -142,6 +150,12 @@ class RunConfig:
                 (
                     len(rates) > 0 and all(0.0 < r < 1.0 for r in rates),
                     f"--ema_rate {tr.ema_rate!r}: give rates in (0, 1), comma-separated",
+                )
+            )
+            checks.append(
+                (
+                    len(set(rates)) == len(rates),
+                    f"--ema_rate {tr.ema_rate!r} names a rate twice (both would write one file)",
                 )
             )
         except ValueError:

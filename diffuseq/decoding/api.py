@@ -16,6 +16,7 @@ example index (noise is drawn per example, see :mod:`diffuseq.sampling.noise`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
@@ -159,6 +160,8 @@ def _check_values(config: DecodeConfig) -> None:
     top_p = config.top_p
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))):
         raise TypeError(f"top_p must be a number or None, got {type(top_p).__name__} {top_p!r}")
+    if top_p is not None and not math.isfinite(top_p):
+        raise ValueError(f"top_p must be a finite number (<= 0: off), got {top_p!r}")
     choices = sampler_choices()
     if not isinstance(config.sampler, str) or config.sampler not in choices:
         raise ValueError(f"sampler must be one of {', '.join(choices)}, got {config.sampler!r}")
