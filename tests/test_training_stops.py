@@ -231,3 +231,56 @@ def test_two_processes_agree_on_the_step_and_resume_exactly(tmp_path):
     assert states and "continue the run with: torchrun" in done.stderr, done.stderr[-3000:]
     step = load_state_file(states[-1])["step"]
     assert 3 <= step < STEPS and len(load_state_file(states[-1])["ranks"]) == 2
+
+
+def test_the_slurm_script_forwards_sigterm_and_requeues(tmp_path):
+    """scripts/slurm/train.sbatch with stand-ins for srun and scontrol: srun gets the fixed
+    run folder and --resume_checkpoint auto; a SIGTERM to the script reaches srun, the script
+    waits for it and requeues the job."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    (bin_dir / "scontrol").write_text(
+        f'#!/usr/bin/env bash\necho "scontrol $*" >> {log}\n'
+        '[[ "$1" == show ]] && echo node1\nexit 0\n'
+    )
+    (bin_dir / "srun").write_text(  # waits for SIGTERM like a training run, then saves
+        f'#!/usr/bin/env bash\necho "srun $*" >> {log}\n'
+        f"trap 'sleep 0.5; echo saved >> {log}; exit 143' TERM\n"
+        "while true; do sleep 0.1; done\n"
+    )
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": "77",
+        "SLURM_JOB_NODELIST": "node1",
+        "SLURM_NNODES": "1",
+        "SLURM_CPUS_PER_TASK": "2",
+        "SLURM_GPUS_PER_NODE": "1",
+    }
+    script = REPO_ROOT / "scripts" / "slurm" / "train.sbatch"
+    proc = subprocess.Popen(
+        ["bash", str(script), "--config", "configs/demo.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "srun" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    calls = log.read_text().splitlines()
+    assert proc.returncode == 0, err
+    srun = next(c for c in calls if c.startswith("srun"))
+    assert "--checkpoint_path diffusion_models/slurm-77 --resume_checkpoint auto" in srun
+    assert srun.endswith("--config configs/demo.yaml")  # the user's flags come last (win)
+    assert calls[-2:] == ["saved", "scontrol requeue 77"], calls
