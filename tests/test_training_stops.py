@@ -284,3 +284,17 @@ def test_the_slurm_script_forwards_sigterm_and_requeues(tmp_path):
     assert "--checkpoint_path diffusion_models/slurm-77 --resume_checkpoint auto" in srun
     assert srun.endswith("--config configs/demo.yaml")  # the user's flags come last (win)
     assert calls[-2:] == ["saved", "scontrol requeue 77"], calls
+
+
+@pytest.mark.parametrize("steps", [4, 3])
+def test_continuing_a_run_without_steps_left_says_how_to_extend_it(straight, capsys, steps):
+    """A run at step 8 continued with --learning_steps 8 or less: an error naming the step and
+    a larger --learning_steps, not "Training from step 8 to 4" and exit 0."""
+    _, run = straight
+    before = sorted(p.name for p in run.iterdir())
+    argv = ["--resume_checkpoint", str(run), "--learning_steps", str(steps * 2)]
+    assert train_main(argv + ["--progress", "false"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--learning_steps {steps * 2}" in err and "holds 8 updates" in err, err
+    assert "--learning_steps 16" in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
