@@ -26,6 +26,7 @@ import yaml
 from diffuseq.config.discrete import DiscreteConfig, discrete_checks
 from diffuseq.config.fields import (
     choice_checks,
+    key_map,
     raise_first,
     read_layer,
     read_yaml,
@@ -92,6 +93,7 @@ class RunConfig:
                 "[CLS] x [SEP] [SEP] [CLS] y [SEP] needs at least 5 positions",
             ),
             (tr.batch_size > 0, f"--bsz must be positive, got {tr.batch_size}"),
+            (0 <= tr.seed < 2**31, f"--seed must be in [0, 2**31), got {tr.seed}"),
             (
                 tr.batch_size % tr.effective_microbatch == 0,
                 f"--bsz {tr.batch_size} is not divisible by --microbatch {tr.microbatch}",
@@ -191,7 +193,7 @@ class RunConfig:
         """
         merged: dict[str, Any] = {}
         for data, source in layers:
-            merged.update(read_layer(_flatten(data), SECTIONS.values(), source=source))
+            merged.update(read_layer(_flatten(data, source), SECTIONS.values(), source=source))
         return cls(
             **{
                 name: kind(**{f.name: merged[f.name] for f in fields(kind) if f.name in merged})
@@ -284,14 +286,30 @@ class RunConfig:
 _FIELD_NAMES: set[str] = {f.name for kind in SECTIONS.values() for f in fields(kind)}
 
 
-def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+def _flatten(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """One flat mapping of a sectioned one; a key under a section it does not belong to (or a
+    section that is not a mapping) is an error naming ``source``."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in SECTIONS and isinstance(value, Mapping):
-            flat.update(value)
-        else:
+        if key not in SECTIONS:
             flat[key] = value
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{source}: section '{key}' must be a mapping of its options, got {_kind(value)}"
+            )
+        own = key_map([SECTIONS[key]])
+        for name in value:
+            if name not in own:
+                home = [s for s, kind in SECTIONS.items() if name in key_map([kind])]
+                where = f" (it belongs to '{home[0]}')" if home else ""
+                raise ConfigError(f"{source}: '{name}' is not an option of section '{key}'{where}")
+        flat.update(value)
     return flat
+
+
+def _kind(value: Any) -> str:
+    return "an empty value" if value is None else f"a {type(value).__name__}"
 
 
 def _check_respacing(respacing: str, steps: int) -> None:
