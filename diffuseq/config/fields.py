@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 import reprlib
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -208,8 +209,8 @@ def _coerce_one(base: type, value: Any) -> Any:
             return float(value)
         raise TypeError(f"expected a number, got {type(value).__name__}")
     if base is str:
-        if isinstance(value, str):
-            return value
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
         if isinstance(value, numbers.Real):
             return str(value)
         raise TypeError(f"expected text, got {type(value).__name__}")
@@ -372,11 +373,52 @@ def finite_check(flag: str, value: Any) -> tuple[bool, str]:
     return ok, f"--{flag} {value!r} is not a finite number; give a number such as 0.5"
 
 
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def type_checks(config: Any) -> list[tuple[bool, str]]:
+    """``(ok, message)``: every field of ``config`` holds its declared type (a config built in
+    Python, e.g. ``DecodeConfig(ddim_adjacent="false")``, is not coerced; a string is truthy)."""
+    kind, checks = type(config), []
+    for f in fields(config):
+        base, optional, repeated = field_type(kind, f.name)
+        value = getattr(config, f.name)
+        values = value if repeated and isinstance(value, (tuple, list)) else [value]
+        ok = (value is None and optional) or all(_is_a(base, v) for v in values)
+        shown = _short(value)
+        word = _TYPE_WORDS.get(base, base.__name__)
+        checks.append((ok, f"--{flag_name(f)} {shown} is a {type(value).__name__}; give {word}"))
+    return checks
+
+
+def _is_a(base: type, value: Any) -> bool:
+    if base is bool:
+        return is_bool(value)
+    if base in (int, float):
+        kind = numbers.Integral if base is int else numbers.Real
+        return isinstance(value, kind) and not is_bool(value)
+    return isinstance(value, (str, os.PathLike)) if base is str else isinstance(value, base)
+
+
+def plain_values(config: Any) -> Any:
+    """``config`` with numpy scalars (``np.int64(8)``, ``np.bool_``) as Python ones and paths
+    as text (itself when it holds none): numpy integers are accepted as integers."""
+    changes = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if type(value).__module__ == "numpy" and hasattr(value, "item"):
+            changes[f.name] = value.item()
+        elif isinstance(value, os.PathLike):
+            changes[f.name] = os.fspath(value)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 def choice_checks(config: Any) -> list[tuple[bool, str]]:
-    """:func:`finite_check` for every float field of ``config``, then :func:`choice_check` for
-    every field declared with choices."""
+    """:func:`type_checks`, then :func:`finite_check` for every float field of ``config``, then
+    :func:`choice_check` for every field declared with choices."""
     kind = type(config)
     return [
+        *type_checks(config),
         *(
             finite_check(flag_name(f), getattr(config, f.name))
             for f in fields(config)

@@ -27,9 +27,11 @@ from diffuseq.config.discrete import DiscreteConfig, discrete_checks
 from diffuseq.config.fields import (
     choice_checks,
     key_map,
+    plain_values,
     raise_first,
     read_layer,
     read_yaml,
+    type_checks,
     values_from_dict,
 )
 from diffuseq.config.sections import (
@@ -70,10 +72,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     discrete: DiscreteConfig = field(default_factory=DiscreteConfig)
 
+    def __post_init__(self) -> None:
+        for name in SECTIONS:  # numpy scalars (from Python callers) as Python numbers
+            object.__setattr__(self, name, plain_values(getattr(self, name)))
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:
         """Reject bad values and incompatible combinations once, at start-up."""
         m, d, da, tr = self.model, self.diffusion, self.data, self.train
+        raise_first(c for name in SECTIONS for c in type_checks(getattr(self, name)))
         path_component(da.dataset, "--dataset")  # both become part of the run folder's name
         path_component(tr.notes, "--notes")
         _check_respacing(d.timestep_respacing, d.diffusion_steps)
