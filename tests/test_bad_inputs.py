@@ -199,6 +199,56 @@ def _assert_names(message: str, needles: list[str]) -> None:
         assert re.sub(r"\s", "", str(needle)) in squeezed, (needle, message)
 
 
+# issue 24: non-finite and out-of-range numbers, strict preset types, bounded YAML
+def _alias_bomb(levels: int = 13) -> str:
+    lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\nnotes: *l{levels - 1}\n"
+
+
+TRAIN_CASES.update(
+    {
+        "lr-inf": (_train(lr="inf"), ["--lr", "inf", "finite"]),
+        "lr-nan": (_train(lr="nan"), ["--lr", "nan", "finite"]),
+        "lr-huge": (_train(lr="1e30"), ["--lr", "at most 1", "1e+30"]),
+        "weight-decay-inf": (_train(weight_decay="inf"), ["--weight_decay", "finite"]),
+        "gradient-clipping-nan": (_train(gradient_clipping="nan"), ["--gradient_clipping"]),
+        "max-minutes-nan": (_train(max_minutes="nan"), ["--max_minutes", "finite"]),
+        "dropout-nan": (_train(dropout="nan"), ["--dropout", "finite"]),
+        "ema-rate-twice": (_train(ema_rate="0.9,0.90"), ["--ema_rate", "twice"]),
+        "seed-huge": (_train(seed="18446744073709551616"), ["--seed", "2**31"]),
+        "preset-lr-inf": (_preset("lr: .inf\n", lr=None), ["--lr", "inf", "finite"]),
+        "preset-bsz-float": (
+            _preset("bsz: 8.5\n", bsz=None),
+            ["preset", "bsz", "8.5", "whole number"],
+        ),
+        "preset-steps-float": (
+            _preset("learning_steps: 2.9\n", learning_steps=None),
+            ["preset", "learning_steps", "2.9", "cut to 2"],
+        ),
+        "preset-seed-bool": (_preset("seed: true\n", seed=None), ["preset", "seed", "boolean"]),
+        "preset-dataset-empty": (
+            _preset("dataset:\n", dataset=None),
+            ["preset", "dataset", "no value"],
+        ),
+        "preset-wrong-section": (
+            _preset("model:\n  lr: 0.1\n", lr=None),
+            ["preset", "'lr'", "section 'model'", "belongs to 'train'"],
+        ),
+        "preset-section-not-mapping": (_preset("train: 3\n"), ["preset", "section 'train'"]),
+        "preset-alias-bomb": (_preset(_alias_bomb()), ["preset", "more than 100 aliases"]),
+        "preset-too-deep": (_preset("notes: " + "[" * 30 + "]" * 30 + "\n"), ["nesting"]),
+        "preset-unquoted-no": (
+            _preset("use_plm_init: no\n"),
+            ["preset", "use_plm_init", "quote"],
+        ),
+        "preset-notes-list": (_preset("notes: [a, b]\n"), ["preset", "notes", "list"]),
+        "preset-bool-number": (_preset("use_fp16: 2\n"), ["preset", "use_fp16", "true or false"]),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
 def test_train(ctx, case, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a default run folder would go to tmp_path/diffusion_models
@@ -348,6 +398,14 @@ def _damaged_run(c: Ctx, name: str, content: str, *, drop: str = "") -> Path:
                 (folder / path.name).write_bytes(path.read_bytes())
         (folder / name).write_text(content)
     return folder
+
+
+DECODE_CASES.update(  # issue 24: a non-finite --top_p (nan meant "off")
+    {
+        "top-p-nan": (_decode("--top_p", "nan"), ["--top_p", "nan", "finite"]),
+        "top-p-inf": (_decode("--top_p", "inf"), ["--top_p", "inf", "finite"]),
+    }
+)
 
 
 @pytest.mark.parametrize("case", sorted(DECODE_CASES))
@@ -580,6 +638,32 @@ if not torch.cuda.is_available():
     )
 
 
+API_CASES.update(  # issue 24: booleans are booleans, top_p is finite
+    {
+        "ddim-adjacent-string": (
+            lambda g, c: g.generate(["a"], ddim_adjacent="false"),
+            TypeError,
+            ["ddim_adjacent", "'false'"],
+        ),
+        "dpm-v2-variant-string": (
+            lambda g, c: g.generate(["a"], dpm_v2_variant="no"),
+            TypeError,
+            ["dpm_v2_variant", "'no'"],
+        ),
+        "top-p-nan": (
+            lambda g, c: g.generate(["a"], top_p=float("nan")),
+            ValueError,
+            ["top_p", "finite"],
+        ),
+        "top-p-inf": (
+            lambda g, c: g.generate(["a"], top_p=float("inf")),
+            ValueError,
+            ["top_p", "finite"],
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(API_CASES))
 def test_api(ctx, generator, case):
     call, kind, needles = API_CASES[case]
@@ -590,6 +674,43 @@ def test_api(ctx, generator, case):
         assert needle in str(err.value), (needle, str(err.value))
 
 
+# ------------------------------------------------------------------------------ diffuseq-export
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (or the file itself) with its content."""
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+EXPORT_CASES: dict[str, tuple[Callable[[Ctx], Any], list[str], list[str]]] = {
+    # name: (--out, extra flags, needles); nothing is deleted or written
+    "force-parent-of-runs": (lambda c: c.run.parent, ["--force"], ["did not write", "nothing"]),
+    "force-run": (lambda c: c.run, ["--force"], ["did not write", "nothing was deleted"]),
+    "force-data": (lambda c: c.data, ["--force"], ["did not write", "nothing was deleted"]),
+    "force-plain-file": (lambda c: c.decoded, ["--force"], ["not a folder", "nothing"]),
+    "force-dot": (lambda c: ".", ["--force"], ["--out '.'", "names no folder"]),
+    "long-name": (lambda c: c.root / ("m" * 300), [], ["--out", "255 bytes"]),
+    "exists-without-force": (lambda c: c.data, [], ["already exists", "--force"]),
+    "parent-is-a-file": (lambda c: c.decoded / "model", [], ["--out", "cannot be a folder"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_CASES))
+def test_export(ctx, case, capsys, monkeypatch, tmp_path):
+    from diffuseq.cli.export import main as export_main
+
+    monkeypatch.chdir(tmp_path)
+    out, extra, needles = EXPORT_CASES[case]
+    target = Path(out(ctx))
+    watched = [ctx.root, tmp_path]
+    before = [_tree(path) for path in watched]
+    assert _exit_code(export_main, [str(ctx.run), "--out", str(target), *extra]) == 2
+    _assert_names(_message(capsys.readouterr().err, "diffuseq-export"), needles)
+    assert [_tree(path) for path in watched] == before  # nothing deleted, nothing written
+
+
 def test_the_table_is_large_enough():
     counted = len(TRAIN_CASES) + len(DECODE_CASES) + len(EVAL_CASES) + len(API_CASES)
-    assert counted >= 40, counted
+    assert counted + len(EXPORT_CASES) >= 150, counted

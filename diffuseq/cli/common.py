@@ -35,7 +35,8 @@ def describe(doc: str | None, script: str, prog: str) -> str:
 def run_cli(
     main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None, prog: str
 ) -> int:
-    """Run ``main(argv)``; a :class:`UserError` prints ``prog: error: <message>`` and returns 2."""
+    """Run ``main(argv)``; a :class:`UserError` prints ``prog: error: <message>`` and returns 2;
+    Ctrl-C returns 130 (a stopped training run: its message and ``exit_code``, e.g. 143)."""
     try:
         code = main(argv)
     except UserError as err:
@@ -50,7 +51,7 @@ def run_cli(
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # a training run's says what it saved and its status
+        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
+        return int(getattr(err, "exit_code", 130))
     return int(code or 0)

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import numbers
+import os
+import reprlib
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, field, fields
@@ -130,26 +134,86 @@ def field_type(kind: type, name: str) -> tuple[type, bool, bool]:
 
 def coerce(kind: type, name: str, value: Any, *, label: str | None = None) -> Any:
     """``value`` (from YAML/JSON/flags) as the type of field ``name`` of ``kind``; errors
-    name ``label`` (e.g. ``preset.yaml: bsz``), default the field name."""
+    name ``label`` (e.g. ``preset.yaml: bsz``), default the field name.
+
+    Strict, so that a value is never silently different from what was written: an int field
+    takes whole numbers only (``8.5`` and ``true`` are errors, ``8.0``, ``"8"`` and numpy
+    integers are read as 8), a float field numbers and numeric text (``1e-4``, which YAML 1.1
+    reads as text) but no boolean, a bool field booleans, 0/1 and the flag words
+    (``true``/``no``/...), a text field text and numbers (``ema_rate: 0.9999``) but no boolean
+    (YAML reads an unquoted ``no`` as false) and no list; ``None`` (an empty ``key:``) only
+    where the field is optional.
+    """
     base, optional, repeated = field_type(kind, name)
     if value is None and optional:
         return None
     try:
         if repeated:
-            items = [value] if isinstance(value, str) else list(value)
+            items = [value] if isinstance(value, str) else _items(value)
             return tuple(_coerce_one(base, item) for item in items)
         return _coerce_one(base, value)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
         raise ConfigError(
-            f"{label or name}: cannot read {value!r} as {base.__name__} ({err})"
+            f"{label or name}: cannot read {_short(value)} as {base.__name__} ({err})"
         ) from None
 
 
+def _items(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise TypeError(f"expected a list, got {type(value).__name__}")
+
+
+def _short(value: Any) -> str:
+    """A bounded ``repr`` (a YAML alias bomb must not be expanded into a message)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring = 2, 4, 4, 60
+    return short.repr(value)
+
+
+def is_bool(value: Any) -> bool:
+    """A Python or numpy boolean (numpy is not imported for it)."""
+    kind = type(value)
+    return isinstance(value, bool) or (
+        kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+    )
+
+
 def _coerce_one(base: type, value: Any) -> Any:
+    if value is None:
+        raise TypeError("no value (an empty `key:` in YAML); give one or leave the key out")
+    if isinstance(value, (Mapping, list, tuple, set)):
+        raise TypeError(f"expected one {base.__name__}, got a {type(value).__name__}")
     if base is bool:
-        return str2bool(value)
-    if base is int and isinstance(value, float) and value.is_integer():
-        return int(value)
+        if isinstance(value, str) or is_bool(value):
+            return str2bool(value) if isinstance(value, str) else bool(value)
+        if isinstance(value, numbers.Integral) and value in (0, 1):
+            return bool(value)
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    if is_bool(value):
+        if base is str:
+            raise TypeError(
+                "a boolean, not text: YAML reads unquoted yes/no/on/off as booleans; quote it"
+            )
+        raise TypeError("a boolean, not a number")
+    if base is int:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"not a whole number (it would be cut to {int(value)})")
+        if isinstance(value, (float, str)):
+            return int(value) if isinstance(value, float) else int(value.strip())
+        raise TypeError(f"expected a whole number, got {type(value).__name__}")
+    if base is float:
+        if isinstance(value, (numbers.Real, str)):
+            return float(value)
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    if base is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        if isinstance(value, numbers.Real):
+            return str(value)
+        raise TypeError(f"expected text, got {type(value).__name__}")
     return base(value)
 
 
@@ -230,7 +294,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         via = f" (the base of {chain[-1]})" if chain else ""
         raise ConfigError(f"config file {path}{via} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_yaml(path.read_text(encoding="utf-8"), path) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err})") from None
     except UnicodeDecodeError as err:
@@ -252,6 +316,37 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return {**_read_yaml(base_path, seen), **data}
 
 
+#: Bounds of a config file: its size, the aliases (``*name``) it uses and the depth of its
+#: nesting. A preset is a flat or sectioned mapping (depth 2, a few hundred bytes); the bounds
+#: keep an "alias bomb" (aliases of aliases, exponential once expanded) or a huge file from
+#: running for minutes.
+MAX_YAML_BYTES, MAX_YAML_ALIASES, MAX_YAML_DEPTH = 1 << 20, 100, 20
+
+
+def safe_yaml(text: str, path: str | Path) -> Any:
+    """``yaml.safe_load(text)`` within the bounds above (ConfigError naming ``path``)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{path}: {len(text)} characters; a config file may have at most {MAX_YAML_BYTES}"
+        )
+    aliases = depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        if aliases > MAX_YAML_ALIASES or depth > MAX_YAML_DEPTH:
+            what = (
+                f"more than {MAX_YAML_ALIASES} aliases"
+                if aliases > MAX_YAML_ALIASES
+                else (f"nesting deeper than {MAX_YAML_DEPTH}")
+            )
+            raise ConfigError(f"{path}: {what}; a config file is a mapping of option values")
+    return yaml.safe_load(text)
+
+
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
     Path(path).write_text(json.dumps(data, indent=2))
 
@@ -269,10 +364,69 @@ def choice_check(flag: str, value: Any, choices: Iterable[str]) -> tuple[bool, s
     return value in choices, f"--{flag} {value!r} is unknown; choose one of {', '.join(choices)}"
 
 
+def finite_check(flag: str, value: Any) -> tuple[bool, str]:
+    """An ``(ok, message)`` check that ``--flag value`` is a finite number (``nan`` and
+    ``inf`` parse as floats, from a flag or a YAML ``.inf``, but no setting means them)."""
+    ok = value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+    return ok, f"--{flag} {value!r} is not a finite number; give a number such as 0.5"
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def type_checks(config: Any) -> list[tuple[bool, str]]:
+    """``(ok, message)``: every field of ``config`` holds its declared type (a config built in
+    Python, e.g. ``DecodeConfig(ddim_adjacent="false")``, is not coerced; a string is truthy)."""
+    kind, checks = type(config), []
+    for f in fields(config):
+        base, optional, repeated = field_type(kind, f.name)
+        value = getattr(config, f.name)
+        values = value if repeated and isinstance(value, (tuple, list)) else [value]
+        ok = (value is None and optional) or all(_is_a(base, v) for v in values)
+        shown = _short(value)
+        word = _TYPE_WORDS.get(base, base.__name__)
+        checks.append((ok, f"--{flag_name(f)} {shown} is a {type(value).__name__}; give {word}"))
+    return checks
+
+
+def _is_a(base: type, value: Any) -> bool:
+    if base is bool:
+        return is_bool(value)
+    if base in (int, float):
+        kind = numbers.Integral if base is int else numbers.Real
+        return isinstance(value, kind) and not is_bool(value)
+    return isinstance(value, (str, os.PathLike)) if base is str else isinstance(value, base)
+
+
+def plain_values(config: Any) -> Any:
+    """``config`` with numpy scalars (``np.int64(8)``, ``np.bool_``) as Python ones and paths
+    as text (itself when it holds none): numpy integers are accepted as integers."""
+    changes = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if type(value).__module__ == "numpy" and hasattr(value, "item"):
+            changes[f.name] = value.item()
+        elif isinstance(value, os.PathLike):
+            changes[f.name] = os.fspath(value)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 def choice_checks(config: Any) -> list[tuple[bool, str]]:
-    """:func:`choice_check` for every field of ``config`` declared with choices."""
+    """:func:`type_checks`, then :func:`finite_check` for every float field of ``config``, then
+    :func:`choice_check` for every field declared with choices."""
+    kind = type(config)
     return [
-        choice_check(flag_name(f), getattr(config, f.name), choices)
-        for f in fields(config)
-        if (choices := field_choices(f))
+        *type_checks(config),
+        *(
+            finite_check(flag_name(f), getattr(config, f.name))
+            for f in fields(config)
+            if field_type(kind, f.name)[0] is float
+        ),
+        *(
+            choice_check(flag_name(f), getattr(config, f.name), choices)
+            for f in fields(config)
+            if (choices := field_choices(f))
+        ),
     ]

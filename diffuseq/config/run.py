@@ -26,9 +26,12 @@ import yaml
 from diffuseq.config.discrete import DiscreteConfig, discrete_checks
 from diffuseq.config.fields import (
     choice_checks,
+    key_map,
+    plain_values,
     raise_first,
     read_layer,
     read_yaml,
+    type_checks,
     values_from_dict,
 )
 from diffuseq.config.sections import (
@@ -40,6 +43,10 @@ from diffuseq.config.sections import (
 )
 from diffuseq.errors import ConfigError
 from diffuseq.store.safe_io import path_component
+
+#: The largest --lr accepted: AdamW moves each weight by about lr per step, so a larger one
+#: can only diverge (a smaller one may still: the trainer stops on a non-finite loss).
+MAX_LR = 1.0
 
 # The sections are re-exported: ``from diffuseq.config.run import TrainConfig`` keeps working.
 __all__ = [
@@ -65,10 +72,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     discrete: DiscreteConfig = field(default_factory=DiscreteConfig)
 
+    def __post_init__(self) -> None:
+        for name in SECTIONS:  # numpy scalars (from Python callers) as Python numbers
+            object.__setattr__(self, name, plain_values(getattr(self, name)))
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunConfig:
         """Reject bad values and incompatible combinations once, at start-up."""
         m, d, da, tr = self.model, self.diffusion, self.data, self.train
+        raise_first(c for name in SECTIONS for c in type_checks(getattr(self, name)))
         path_component(da.dataset, "--dataset")  # both become part of the run folder's name
         path_component(tr.notes, "--notes")
         _check_respacing(d.timestep_respacing, d.diffusion_steps)
@@ -88,6 +100,7 @@ class RunConfig:
                 "[CLS] x [SEP] [SEP] [CLS] y [SEP] needs at least 5 positions",
             ),
             (tr.batch_size > 0, f"--bsz must be positive, got {tr.batch_size}"),
+            (0 <= tr.seed < 2**31, f"--seed must be in [0, 2**31), got {tr.seed}"),
             (
                 tr.batch_size % tr.effective_microbatch == 0,
                 f"--bsz {tr.batch_size} is not divisible by --microbatch {tr.microbatch}",
@@ -98,7 +111,11 @@ class RunConfig:
                 tr.log_interval > 0 and tr.eval_interval > 0,
                 "--log_interval and --eval_interval must be positive",
             ),
-            (tr.lr > 0, f"--lr must be positive, got {tr.lr}"),
+            (
+                0 < tr.lr <= MAX_LR,
+                f"--lr must be positive and at most {MAX_LR:g} (AdamW moves every weight by "
+                f"about lr per step; the presets use 1e-4 to 1e-3), got {tr.lr}",
+            ),
             (
                 tr.eval_decode_interval >= 0 and tr.eval_decode_samples >= 1,
                 "--eval_decode_interval must be ≥ 0 (0: off) and --eval_decode_samples ≥ 1",
@@ -148,6 +165,12 @@ class RunConfig:
                     f"--ema_rate {tr.ema_rate!r}: give rates in (0, 1), comma-separated",
                 )
             )
+            checks.append(
+                (
+                    len(set(rates)) == len(rates),
+                    f"--ema_rate {tr.ema_rate!r} names a rate twice (both would write one file)",
+                )
+            )
         except ValueError:
             checks.append(
                 (False, f"--ema_rate {tr.ema_rate!r} is not a comma-separated list of numbers")
@@ -181,7 +204,7 @@ class RunConfig:
         """
         merged: dict[str, Any] = {}
         for data, source in layers:
-            merged.update(read_layer(_flatten(data), SECTIONS.values(), source=source))
+            merged.update(read_layer(_flatten(data, source), SECTIONS.values(), source=source))
         return cls(
             **{
                 name: kind(**{f.name: merged[f.name] for f in fields(kind) if f.name in merged})
@@ -277,14 +300,30 @@ class RunConfig:
 _FIELD_NAMES: set[str] = {f.name for kind in SECTIONS.values() for f in fields(kind)}
 
 
-def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+def _flatten(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """One flat mapping of a sectioned one; a key under a section it does not belong to (or a
+    section that is not a mapping) is an error naming ``source``."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key in SECTIONS and isinstance(value, Mapping):
-            flat.update(value)
-        else:
+        if key not in SECTIONS:
             flat[key] = value
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{source}: section '{key}' must be a mapping of its options, got {_kind(value)}"
+            )
+        own = key_map([SECTIONS[key]])
+        for name in value:
+            if name not in own:
+                home = [s for s, kind in SECTIONS.items() if name in key_map([kind])]
+                where = f" (it belongs to '{home[0]}')" if home else ""
+                raise ConfigError(f"{source}: '{name}' is not an option of section '{key}'{where}")
+        flat.update(value)
     return flat
+
+
+def _kind(value: Any) -> str:
+    return "an empty value" if value is None else f"a {type(value).__name__}"
 
 
 def _check_respacing(respacing: str, steps: int) -> None:

@@ -16,6 +16,8 @@ example index (noise is drawn per example, see :mod:`diffuseq.sampling.noise`).
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from diffuseq.config import DTYPES, DecodeConfig, sampler_choices
+from diffuseq.config.fields import is_bool
 from diffuseq.decoding.job import Decoder, cut_at_sep
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.runtime.logger import get_logger
@@ -111,8 +114,7 @@ class TextGenerator:
         unknown = sorted(set(overrides) - {f.name for f in fields(DecodeConfig)})
         if unknown:
             raise TypeError(f"unknown decode option(s): {', '.join(unknown)}")
-        config = (config or DecodeConfig(dtype=self.dtype)).replace(**overrides)
-        _check_values(config)
+        config = _check_values((config or DecodeConfig(dtype=self.dtype)).replace(**overrides))
         inputs = self.decoder.encode(list(zip(sources, references)))
         inputs.unknown.report(get_logger("api"), "sources")
         return self.decoder.generate(inputs, config, progress=progress)
@@ -143,9 +145,24 @@ class TextGenerator:
         return [[cut_at_sep(r["recover"], specials) for r in per_source] for per_source in raw]
 
 
-def _check_values(config: DecodeConfig) -> None:
+def _check_values(config: DecodeConfig) -> DecodeConfig:
     """Python-level checks of a config built from keywords (TypeError/ValueError naming the
-    keyword, where the command line's ``validate()`` names the flag)."""
+    keyword, where the command line's ``validate()`` names the flag); returns it with numpy
+    integers and booleans as Python ones. Booleans must be booleans (``"false"`` is truthy)."""
+    changes = {}
+    for f in fields(DecodeConfig):
+        value = getattr(config, f.name)
+        if f.type in ("bool", bool):
+            if not is_bool(value):
+                raise TypeError(
+                    f"{f.name} must be True or False, got {type(value).__name__} {value!r:.60}"
+                )
+            changes[f.name] = bool(value)
+        elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+            changes[f.name] = int(value)  # numpy integers
+        elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+            changes[f.name] = float(value)  # numpy floats
+    config = config.replace(**changes)
     for name, minimum in (
         ("steps", 1),
         ("num_samples", 1),
@@ -159,10 +176,13 @@ def _check_values(config: DecodeConfig) -> None:
     top_p = config.top_p
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))):
         raise TypeError(f"top_p must be a number or None, got {type(top_p).__name__} {top_p!r}")
+    if top_p is not None and not math.isfinite(top_p):
+        raise ValueError(f"top_p must be a finite number (<= 0: off), got {top_p!r}")
     choices = sampler_choices()
     if not isinstance(config.sampler, str) or config.sampler not in choices:
         raise ValueError(f"sampler must be one of {', '.join(choices)}, got {config.sampler!r}")
     config.validate()
+    return config
 
 
 def _texts(name: str, values: Any) -> list[str]:

@@ -141,6 +141,7 @@ class Decoder:
             config, vocab_size=vocab_size, encoder_config=bert_config, tokenizer=tokenizer
         )
         model.load_state_dict(state)
+        _warn_if_not_finite(state, where)
         model.eval().requires_grad_(False).to(device)
         return cls(
             model=model,
@@ -319,3 +320,24 @@ def decode_to_files(
         )
     dist.barrier()
     return paths
+
+
+def _warn_if_not_finite(state: Mapping[str, torch.Tensor], where: str | Path) -> None:
+    """Warn when weights hold NaN or infinite values (a diverged run): decoding goes on, but
+    its outputs mean nothing."""
+    bad = [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        log.warning(
+            "%s: %d weight tensor(s) hold NaN or infinite values (%s%s): the run diverged and "
+            "the outputs will mean nothing; decode an earlier checkpoint",
+            where,
+            len(bad),
+            ", ".join(bad[:3]),
+            ", ..." if len(bad) > 3 else "",
+        )

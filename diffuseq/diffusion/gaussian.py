@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from diffuseq.diffusion.broadcast import as_mask, extract, randn_like_shape
+from diffuseq.diffusion.broadcast import as_mask, extract, randn_like_shape, truncate_
 from diffuseq.diffusion.respace import respaced_betas, space_timesteps
 from diffuseq.diffusion.schedules import get_named_beta_schedule
 
@@ -358,7 +358,7 @@ class GaussianDiffusion:
                 (the clean x̄_0 during decoding).
             noise: ``[B,L,h]`` (drawn from ``generator`` if None).
             top_p: the original's ``--top_p``: if > 0, entries with ``|noise| > top_p`` are
-                redrawn from ``generator`` until all lie within (truncated normal).
+                redrawn from ``generator`` (truncated normal, in bounded time: ``truncate_``).
             mean_embed, bernoulli_draw: μ ``[h]`` and an injected 0/1 draw ``[B,L]`` (v2).
 
         Returns:
@@ -371,11 +371,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = randn_like_shape(x.shape, x, generator)
         if top_p is not None and top_p > 0:
-            noise = noise.clone()
-            outside = noise.abs() > top_p
-            while outside.any():
-                noise[outside] = randn_like_shape((int(outside.sum()),), noise, generator)
-                outside = noise.abs() > top_p
+            noise = truncate_(noise.clone(), top_p, generator)
         nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         if self.denoise:

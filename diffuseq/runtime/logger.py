@@ -150,6 +150,35 @@ class MetricsWriter:
         slot[0] = slot[0] + sums
         slot[1] = _add_counts(slot[1], counts)
 
+    def log_loss_terms(
+        self,
+        prefix: str,
+        terms: Mapping[str, torch.Tensor],
+        weights: torch.Tensor,
+        groups: torch.Tensor | None,
+    ) -> None:
+        """``logkv_mean`` of ``mean(v·w)`` for every loss term ``v`` (``[b]``, or 0-dim, e.g.
+        v2's reg_term) with the importance weights ``w`` ``[b]``, and of each ``v·w`` under its
+        group ``groups`` ``[b]`` (the quartile of t, ``None``: none), as ``<term>_q<g>``."""
+        if not self.enabled:
+            return
+        keys = list(terms)
+        weights = weights.float()
+        values = torch.stack(  # [K, b] (a 0-dim term is broadcast)
+            [terms[k].detach().float().expand_as(weights) * weights for k in keys]
+        )
+        self.log_means(tuple(prefix + k for k in keys), values.mean(dim=1), [1] * len(keys))
+        if groups is None:
+            return
+        # per-group sums, the last row counts (index_add_ does not sync, unlike bincount)
+        with_ones = torch.cat([values, torch.ones_like(values[:1])])  # [K+1, b]
+        sums = values.new_zeros(len(keys) + 1, 4).index_add_(1, groups, with_ones)
+        self.log_means(
+            tuple(f"{prefix}{k}_q{q}" for k in keys for q in range(4)),
+            sums[:-1].reshape(-1),
+            sums[-1].repeat(len(keys)),
+        )
+
     def close(self) -> None:
         """Finish every tracker (flush TensorBoard's files, end the wandb run); idempotent."""
         trackers, self.trackers = self.trackers, []

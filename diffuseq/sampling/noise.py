@@ -18,10 +18,13 @@ Samplers only see the small :class:`NoiseStream` protocol, so tests can replay s
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
 import torch
+
+from diffuseq.diffusion.broadcast import truncate_
 
 __all__ = ["NoiseSource", "NoiseStream", "ReplayNoise", "example_seed"]
 
@@ -78,21 +81,15 @@ class NoiseSource:
         return len(self._generators)
 
     def gaussian(self, *, top_p: float | None = None) -> torch.Tensor:
-        """Next N(0, I) draw ``[B, L, h]``; with ``top_p > 0`` entries with ``|x| > top_p`` are
-        redrawn from the same row's generator until all lie within (the original's truncation)."""
+        """Next N(0, I) draw ``[B, L, h]``; with ``top_p > 0`` every entry lies in
+        ``[-top_p, top_p]`` (the original's truncation, bounded: :func:`truncate_`)."""
+        if top_p is not None and not math.isfinite(top_p):
+            raise ValueError(f"top_p must be a finite number (<= 0: off), got {top_p!r}")
         out = torch.empty((len(self), *self.shape), device=self.device, dtype=self.dtype)
         for row, generator in zip(out, self._generators):
             row.normal_(generator=generator)
             if top_p is not None and top_p > 0:
-                outside = row.abs() > top_p
-                while outside.any():
-                    row[outside] = torch.randn(
-                        int(outside.sum()),
-                        generator=generator,
-                        device=self.device,
-                        dtype=self.dtype,
-                    )
-                    outside = row.abs() > top_p
+                truncate_(row, top_p, generator)
         return out
 
     def uniform(self) -> torch.Tensor:

@@ -45,7 +45,6 @@ metadata (``ModelCardData``, :mod:`diffuseq.store.model_card`) and pushing
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -61,6 +60,18 @@ import torch
 import diffuseq
 from diffuseq.config import RunConfig
 from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError, first_sentence
+from diffuseq.store.folder_swap import remove_stale_temp_dirs, swap_into_place
+from diffuseq.store.hf_files import (
+    CARD_FILE,
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    HF_DIR,
+    MODEL_FILE,
+    check_out,
+    is_model_folder,
+    partial_model_folder,
+)
 from diffuseq.store.safe_io import fsync_dir, temp_name
 
 __all__ = [
@@ -75,30 +86,8 @@ __all__ = [
     "snapshot_from_cache",
 ]
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-HF_DIR = "hf"  # <run>/hf/<checkpoint name>/
-FORMAT = "diffuseq-model-folder"
-FORMAT_VERSION = 1
 _TIED_COPY = "lm_head.weight"  # equal to word_embedding.weight after loading
 _EMA_RE = re.compile(r"^ema_(.+)_(\d+)\.pt$")
-_TEMP_DIR_RE = re.compile(r"^\.(\d+)(\.old)?\.tmp$")
-
-
-def is_model_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a model folder: it holds ``model.safetensors``, or a
-    ``config.json`` in this format (one without weights is reported by :func:`read_model_folder`)."""
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    if (path / MODEL_FILE).exists():
-        return True
-    try:
-        info = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("format") == FORMAT
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -296,10 +285,9 @@ def write_model_folder(
     from diffuseq.store.model_card import model_card
 
     out = Path(out)
-    if out.exists() and not replace:
-        raise CheckpointError(f"{out} already exists; pass --force to replace it, or --out DIR")
+    check_out(out, replace=replace)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(out)
+    remove_stale_temp_dirs(out, partial_model_folder)
     tmp = temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -327,7 +315,7 @@ def write_model_folder(
         for child in tmp.iterdir():
             _fsync_file(child)
         fsync_dir(tmp)
-        _rename_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -337,39 +325,6 @@ def write_model_folder(
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _rename_into_place(tmp: Path, out: Path) -> None:
-    """``tmp`` becomes ``out``; an existing ``out`` is moved aside first and deleted after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.{os.getpid()}.old.tmp")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale_temp_dirs(out: Path) -> None:
-    """Delete ``<out name>.<pid>[.old].tmp`` folders whose writer process no longer runs."""
-    for path in out.parent.glob(f"{glob.escape(out.name)}.*.tmp"):
-        match = _TEMP_DIR_RE.match(path.name[len(out.name) :])
-        if match and path.is_dir() and not _alive(int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------------- export
@@ -396,7 +351,8 @@ def export_checkpoint(
 
     Raises:
         CheckpointError: no run folder or checkpoint, a training state, a corrupt file, a
-            checkpoint that does not fit the run's config, ``out`` exists (without ``replace``).
+            checkpoint that does not fit the run's config, ``out`` exists (without ``replace``)
+            or is not a model folder diffuseq wrote (:func:`~diffuseq.store.hf_files.check_out`).
     """
     from diffuseq.decoding.job import Decoder
     from diffuseq.store.run_folder import open_run
@@ -411,11 +367,13 @@ def export_checkpoint(
         checkpoint = run.select_checkpoints(pattern, "latest")[0]
     else:
         raise CheckpointError(f"{path} is neither a run folder nor a checkpoint file")
+    out = default_out(run.path, checkpoint) if out is None else Path(out)
+    check_out(out, replace=replace)  # before the checkpoint is read: a fast first error
     decoder = Decoder.from_checkpoint(run, checkpoint, device="cpu")
     rate, step = _rate_and_step(checkpoint.name)
     config = run.config.replace("model", vocab_size=decoder.tokenizer.vocab_size)
     return write_model_folder(
-        default_out(run.path, checkpoint) if out is None else out,
+        out,
         model=decoder.model,
         config=config,
         tokenizer=decoder.tokenizer,

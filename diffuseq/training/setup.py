@@ -163,7 +163,19 @@ def resolve(
     )
     if resume.kind == "state":
         config = _config_for_resume(resume, config, layers)
+    _check_steps_left(config.train.learning_steps, resume)
     return config, resume
+
+
+def _check_steps_left(learning_steps: int, resume: ResumeSource) -> None:
+    """A continued run must have updates left (else nothing would run, and exit 0)."""
+    if resume.kind != "none" and resume.step >= learning_steps:
+        raise ConfigError(
+            f"--learning_steps {learning_steps}: {resume.path} already holds {resume.step} "
+            f"updates, so there is nothing to train. To extend the run, continue it with a "
+            f"larger --learning_steps (e.g. --learning_steps {2 * resume.step}); the learning "
+            "rate then follows the new schedule (--lr decays linearly to 0 at --learning_steps)"
+        )
 
 
 def _load_data(

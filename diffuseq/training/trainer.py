@@ -58,6 +58,7 @@ from diffuseq.store.checkpoint import (
     write_latest,
 )
 from diffuseq.store.checkpoint_format import state_dict_for_saving
+from diffuseq.training.watch import RunWatch
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -168,6 +169,7 @@ class Trainer:
         self.last_saved_step = -1
         self.stopped_early = False
         self._latest_loss: torch.Tensor | None = None  # of the last micro-batch, for the bar
+        self.watch = RunWatch(world_size=self.world_size, run_dir=self.run_dir, lr=config.lr)
 
     # ------------------------------------------------------------------------------ loop
     def close(self) -> None:
@@ -178,7 +180,8 @@ class Trainer:
 
     def fit(self, *, until: int | None = None) -> int:
         """Train until ``learning_steps`` updates (or ``until``, or the time budget), save, and
-        return the step reached. The LR schedule always follows ``learning_steps``."""
+        return the step reached. The LR schedule always follows ``learning_steps``. Raises
+        TrainingDiverged or (SIGTERM/SIGINT, state saved) TrainingInterrupted: training/watch.py."""
         cfg = self.config
         stop = cfg.learning_steps if until is None else min(until, cfg.learning_steps)
         self.model.train()
@@ -189,12 +192,13 @@ class Trainer:
             initial=self.step,
             enabled=self.progress and self.is_main,
         )
-        with bar:
+        with bar, self.watch.signals():
             while self.step < stop:
                 index = self.step  # 0-based index of this update, as the original counts
                 self.run_step(self._next_batch(self.train_batches))
                 if index % cfg.log_interval == 0:
                     self.writer.dump()
+                    self._check_finite()
                 if self.valid_batches is not None and index % cfg.eval_interval == 0:
                     self.evaluate(self._next_batch(self.valid_batches))
                     self.writer.log_value("step", index)
@@ -206,13 +210,18 @@ class Trainer:
                 bar.update(1, loss=self._latest_loss)  # read only when shown
                 if self.step % cfg.save_interval == 0:
                     self.save()
+                if self.watch.stop_requested() and self.step < cfg.learning_steps:
+                    self.stopped_early = True
+                    break
                 if deadline is not None and self._out_of_time(deadline):
                     self.stopped_early = self.step < cfg.learning_steps
                     break
-        if self.writer.pending():
-            self.writer.dump()  # the last, partial log interval
-        if self.step != self.last_saved_step:
-            self.save()
+            if self.writer.pending():
+                self.writer.dump()  # the last, partial log interval
+            if self.step != self.last_saved_step:
+                self.save()
+        if self.stopped_early and self.watch.signum is not None:
+            raise self.watch.interrupted(step=self.step, rank=self.rank)
         if self.stopped_early:
             self.log.info(
                 "stopped after %d steps: --max_minutes %g reached", self.step, self.max_minutes
@@ -249,6 +258,7 @@ class Trainer:
                 self.objective.observe(batch_losses)
                 loss = (batch_losses.terms["loss"].float() * batch_losses.weights).mean()
                 self._latest_loss = loss.detach()
+                self.watch.observe(self._latest_loss, index=self.step)
                 self._log_losses("", batch_losses)
                 self.scaler.scale(loss).backward()
 
@@ -256,10 +266,15 @@ class Trainer:
         """Unscale, clip, anneal the LR, step, update the EMAs (docs/original.md §6.1, §6.2, §6.4, §6.5)."""
         cfg = self.config
         self.scaler.unscale_(self.opt)  # no-op without fp16
+        norm = None
         if cfg.gradient_clipping > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.gradient_clipping)
-        if self.writer.enabled:
-            self.writer.log_mean("grad_norm", grad_norm(self.params))
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.gradient_clipping)
+        if self.writer.enabled or norm is None:
+            logged = grad_norm(self.params)  # after clipping
+            self.writer.log_mean("grad_norm", logged)
+            norm = logged if norm is None else norm
+        if not self.scaler.is_enabled():  # fp16: the scaler skips inf/NaN gradients itself
+            self.watch.observe(norm, index=self.step)
         lr = cfg.lr * (1.0 - self.step / cfg.learning_steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -301,26 +316,14 @@ class Trainer:
             return next(batches)
 
     def _log_losses(self, prefix: str, batch: LossBatch) -> None:
-        """``logkv_mean`` of ``mean(v·w)`` for every term ``v`` the objective returned, and of
-        each ``v·w`` under its group (the quartile of t), as ``<term>_q<g>``."""
-        if not self.writer.enabled:
-            return
-        keys = list(batch.terms)
-        weights = batch.weights.float()
-        values = torch.stack(  # [K, b] (a 0-dim term, e.g. v2's reg_term, is broadcast)
-            [batch.terms[k].detach().float().expand_as(weights) * weights for k in keys]
-        )
-        self.writer.log_means(tuple(prefix + k for k in keys), values.mean(dim=1), [1] * len(keys))
-        if batch.groups is None:
-            return
-        # per-group sums, the last row counts (index_add_ does not sync, unlike bincount)
-        with_ones = torch.cat([values, torch.ones_like(values[:1])])  # [K+1, b]
-        sums = values.new_zeros(len(keys) + 1, 4).index_add_(1, batch.groups, with_ones)
-        self.writer.log_means(
-            tuple(f"{prefix}{k}_q{q}" for k in keys for q in range(4)),
-            sums[:-1].reshape(-1),
-            sums[-1].repeat(len(keys)),
-        )
+        """Every loss term, and each under its quartile of t (``<term>_q<g>``); no sync."""
+        self.writer.log_loss_terms(prefix, batch.terms, batch.weights, batch.groups)
+
+    def _check_finite(self, *, weights: bool = False) -> None:
+        """Stop with TrainingDiverged (every rank) after a non-finite loss, gradient norm or
+        (``weights``) weight; see :mod:`diffuseq.training.watch`."""
+        params = self.params if weights else ()
+        self.watch.check_finite(params, step=self.step, last_saved_step=self.last_saved_step)
 
     def _out_of_time(self, deadline: float) -> bool:
         """Rank 0 decides (clocks differ between ranks) and tells the others."""
@@ -363,7 +366,8 @@ class Trainer:
 
     def save(self) -> None:
         """Write the EMA file(s), then the full state, then ``latest.json`` (rank 0); all ranks
-        contribute their RNG state and data position."""
+        contribute their RNG state and data position; never diverged weights."""
+        self._check_finite(weights=True)
         ranks = dist.all_gather_object(self._rank_state())
         if self.is_main:
             for rate in self.ema:
