@@ -286,10 +286,11 @@ def test_the_slurm_script_forwards_sigterm_and_requeues(tmp_path):
     assert calls[-2:] == ["saved", "scontrol requeue 77"], calls
 
 
-@pytest.mark.parametrize("steps", [4, 3])
+@pytest.mark.parametrize("steps", [3, 2])
 def test_continuing_a_run_without_steps_left_says_how_to_extend_it(straight, capsys, steps):
-    """A run at step 8 continued with --learning_steps 8 or less: an error naming the step and
-    a larger --learning_steps, not "Training from step 8 to 4" and exit 0."""
+    """A run at step 8 continued with --learning_steps below 8: an error naming the step and
+    a larger --learning_steps, not "Training from step 8 to 4" and exit 0 (exactly 8: the
+    finished run is reported and nothing is trained, tests/test_first_errors.py)."""
     _, run = straight
     before = sorted(p.name for p in run.iterdir())
     argv = ["--resume_checkpoint", str(run), "--learning_steps", str(steps * 2)]

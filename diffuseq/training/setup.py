@@ -168,8 +168,10 @@ def resolve(
 
 
 def _check_steps_left(learning_steps: int, resume: ResumeSource) -> None:
-    """A continued run must have updates left (else nothing would run, and exit 0)."""
-    if resume.kind != "none" and resume.step >= learning_steps:
+    """A continued run may not be asked for fewer updates than it holds (an error saying how
+    to extend it). Exactly as many is a finished run continued again (a rerun script, a
+    requeued job): :func:`build_trainer` says so and nothing is trained (exit 0)."""
+    if resume.kind != "none" and resume.step > learning_steps:
         raise ConfigError(
             f"--learning_steps {learning_steps}: {resume.path} already holds {resume.step} "
             f"updates, so there is nothing to train. To extend the run, continue it with a "
