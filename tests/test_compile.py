@@ -14,7 +14,9 @@ import math
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
+from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.train import main, prepare
 from diffuseq.runtime import dist, perf
 from diffuseq.store.checkpoint import load_state_file
@@ -70,7 +72,8 @@ def _half_then_rest(argv, run, *, first: str, then: str) -> None:
 @pytest.mark.parametrize("self_cond", ["false", "true"], ids=["plain", "self_cond"])
 def test_compiled_and_eager_runs_resume_each_other(tmp_path, same_random_numbers, self_cond):
     """8 eager steps = 4 eager + 4 compiled = 4 compiled + 4 eager (within fp32 rounding),
-    with identical state-dict keys; the compiled steps log the eager losses."""
+    with identical state-dict keys; the compiled steps log the eager losses; a compiled decode
+    of the eager run writes the eager decode's files."""
     data = make_tiny_data(tmp_path / "data")
     argv = tiny_argv(data, learning_steps=STEPS, save_interval=HALF, log_interval=1,
                      self_cond=self_cond, ema_rate="0.9")  # fmt: skip
@@ -99,10 +102,24 @@ def test_compiled_and_eager_runs_resume_each_other(tmp_path, same_random_numbers
             print(f"{run.name} step {step}: largest weight difference {worst:.2e}")
             counts = [s["sampler"]["loss_counts"].tolist() for s in (a, b)]
             assert counts[0] == counts[1]
-        for rate in ("0.9",):  # the EMA files decoding reads: the original's keys
-            a = torch.load(eager / f"ema_{rate}_{STEPS:06d}.pt", weights_only=True)
-            b = torch.load(run / f"ema_{rate}_{STEPS:06d}.pt", weights_only=True)
-            assert list(a) == list(b)
+        a, b = (torch.load(r / f"ema_0.9_{STEPS:06d}.pt", weights_only=True) for r in (eager, run))
+        assert list(a) == list(b)  # the EMA file decoding reads: the original's keys
+
+    # decoding the eager run with --compile writes the eager outputs; 8 examples x 3 candidates
+    # in batches of 5: the last batch (4 rows) is padded, so the network is compiled once
+    flags = ["--model_dir", str(eager), "--sampler", "dpm-solver++", "--step", "3",
+             "--num_samples", "3", "--bsz", "5"]  # fmt: skip
+    assert decode_main([*flags, "--out_dir", str(tmp_path / "eager_out")]) == 0
+    graphs = counters["stats"]["unique_graphs"]
+    assert (
+        decode_main([*flags, "--out_dir", str(tmp_path / "compiled_out"), "--compile", "true"]) == 0
+    )
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    written = sorted((tmp_path / "eager_out").rglob("seed*.json"))
+    assert len(written) == 3
+    for path in written:
+        twin = tmp_path / "compiled_out" / path.relative_to(tmp_path / "eager_out")
+        assert twin.read_text() == path.read_text()
 
 
 def test_compile_falls_back_to_eager_without_a_cxx_compiler(tmp_path, no_cxx, caplog, capsys):
