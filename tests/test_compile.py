@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -20,7 +21,15 @@ from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.train import main, prepare
 from diffuseq.runtime import dist, perf
 from diffuseq.store.checkpoint import load_state_file
-from tests.train_helpers import make_tiny_data, read_metrics, tiny_argv, train_tiny
+from tests.train_helpers import (
+    REPO_ROOT,
+    make_tiny_data,
+    read_metrics,
+    run_command,
+    subprocess_env,
+    tiny_argv,
+    train_tiny,
+)
 
 STEPS, HALF = 8, 4
 
@@ -120,6 +129,30 @@ def test_compiled_and_eager_runs_resume_each_other(tmp_path, same_random_numbers
     for path in written:
         twin = tmp_path / "compiled_out" / path.relative_to(tmp_path / "eager_out")
         assert twin.read_text() == path.read_text()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_compiled_run_matches_eager(tmp_path):
+    """torchrun, 2 CPU processes (gloo): the DDP wrapper compiled (DDPOptimizer splits its
+    graph at the gradient buckets), ``no_sync`` on the first of two micro-batches; the same
+    losses and weights as the eager run."""
+    data = make_tiny_data(tmp_path / "data")
+    argv = tiny_argv(data, learning_steps=HALF, save_interval=HALF, log_interval=1,
+                     export_model="false")  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", str(REPO_ROOT / "tests" / "compiled_train.py")]  # fmt: skip
+    for name, flag in (("eager", "false"), ("compiled", "true")):
+        done = run_command([*torchrun, *argv, "--checkpoint_path", str(tmp_path / name),
+                            "--compile", flag], cwd=tmp_path, env=subprocess_env(), timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-5000:]
+    assert "--compile: torch.compile is not available" not in done.stderr
+    eager, compiled = (
+        load_state_file(tmp_path / n / f"state_{HALF:06d}.pt") for n in ("eager", "compiled")
+    )
+    assert compiled["world_size"] == 2 and _keys(compiled) == _keys(eager)
+    for name, tensor in eager["model"].items():
+        torch.testing.assert_close(compiled["model"][name], tensor, rtol=1e-3, atol=1e-4)
+    assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "eager"), rel=1e-4)
 
 
 def test_compile_falls_back_to_eager_without_a_cxx_compiler(tmp_path, no_cxx, caplog, capsys):
