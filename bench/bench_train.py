@@ -13,14 +13,16 @@ alike. Reported figures are medians over the repeats of each child's median step
 Configs (``--configs``):
   paper64, paper128  the paper's QQP recipe: bert-base-uncased encoder (12 x 768), V=30522,
                      hidden_dim 128, T=2000 sqrt, lossaware sampler, bsz 64 = microbatch 64,
-                     seed 102, seq_len 64 / 128;
+                     seed 102, seq_len 64 / 128; paper128l4: the same with 4 encoder layers
+                     (any paper<seq_len>l<layers>);
   demo               configs/demo.yaml with its tokenizer's vocabulary;
   tiny               a 2-layer toy model (seconds; for trying the script out).
 
 Variants (``--variants``, dash-separated tokens, e.g. ``bf16-sdpa-compile``):
   fp32 | bf16        no autocast | ``--bf16`` autocast (TrainConfig.bf16);
   sdpa | eager       attention kernel (ModelConfig.attention);
-  compile            ``torch.compile`` of the model (diffuseq.runtime.perf.maybe_compile);
+  compile            ``--compile``: the trainer compiles the network (TrainConfig.compile, see
+                     diffuseq.training.precision); the first (warm-up) step includes compiling;
   t<N>               N torch intra-op threads (default: one per core);
   fusedadam | foreachadam | loopadam
                      replace the trainer's AdamW by the fused / foreach / for-loop implementation;
@@ -41,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -153,15 +156,20 @@ def make_config(name: str) -> BenchConfig:
     paper_diffusion = DiffusionConfig(
         diffusion_steps=2000, noise_schedule="sqrt", schedule_sampler="lossaware"
     )
-    if name in ("paper64", "paper128"):
+    paper = re.fullmatch(r"paper(\d+)(?:l(\d+))?", name)
+    if paper:
         return BenchConfig(
             name=name,
-            seq_len=int(name[5:]),
+            seq_len=int(paper[1]),
             batch_size=64,
             microbatch=64,
             vocab_size=30522,
             model=ModelConfig(
-                hidden_dim=128, hidden_t_dim=128, dropout=0.1, config_name="bert-base-uncased"
+                hidden_dim=128,
+                hidden_t_dim=128,
+                dropout=0.1,
+                config_name="bert-base-uncased",
+                num_layers=int(paper[2] or 0),
             ),
             diffusion=paper_diffusion,
             seed=102,
@@ -189,7 +197,10 @@ def make_config(name: str) -> BenchConfig:
         )
     if name == "demo":
         return _demo_config()
-    raise SystemExit(f"unknown config {name!r}; choose from paper64, paper128, demo, tiny")
+    raise SystemExit(
+        f"unknown config {name!r}; choose from paper<seq_len>[l<layers>] (paper64, paper128, "
+        "paper128l4), demo, tiny"
+    )
 
 
 def _demo_config() -> BenchConfig:
@@ -349,6 +360,7 @@ def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dic
         lr=1e-4,
         learning_steps=10_000,
         bf16=variant.bf16,
+        compile=variant.compile,
         seed=cfg.seed,
     )
     device = torch.device(options.device)
@@ -356,7 +368,6 @@ def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dic
     model = build_model(model_cfg, vocab_size=cfg.vocab_size).to(device)
     diffusion = build_diffusion(cfg.diffusion)
     sampler = build_timestep_distribution(cfg.diffusion, diffusion)
-    perf.maybe_compile(model, variant.compile)
     writer = MetricsWriter(path=None, enabled=True, console=False)
     batches = random_batches(cfg, options.warmup + options.steps, seed=cfg.seed)
     with tempfile.TemporaryDirectory() as run_dir:
