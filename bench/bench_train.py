@@ -13,13 +13,16 @@ alike. Reported figures are medians over the repeats of each child's median step
 Configs (``--configs``):
   paper64, paper128  the paper's QQP recipe: bert-base-uncased encoder (12 x 768), V=30522,
                      hidden_dim 128, T=2000 sqrt, lossaware sampler, bsz 64 = microbatch 64,
-                     seed 102, seq_len 64 / 128; paper128l4: the same with 4 encoder layers
-                     (any paper<seq_len>l<layers>);
+                     seed 102, seq_len 64 / 128; paper128l4: the same with 4 encoder layers,
+                     paper128b2048: bsz 2048 in micro-batches of 64 (configs/qqp.yaml's step;
+                     any paper<seq_len>[l<layers>][b<bsz>]);
   demo               configs/demo.yaml with its tokenizer's vocabulary;
   tiny               a 2-layer toy model (seconds; for trying the script out).
 
 Variants (``--variants``, dash-separated tokens, e.g. ``bf16-sdpa-compile``):
-  fp32 | bf16        no autocast | ``--bf16`` autocast (TrainConfig.bf16);
+  fp32 | bf16 | fp16 no autocast | ``--bf16`` autocast | ``--use_fp16`` (fp16 autocast with a
+                     GradScaler; CUDA only);
+  tf32               ``--tf32``: fp32 matmuls on TF32 tensor cores (CUDA only);
   sdpa | eager       attention kernel (ModelConfig.attention);
   compile            ``--compile``: the trainer compiles the network (TrainConfig.compile, see
                      diffuseq.training.precision); the first (warm-up) step includes compiling;
@@ -50,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -156,12 +159,12 @@ def make_config(name: str) -> BenchConfig:
     paper_diffusion = DiffusionConfig(
         diffusion_steps=2000, noise_schedule="sqrt", schedule_sampler="lossaware"
     )
-    paper = re.fullmatch(r"paper(\d+)(?:l(\d+))?", name)
+    paper = re.fullmatch(r"paper(\d+)(?:l(\d+))?(?:b(\d+))?", name)
     if paper:
         return BenchConfig(
             name=name,
             seq_len=int(paper[1]),
-            batch_size=64,
+            batch_size=int(paper[3] or 64),
             microbatch=64,
             vocab_size=30522,
             model=ModelConfig(
@@ -198,8 +201,8 @@ def make_config(name: str) -> BenchConfig:
     if name == "demo":
         return _demo_config()
     raise SystemExit(
-        f"unknown config {name!r}; choose from paper<seq_len>[l<layers>] (paper64, paper128, "
-        "paper128l4), demo, tiny"
+        f"unknown config {name!r}; choose from paper<seq_len>[l<layers>][b<bsz>] (paper64, "
+        "paper128, paper128l4, paper128b2048), demo, tiny"
     )
 
 
@@ -241,6 +244,8 @@ def _demo_config() -> BenchConfig:
 class Variant:
     name: str
     bf16: bool = False
+    fp16: bool = False  # --use_fp16: fp16 autocast + GradScaler (CUDA)
+    tf32: bool = False  # --tf32 (CUDA)
     attention: str = "sdpa"
     compile: bool = False
     threads: int = 0  # 0: one per core
@@ -252,8 +257,10 @@ class Variant:
 def parse_variant(name: str) -> Variant:
     fields: dict[str, Any] = {}
     for token in name.split("-"):
-        if token in ("fp32", "bf16"):
-            fields["bf16"] = token == "bf16"
+        if token in ("fp32", "bf16", "fp16"):
+            fields["bf16"], fields["fp16"] = token == "bf16", token == "fp16"
+        elif token == "tf32":
+            fields["tf32"] = True
         elif token in ("sdpa", "eager"):
             fields["attention"] = token
         elif token == "compile":
@@ -335,8 +342,15 @@ def naive_losses(diffusion, model, input_ids, input_mask, t, *, text_model=None,
     return {"loss": mse + (decoder_nll + tT), "mse": mse, "nll": nll}
 
 
-def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dict:
-    """Build one config/variant, run ``warmup + steps`` trainer steps, return the measurements."""
+def run_child(
+    options: TrainBenchOptions,
+    config: str,
+    variant_name: str,
+    prepare: Callable[[Any], None] | None = None,
+) -> dict:
+    """Build one config/variant, run ``warmup + steps`` trainer steps, return the measurements
+    (``prepare(trainer)``, if given, runs on the built trainer first: bench/gpu_check.py wraps
+    its network in DDP there)."""
     variant = parse_variant(variant_name)
     from diffuseq.runtime import perf
 
@@ -360,6 +374,8 @@ def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dic
         lr=1e-4,
         learning_steps=10_000,
         bf16=variant.bf16,
+        use_fp16=variant.fp16,
+        tf32=variant.tf32,
         compile=variant.compile,
         seed=cfg.seed,
     )
@@ -398,6 +414,8 @@ def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dic
                 weight_decay=train_cfg.weight_decay,
                 **kind,
             )
+        if prepare is not None:
+            prepare(trainer)
         build_s = time.perf_counter() - t_build
         rss_built = perf.peak_rss_bytes()
         cuda = device.type == "cuda"
