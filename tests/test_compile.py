@@ -222,3 +222,40 @@ def test_fp16_with_grad_scaler_trains_and_saves_the_scaler(tmp_path, fp16_on_cpu
     assert losses and all(math.isfinite(x) for x in losses)
     state = load_state_file(run / "state_000004.pt")
     assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+
+
+# ------------------------------------------------------------------------------ SDPA, TF32
+
+
+@pytest.mark.parametrize("family", ["gaussian", "ar", "discrete"])
+def test_every_family_attends_through_sdpa_by_default(family, monkeypatch):
+    """Nothing forces eager attention: every attention module of a default-built network uses
+    PyTorch's SDPA (flash / memory-efficient kernels on CUDA), and the forward calls it."""
+    from diffuseq.config import RunConfig
+    from diffuseq.families import get_family
+    from tests.train_helpers import RUNTIME_KEYS, TINY_FLAGS
+
+    layer = {k: v for k, v in TINY_FLAGS.items() if k not in RUNTIME_KEYS}
+    config = RunConfig.from_layers((layer | {"family": family, "vocab_size": 50}, "test"))
+    model = get_family(family).build_model(config.validate())
+    impls = {
+        type(m).__name__: m.config._attn_implementation
+        for m in model.modules()
+        if hasattr(getattr(m, "config", None), "_attn_implementation")
+    }
+    assert impls and set(impls.values()) == {"sdpa"}, impls
+    if family == "gaussian":
+        calls = []
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            lambda *a, **k: calls.append(1) or sdpa(*a, **k))  # fmt: skip
+        model(torch.randn(2, 24, 16), torch.rand(2)).sum().backward()
+        assert len(calls) == 2  # one per encoder layer
+
+
+def test_tf32_is_a_cuda_switch(monkeypatch):
+    from diffuseq.training.precision import enable_tf32
+
+    before = torch.backends.cuda.matmul.fp32_precision
+    assert enable_tf32(torch.device("cpu")) is False
+    assert torch.backends.cuda.matmul.fp32_precision == before
