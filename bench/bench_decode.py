@@ -16,11 +16,18 @@ forward + nearest-embedding rounding + posterior update, for fp32 and bf16 autoc
 compare with the original's 12.9 s/step on the 2-core CPU of the development machine::
 
     python -m bench.bench_decode per-step --repeats 3 --out bench/results_decode_step.md
+
+``per-step --compile`` also times each dtype with the network compiled (``--compile`` of
+``run_decode.py``: :meth:`diffuseq.decoding.job.Decoder.compile`'s settings), eager and compiled
+alternating in one process, and reports compiled / eager::
+
+    python -m bench.bench_decode per-step --compile --dtypes fp32 --repeats 5 --out bench/results_decode_compile.md
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shlex
 import statistics
@@ -132,12 +139,12 @@ def run_demo(args: argparse.Namespace) -> list[str]:
 # ------------------------------------------------------------------------------- per-step mode
 
 
-def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int):
+def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int, num_layers: int = 0):
     from diffuseq.models.denoiser import TransformerNetModel
     from diffuseq.models.encoder_config import build_bert_config
 
     torch.manual_seed(0)
-    bert = build_bert_config("bert-base-uncased", dropout=0.0)
+    bert = build_bert_config("bert-base-uncased", dropout=0.0, num_layers=num_layers or None)
     model = TransformerNetModel(
         vocab_size=vocab_size,
         hidden_dim=hidden_dim,
@@ -149,18 +156,21 @@ def _paper_model(hidden_dim: int, vocab_size: int, seq_len: int):
 
 
 def run_per_step(args: argparse.Namespace) -> list[str]:
+    import copy
+
     from diffuseq.diffusion.gaussian import GaussianDiffusion
-    from diffuseq.runtime.perf import device_clock
+    from diffuseq.runtime.perf import compile_model, device_clock
     from diffuseq.sampling.dpm_solver import dpm_solver_sample
     from diffuseq.sampling.inputs import Autocast, SamplerInputs, torch_dtype
     from diffuseq.sampling.noise import NoiseSource
     from diffuseq.sampling.rounding import make_rounding_fn
 
     device = torch.device(args.device or "cpu")
-    model = _paper_model(args.hidden_dim, args.vocab_size, args.seq_len).to(device)
+    model = _paper_model(args.hidden_dim, args.vocab_size, args.seq_len, args.num_layers)
+    model = model.to(device)
     diffusion = GaussianDiffusion.from_schedule(noise_schedule="sqrt", diffusion_steps=2000)
     B, L = args.batch, args.seq_len
-    ids = torch.randint(1000, args.vocab_size, (B, L), device=device)
+    ids = torch.randint(min(1000, args.vocab_size // 2), args.vocab_size, (B, L), device=device)
     mask = torch.zeros(B, L, dtype=torch.long, device=device)
     mask[:, L // 2 :] = 1
     x_start = model.get_embeds(ids)
@@ -170,8 +180,15 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     noise = NoiseSource(list(range(B)), list(range(B)), shape=(L, args.hidden_dim), device=device)
 
     clock = device_clock(device)
+    networks = {"eager": model}
+    if args.compile:  # the decode job's settings (Decoder.compile): default mode, static shapes
+        networks["compiled"] = copy.deepcopy(model)
+        if not compile_model(networks["compiled"], device=device, what="bench --compile"):
+            raise SystemExit("--compile: torch.compile is not available here (see the warning)")
+    variants = [(d, kind) for d in args.dtypes for kind in networks]
 
-    def step(dtype: str) -> dict[str, float]:
+    def step(dtype: str, kind: str) -> dict[str, float]:
+        model = networks[kind]
         net = model if dtype == "fp32" else Autocast(model, torch_dtype(dtype), device)
         t0 = clock()
         with torch.no_grad():
@@ -203,20 +220,22 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
             "dpm_step": (t4 - t3) / DPM_STEPS,
         }
 
-    results: dict[str, list[dict[str, float]]] = {d: [] for d in args.dtypes}
-    for d in args.dtypes:  # warm-up
-        step(d)
-    for r in range(args.repeats):  # interleaved, so load drift hits every dtype alike
-        for d in args.dtypes:
-            results[d].append(step(d))
-            print(f"repeat {r}: {d} {results[d][-1]}", flush=True)
+    results: dict[tuple[str, str], list[dict[str, float]]] = {v: [] for v in variants}
+    for v in variants:  # warm-up (compiles the compiled network)
+        start = time.perf_counter()
+        step(*v)
+        print(f"warm-up {v[0]} {v[1]}: {time.perf_counter() - start:.1f} s", flush=True)
+    for r in range(args.repeats):  # interleaved, so load drift hits every variant alike
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            results[v].append(step(*v))
+            print(f"repeat {r}: {v[0]} {v[1]} {results[v][-1]}", flush=True)
     lines = [
         "# Decoding benchmark: seconds per denoising step, paper-size model",
         "",
         f"Command: `{_command()}`",
         "",
         (
-            f"Model: bert-base encoder (12 × 768), V = {args.vocab_size}, hidden_dim {args.hidden_dim}, random weights; "
+            f"Model: bert-base encoder ({args.num_layers or 12} × 768), V = {args.vocab_size}, hidden_dim {args.hidden_dim}, random weights; "
             f"batch {B} × {L} positions; device {device} ({_machine()}). One step = the ancestral step "
             "`GaussianDiffusion.p_sample` (network forward + nearest-embedding rounding over the whole vocabulary "
             f"+ posterior update); a DPM-Solver++ step = one step of a {DPM_STEPS}-step "
@@ -226,17 +245,29 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
             "v2 DPM-Solver++ step."
         ),
         "",
-        "| dtype | forward s | rounding s | ancestral step s | / original v1 step | DPM-Solver++ step s "
-        "| / original v2 step |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| dtype | network | forward s | rounding s | ancestral step s | / original v1 step "
+        "| DPM-Solver++ step s | / original v2 step | eager / this (step, DPM step) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for d, runs in results.items():
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    medians = {
+        v: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for v, runs in results.items()
+    }
+    for (d, kind), med in medians.items():
+        eager = medians[(d, "eager")]
         lines.append(
-            f"| {d} | {med['forward']:.2f} | {med['rounding']:.2f} | {med['step']:.2f} | "
+            f"| {d} | {kind} | {med['forward']:.2f} | {med['rounding']:.2f} | {med['step']:.2f} | "
             f"{med['step'] / ORIGINAL_S_PER_STEP:.2f} | {med['dpm_step']:.2f} | "
-            f"{med['dpm_step'] / ORIGINAL_DPM_S_PER_STEP:.2f} |"
+            f"{med['dpm_step'] / ORIGINAL_DPM_S_PER_STEP:.2f} | "
+            f"{eager['step'] / med['step']:.2f}x, {eager['dpm_step'] / med['dpm_step']:.2f}x |"
         )
+    if args.compile:
+        lines += [
+            "",
+            f"Compiled: `torch.compile` of the network (mode default, static shapes), as "
+            f"`run_decode.py --compile`; rounding and the update stay eager. Load average when "
+            f"done: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.",
+        ]
     return lines
 
 
@@ -284,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--seq_len", type=int, default=128, help="positions per sentence")
     step.add_argument("--hidden_dim", type=int, default=128, help="word-embedding size h")
     step.add_argument(
+        "--num_layers", type=int, default=0, help="encoder layers (0 = bert-base's 12)"
+    )
+    step.add_argument(
         "--vocab_size", type=int, default=30522, help="vocabulary size (bert-base-uncased)"
     )
     step.add_argument(
@@ -298,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     step.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)"
+    )
+    step.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each dtype with the network compiled (run_decode.py --compile)",
     )
     step.add_argument("--device", default="", help="cpu or cuda (default cpu)")
     step.add_argument(

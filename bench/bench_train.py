@@ -13,14 +13,19 @@ alike. Reported figures are medians over the repeats of each child's median step
 Configs (``--configs``):
   paper64, paper128  the paper's QQP recipe: bert-base-uncased encoder (12 x 768), V=30522,
                      hidden_dim 128, T=2000 sqrt, lossaware sampler, bsz 64 = microbatch 64,
-                     seed 102, seq_len 64 / 128;
+                     seed 102, seq_len 64 / 128; paper128l4: the same with 4 encoder layers,
+                     paper128b2048: bsz 2048 in micro-batches of 64 (configs/qqp.yaml's step;
+                     any paper<seq_len>[l<layers>][b<bsz>]);
   demo               configs/demo.yaml with its tokenizer's vocabulary;
   tiny               a 2-layer toy model (seconds; for trying the script out).
 
 Variants (``--variants``, dash-separated tokens, e.g. ``bf16-sdpa-compile``):
-  fp32 | bf16        no autocast | ``--bf16`` autocast (TrainConfig.bf16);
+  fp32 | bf16 | fp16 no autocast | ``--bf16`` autocast | ``--use_fp16`` (fp16 autocast with a
+                     GradScaler; CUDA only);
+  tf32               ``--tf32``: fp32 matmuls on TF32 tensor cores (CUDA only);
   sdpa | eager       attention kernel (ModelConfig.attention);
-  compile            ``torch.compile`` of the model (diffuseq.runtime.perf.maybe_compile);
+  compile            ``--compile``: the trainer compiles the network (TrainConfig.compile, see
+                     diffuseq.training.precision); the first (warm-up) step includes compiling;
   t<N>               N torch intra-op threads (default: one per core);
   fusedadam | foreachadam | loopadam
                      replace the trainer's AdamW by the fused / foreach / for-loop implementation;
@@ -41,13 +46,14 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -153,15 +159,20 @@ def make_config(name: str) -> BenchConfig:
     paper_diffusion = DiffusionConfig(
         diffusion_steps=2000, noise_schedule="sqrt", schedule_sampler="lossaware"
     )
-    if name in ("paper64", "paper128"):
+    paper = re.fullmatch(r"paper(\d+)(?:l(\d+))?(?:b(\d+))?", name)
+    if paper:
         return BenchConfig(
             name=name,
-            seq_len=int(name[5:]),
-            batch_size=64,
+            seq_len=int(paper[1]),
+            batch_size=int(paper[3] or 64),
             microbatch=64,
             vocab_size=30522,
             model=ModelConfig(
-                hidden_dim=128, hidden_t_dim=128, dropout=0.1, config_name="bert-base-uncased"
+                hidden_dim=128,
+                hidden_t_dim=128,
+                dropout=0.1,
+                config_name="bert-base-uncased",
+                num_layers=int(paper[2] or 0),
             ),
             diffusion=paper_diffusion,
             seed=102,
@@ -189,7 +200,10 @@ def make_config(name: str) -> BenchConfig:
         )
     if name == "demo":
         return _demo_config()
-    raise SystemExit(f"unknown config {name!r}; choose from paper64, paper128, demo, tiny")
+    raise SystemExit(
+        f"unknown config {name!r}; choose from paper<seq_len>[l<layers>][b<bsz>] (paper64, "
+        "paper128, paper128l4, paper128b2048), demo, tiny"
+    )
 
 
 def _demo_config() -> BenchConfig:
@@ -230,6 +244,8 @@ def _demo_config() -> BenchConfig:
 class Variant:
     name: str
     bf16: bool = False
+    fp16: bool = False  # --use_fp16: fp16 autocast + GradScaler (CUDA)
+    tf32: bool = False  # --tf32 (CUDA)
     attention: str = "sdpa"
     compile: bool = False
     threads: int = 0  # 0: one per core
@@ -241,8 +257,10 @@ class Variant:
 def parse_variant(name: str) -> Variant:
     fields: dict[str, Any] = {}
     for token in name.split("-"):
-        if token in ("fp32", "bf16"):
-            fields["bf16"] = token == "bf16"
+        if token in ("fp32", "bf16", "fp16"):
+            fields["bf16"], fields["fp16"] = token == "bf16", token == "fp16"
+        elif token == "tf32":
+            fields["tf32"] = True
         elif token in ("sdpa", "eager"):
             fields["attention"] = token
         elif token == "compile":
@@ -324,8 +342,15 @@ def naive_losses(diffusion, model, input_ids, input_mask, t, *, text_model=None,
     return {"loss": mse + (decoder_nll + tT), "mse": mse, "nll": nll}
 
 
-def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dict:
-    """Build one config/variant, run ``warmup + steps`` trainer steps, return the measurements."""
+def run_child(
+    options: TrainBenchOptions,
+    config: str,
+    variant_name: str,
+    prepare: Callable[[Any], None] | None = None,
+) -> dict:
+    """Build one config/variant, run ``warmup + steps`` trainer steps, return the measurements
+    (``prepare(trainer)``, if given, runs on the built trainer first: bench/gpu_check.py wraps
+    its network in DDP there)."""
     variant = parse_variant(variant_name)
     from diffuseq.runtime import perf
 
@@ -349,6 +374,9 @@ def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dic
         lr=1e-4,
         learning_steps=10_000,
         bf16=variant.bf16,
+        use_fp16=variant.fp16,
+        tf32=variant.tf32,
+        compile=variant.compile,
         seed=cfg.seed,
     )
     device = torch.device(options.device)
@@ -356,7 +384,6 @@ def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dic
     model = build_model(model_cfg, vocab_size=cfg.vocab_size).to(device)
     diffusion = build_diffusion(cfg.diffusion)
     sampler = build_timestep_distribution(cfg.diffusion, diffusion)
-    perf.maybe_compile(model, variant.compile)
     writer = MetricsWriter(path=None, enabled=True, console=False)
     batches = random_batches(cfg, options.warmup + options.steps, seed=cfg.seed)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -387,6 +414,8 @@ def run_child(options: TrainBenchOptions, config: str, variant_name: str) -> dic
                 weight_decay=train_cfg.weight_decay,
                 **kind,
             )
+        if prepare is not None:
+            prepare(trainer)
         build_s = time.perf_counter() - t_build
         rss_built = perf.peak_rss_bytes()
         cuda = device.type == "cuda"

@@ -183,3 +183,30 @@ def test_bench_quality_quick(tmp_path):
     assert "## Targets" in text and "**clauses** (best recipe by final BLEU: `v1+sc`)" in text
     assert "| v1+sc | 20 |" in text and png.stat().st_size > 1000
     assert "4-step SDE-DPM-Solver++" in text
+
+
+def test_gpu_check_cpu_smoke(tmp_path):
+    """bench/gpu_check.py --cpu_smoke: every part of the device check at tiny sizes on the CPU
+    (fp16 and TF32 are CUDA-only and left out; torchrun uses gloo)."""
+    from bench import gpu_check
+
+    out = tmp_path / "gpu.md"
+    assert gpu_check.main(["--cpu_smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "FAILED" not in text and "Skipped" not in text, text
+    for part in ("Device", "SDPA attention", "Loss parity", "Training", "Decoding", "torchrun"):
+        assert f"## {part}" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["Loss parity (tiny model)"][0]["ok"] is True
+    assert data["SDPA attention"][0]["attn_implementation"] == "sdpa"
+    train = {r["variant"]: r for r in data["Training"]}
+    assert set(train) == {"fp32-sdpa", "bf16-sdpa", "fp32-sdpa-compile"}
+    # compiled and eager steps compute the same step-0 loss (dropout masks aside)
+    assert train["fp32-sdpa-compile"]["step0_loss"] == pytest.approx(
+        train["fp32-sdpa"]["step0_loss"], rel=0.05
+    )
+    decode = {r["variant"]: r for r in data["Decoding"]}
+    assert set(decode) == {"fp32", "fp32 compiled"}
+    assert all(r["rows"] == 40 and r["seconds"] > 0 for r in decode.values())
+    (run,) = data["torchrun"]
+    assert run["backend"] == "gloo" and run["world_size"] == 1 and run["all_reduce"] == 1.0

@@ -127,6 +127,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 if isinstance(run, ModelFolder)
                 else Decoder.from_checkpoint(run, checkpoint, device=device)
             )
+            if job.compile:
+                decoder.compile()
             resolved = decoder.resolve(settings)
             log.info(
                 "decoding %d input(s) with %s, %d steps, %s, on %d process(es): %s",

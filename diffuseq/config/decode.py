@@ -241,6 +241,12 @@ class DecodeJob(FlagConfig):
         choices=("auto", "cpu", "cuda"),
         group="runtime",
     )
+    compile: bool = opt(
+        False,
+        "torch.compile the network (compiled once per run, a minute or more; worth it for "
+        "long decodes); falls back to eager with a warning where compiling is not available",
+        group="runtime",
+    )
 
     def validate(self) -> DecodeJob:
         """Reject bad values before any work: a ``--note`` that cannot be part of a file name,

@@ -198,6 +198,16 @@ class TrainConfig:
     gradient_clipping: float = opt(-1.0, "clip the gradient norm to this value (<=0: off)")
     use_fp16: bool = opt(False, "mixed precision fp16 with a GradScaler (torch.amp)")
     bf16: bool = opt(False, "mixed precision bf16 autocast (no scaler)")
+    tf32: bool = opt(
+        False, "CUDA: let fp32 matmuls use TF32 tensor cores (faster, ~1e-3 relative precision)"
+    )
+    compile: bool = opt(
+        False,
+        "torch.compile the network (fused kernels; the first steps include compiling it); "
+        "saved states are the same as eager ones, so either kind of run resumes the other "
+        "(give --compile false to continue a compiled run eagerly); falls back to eager with "
+        "a warning where compiling is not available",
+    )
     seed: int = opt(101, "random seed", recipe=True)
     resume_checkpoint: str = opt(
         "none",

@@ -97,6 +97,7 @@ class Decoder:
         self.model, self.diffusion, self.tokenizer = model, diffusion, tokenizer
         self.seq_len, self.device = seq_len, torch.device(device)
         self.family = get_family(family)
+        self.compiled = False  # see compile(): the last batch is then padded to full size
 
     @classmethod
     def from_checkpoint(
@@ -158,6 +159,31 @@ class Decoder:
             return config
         return self.family.resolve_decode(config, self.diffusion)
 
+    def compile(self) -> bool:
+        """``torch.compile`` the network for decoding (``--compile``), in place; ``False``
+        (eager, with a warning) where compiling is not available here or the family's
+        decoding changes shapes at every step (``ar``: its target grows by one token a step).
+
+        * ``mode="default"`` (fused element-wise kernels around the matrix products). Not
+          ``"reduce-overhead"``: CUDA graphs hand out the same output buffers at the next
+          replay, but the multistep solvers (DPM-Solver++ keeps earlier model outputs) and
+          self-conditioning (the previous x̂_0 is the next call's input) keep outputs across
+          calls; not ``"max-autotune"``: minutes of start-up for a few percent.
+        * ``dynamic=False``: every network call of a batch has the shape ``[batch_size, L, h]``,
+          and :meth:`decode_rows` pads a smaller last batch to that size (rows are independent:
+          each draws from its own stream, attention stays within a row), so one static graph
+          serves the whole run, compiled once, with no recompilation for the last batch.
+        Only the network's ``forward`` is compiled (rounding and read-out stay eager), and the
+        module keeps its state-dict keys.
+        """
+        from diffuseq.runtime.perf import compile_model
+
+        if not self.family.fixed_decode_shapes:
+            log.warning("--compile: not used for decoding the %s family", self.family.name)
+            return False
+        self.compiled = compile_model(self.model, device=self.device, mode="default")
+        return self.compiled
+
     def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedInputs:
         return EncodedInputs.from_pairs(pairs, self.tokenizer, seq_len=self.seq_len)
 
@@ -191,9 +217,10 @@ class Decoder:
             index = torch.tensor([i for i, _ in batch], dtype=torch.long)
             ids, mask = inputs.input_ids[index], inputs.input_mask[index]
             seeds, indices = [config.seed + k for _, k in batch], [i for i, _ in batch]
-            tokens = self.sample_tokens(
-                RowBatch(ids, mask, seeds, indices), config, progress=progress
-            )
+            batch_rows = RowBatch(ids, mask, seeds, indices)
+            if self.compiled and start > 0:  # keep the compiled shape (see compile())
+                batch_rows = _padded(batch_rows, config.batch_size)
+            tokens = self.sample_tokens(batch_rows, config, progress=progress)[: len(batch)]
             texts = texts_from_tokens(self.tokenizer, ids, mask, tokens)
             out.extend((i, k, text["recover"]) for (i, k), text in zip(batch, texts))
         return out
@@ -216,6 +243,17 @@ class Decoder:
             self.decode_rows(inputs, rows, config, progress=progress),
             config.num_samples,
         )
+
+
+def _padded(rows: RowBatch, size: int) -> RowBatch:
+    """``rows`` with its last row repeated up to ``size`` rows (the extra outputs are dropped)."""
+    pad = size - len(rows.seeds)
+    if pad <= 0:
+        return rows
+    ids, mask = (torch.cat([t, t[-1:].expand(pad, -1)]) for t in (rows.input_ids, rows.input_mask))
+    return RowBatch(
+        ids, mask, [*rows.seeds, *rows.seeds[-1:] * pad], [*rows.indices, *rows.indices[-1:] * pad]
+    )
 
 
 def _assemble(

@@ -236,6 +236,7 @@ class ARFamily(Family):
     """Autoregressive encoder-decoder baseline (:mod:`diffuseq.families.ar`)."""
 
     name = "ar"
+    fixed_decode_shapes = False  # the target grows by one token per step
 
     def build_model(self, config, *, vocab_size=None, encoder_config=None, tokenizer=None):
         model = config.model

@@ -105,6 +105,9 @@ class Family(ABC):
 
     #: The ``--family`` name (:data:`diffuseq.families.FAMILIES`).
     name: str = ""
+    #: Every network call of :meth:`sample_tokens` on a batch has the batch's shape (what
+    #: decoding with ``--compile`` needs; not so for autoregressive generation).
+    fixed_decode_shapes: bool = True
 
     @abstractmethod
     def build_model(

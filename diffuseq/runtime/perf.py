@@ -1,13 +1,15 @@
 """Small performance helpers shared by the CLIs and the benchmarks.
 
 Pure functions, no import-time side effects: CPU feature detection, torch thread selection,
-peak resident memory, and an opt-in ``torch.compile`` wrapper. Nothing here changes a number
-the model computes (except :func:`maybe_compile`, whose compiled kernels agree with eager
-within fp32 rounding).
+peak resident memory, and ``torch.compile`` of a network with a clean fallback
+(:func:`compile_model`, behind ``--compile`` of training and decoding). Nothing here changes a
+number the model computes (except compilation, whose fused kernels agree with eager within
+fp32 rounding).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import sys
@@ -23,6 +25,8 @@ __all__ = [
     "set_threads",
     "peak_rss_bytes",
     "maybe_compile",
+    "compile_model",
+    "compile_unavailable",
 ]
 
 
@@ -88,11 +92,65 @@ def device_clock(device: torch.device) -> Callable[[], float]:
 
 
 def maybe_compile(module: torch.nn.Module, enabled: bool, **compile_kwargs) -> torch.nn.Module:
-    """Compile ``module`` in place with ``torch.compile`` when ``enabled``; returns it.
-
-    ``nn.Module.compile`` keeps the module object, its parameter names and its state-dict keys,
-    so optimizers, EMA and checkpoints see the same module either way.
-    """
+    """:func:`compile_model` of ``module`` on its parameters' device when ``enabled``; returns
+    it (eager, with a warning, where compilation is unavailable)."""
     if enabled:
-        module.compile(**compile_kwargs)
+        device = next(module.parameters()).device
+        compile_model(module, device=device, what="benchmark --compile", **compile_kwargs)
     return module
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x * 2.0 + 1.0)  # one fused pointwise kernel
+
+
+@functools.cache
+def compile_unavailable(device_type: str) -> str | None:
+    """Why ``torch.compile`` cannot generate code for ``device_type`` here (``None``: it can).
+
+    ``torch.compile`` is lazy: a missing C++ compiler (CPU), a missing Triton (CUDA) or an
+    unsupported Python only fail at the first call of the compiled network, in the middle of
+    a run. This compiles and runs a one-kernel function once per process and device type
+    instead, so that the caller can fall back to eager before any work (cached: ~1 s with
+    Inductor's on-disk cache warm).
+    """
+    if not hasattr(torch.nn.Module, "compile"):
+        return f"torch {torch.__version__} has no nn.Module.compile (torch >= 2.2 has)"
+    try:
+        x = torch.linspace(-1.0, 1.0, 8, device=device_type)
+        got = torch.compile(_probe, dynamic=False)(x)
+        if not torch.allclose(got, _probe(x), atol=1e-5):
+            return "a compiled test kernel computed wrong numbers"
+    except Exception as err:  # noqa: BLE001 (whatever the backend raises, fall back)
+        text = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {text[0] if text else 'no message'}"
+    return None
+
+
+def compile_model(
+    module: torch.nn.Module,
+    *,
+    device: torch.device | str,
+    what: str = "--compile",
+    mode: str = "default",
+    dynamic: bool | None = False,
+) -> bool:
+    """``torch.compile`` ``module`` in place (``nn.Module.compile``); ``False``, with a warning
+    on the ``diffuseq`` logger, where :func:`compile_unavailable` says it cannot run.
+
+    In place, the module keeps its object, parameter names and state-dict keys (no
+    ``_orig_mod.`` prefix): optimizers, EMA copies and checkpoints see the same module either
+    way, so a compiled run resumes from an eager one's state and vice versa. ``mode`` and
+    ``dynamic`` go to ``torch.compile``; callers justify theirs (training: the trainer,
+    decoding: :meth:`diffuseq.decoding.job.Decoder.compile`).
+    """
+    from diffuseq.runtime.logger import get_logger
+
+    reason = compile_unavailable(torch.device(device).type)
+    if reason is not None:
+        get_logger("perf").warning(
+            "%s: torch.compile is not available here (%s); running eager", what, reason
+        )
+        return False
+    module.compile(mode=mode, dynamic=dynamic)
+    return True

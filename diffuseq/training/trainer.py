@@ -12,7 +12,8 @@ Differences from the original (deliberate):
 
 * Mixed precision through ``torch.amp`` (fp16 with a GradScaler on CUDA, or bf16 without one);
   gradients are unscaled before clipping (v2 clipped the still-scaled gradients, docs/original.md §10.2
-  item 7). v1's fp16 crashed (docs/original.md §6.4).
+  item 7). v1's fp16 crashed (docs/original.md §6.4). ``--tf32`` and ``--compile``: see
+  :mod:`diffuseq.training.precision`.
 * DDP also on CPU (gloo); the loss reaches the embedding/logits through the unwrapped model
   instead of ``model.model.module`` (docs/original.md §10.3).
 * Full training states are saved next to the EMA files, for an exact resume (docs/original.md §6.7: the
@@ -37,7 +38,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffuseq.config import TrainConfig
-from diffuseq.errors import ConfigError
 from diffuseq.families.base import LossBatch, Objective
 from diffuseq.models.nn_utils import ddp_without_buffer_sync, grad_norm, update_ema
 from diffuseq.runtime import dist
@@ -58,27 +58,8 @@ from diffuseq.store.checkpoint import (
     write_latest,
 )
 from diffuseq.store.checkpoint_format import state_dict_for_saving
+from diffuseq.training.precision import autocast_dtype, compile_for_training, enable_tf32
 from diffuseq.training.watch import RunWatch
-
-
-def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--use_fp16`` / ``--bf16`` on ``device`` (``None``: fp32).
-
-    Raises:
-        ConfigError: fp16 on CPU, or bf16 on a GPU without bf16 support.
-    """
-    if config.use_fp16:
-        if device.type != "cuda":
-            raise ConfigError(
-                "--use_fp16 needs a CUDA GPU (fp16 autocast with a GradScaler); on CPU use --bf16 "
-                "or train in fp32"
-            )
-        return torch.float16
-    if config.bf16:
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("--bf16: this GPU does not support bfloat16; use --use_fp16 instead")
-        return torch.bfloat16
-    return None
 
 
 class Trainer:
@@ -151,6 +132,10 @@ class Trainer:
             )
         else:
             self.ddp_model = model
+        if config.tf32:
+            enable_tf32(self.device)
+        if config.compile:  # after DDP, as the PyTorch DDP notes ask (see compile_for_training)
+            compile_for_training(self.ddp_model, self.device)
         self.params = [p for _, p in model.named_parameters()]
         self.param_names = [n for n, _ in model.named_parameters()]
         self.opt = torch.optim.AdamW(
