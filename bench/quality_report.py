@@ -14,6 +14,7 @@ machine: compare them only within one run (all units ran side by side), not acro
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -182,6 +183,9 @@ def family_targets(groups: dict) -> list[str]:
             results = groups[task, recipe]
             final = steps_of(results)[-1]
             div = mean(extra(results, final, headline(recipe)[1], "div4"))
+            if math.isnan(div):  # units from before diversity was measured
+                lines.append(f"- diversity at the last step: `{recipe}` not measured.")
+                continue
             lines.append(
                 f"- diversity at the last step: `{recipe}` div-4 {div:.3f} vs the AR baseline's "
                 f"5 beams {ar_div:.3f} ({'higher' if div > ar_div else 'not higher'})."
