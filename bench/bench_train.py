@@ -31,6 +31,9 @@ Variants (``--variants``, dash-separated tokens, e.g. ``bf16-sdpa-compile``):
                      replace the trainer's AdamW by the fused / foreach / for-loop implementation;
   naiveloss          the original's loss memory profile: full [B*L, V] log-softmax for both
                      vocabulary projections and the logged nll with autograd (see naive_losses);
+  ar | rdm           train the AR baseline (--family ar, --ar_layers auto: its parameter count
+                     matched to the diffusion model's) / the discrete family (RDM, uniform t) at
+                     the config's sizes through the family seam, instead of DiffuSeq;
   mmap<N>m           run the child with MALLOC_MMAP_THRESHOLD_=N MiB (glibc): tensors of N MiB
                      and more are returned to the OS when freed, so RSS follows live memory.
 
@@ -252,6 +255,11 @@ class Variant:
     adam: str = ""  # "", "fused", "foreach", "loop"
     naive_loss: bool = False
     mmap_threshold_mib: int = 0  # 0: glibc's default (dynamic) mmap threshold
+    family: str = "gaussian"  # "ar" / "rdm": the AR baseline / the discrete family, same sizes
+
+
+#: variant token -> ``--family`` (the model families measured at the config's sizes)
+FAMILY_TOKENS = {"ar": "ar", "rdm": "discrete"}
 
 
 def parse_variant(name: str) -> Variant:
@@ -269,6 +277,8 @@ def parse_variant(name: str) -> Variant:
             fields["threads"] = int(token[1:])
         elif token in ("fusedadam", "foreachadam", "loopadam"):
             fields["adam"] = token[: -len("adam")]
+        elif token in FAMILY_TOKENS:
+            fields["family"] = FAMILY_TOKENS[token]
         elif token == "naiveloss":
             fields["naive_loss"] = True
         elif token.startswith("mmap") and token.endswith("m") and token[4:-1].isdigit():
@@ -381,17 +391,31 @@ def run_child(
     )
     device = torch.device(options.device)
     t_build = time.perf_counter()
-    model = build_model(model_cfg, vocab_size=cfg.vocab_size).to(device)
-    diffusion = build_diffusion(cfg.diffusion)
-    sampler = build_timestep_distribution(cfg.diffusion, diffusion)
+    if variant.family == "gaussian":
+        model = build_model(model_cfg, vocab_size=cfg.vocab_size).to(device)
+        diffusion = build_diffusion(cfg.diffusion)
+        loss_fn = naive_losses if variant.naive_loss else training_losses
+        objective = GaussianObjective(
+            diffusion, build_timestep_distribution(cfg.diffusion, diffusion), loss_fn
+        )
+    else:  # through the family seam, at the same flags (the AR baseline sizes its layers)
+        from diffuseq.config import RunConfig
+        from diffuseq.families import get_family
+
+        run = RunConfig(
+            model=replace(model_cfg, family=variant.family),
+            diffusion=replace(cfg.diffusion, schedule_sampler="uniform"),
+            train=train_cfg,
+        )
+        family = get_family(variant.family)
+        model = family.build_model(run, vocab_size=cfg.vocab_size).to(device)
+        objective = family.build_objective(run, family.build_process(run))
     writer = MetricsWriter(path=None, enabled=True, console=False)
     batches = random_batches(cfg, options.warmup + options.steps, seed=cfg.seed)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
             model=model,
-            objective=GaussianObjective(
-                diffusion, sampler, naive_losses if variant.naive_loss else training_losses
-            ),
+            objective=objective,
             train_batches=iter(batches),
             valid_batches=None,
             config=train_cfg,
@@ -446,7 +470,7 @@ def run_child(
         "losses": losses,
         "peak_rss_bytes": perf.peak_rss_bytes(),
         "rss_after_build_bytes": rss_built,
-        "params": model.parameter_count(),
+        "params": sum(p.numel() for p in model.parameters()),
         "device": device.type,
         "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
     }
@@ -568,6 +592,7 @@ def summarise(runs: list[dict], cells: list[tuple[str, str]]) -> list[dict]:
                 "tokens_per_s": ok[0]["tokens_per_step"] / med,
                 "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in ok) / 2**30,
                 "step0_loss": ok[0]["step0_loss"],
+                "params": ok[0].get("params"),
                 "device": ok[0].get("device", "cpu"),
                 **(
                     {"peak_gpu_gib": statistics.median(r["peak_device_bytes"] for r in ok) / 2**30}
@@ -592,9 +617,9 @@ def summarise(runs: list[dict], cells: list[tuple[str, str]]) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     head = (
-        "| config | variant | runs | s/step (median) | min | tokens/s | peak RSS GiB | step-0 loss "
-        "| x first variant | x original (s/step) | RSS / original |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| config | variant | parameters | runs | s/step (median) | min | tokens/s | peak RSS GiB "
+        "| step-0 loss | x first variant | x original (s/step) | RSS / original |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -603,10 +628,11 @@ def markdown_table(rows: list[dict]) -> str:
                 f"| {r['config']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} |"
             )
             continue
-        fmt = lambda key, spec: format(r[key], spec) if key in r else "-"  # noqa: E731
+        fmt = lambda key, spec: format(r[key], spec) if r.get(key) is not None else "-"  # noqa: E731
         gpu = f" (GPU {r['peak_gpu_gib']:.2f})" if "peak_gpu_gib" in r else ""
         lines.append(
-            f"| {r['config']} | {r['variant']} | {r['runs']} | {r['s_per_step']:.3f} | {r['s_per_step_min']:.3f} "
+            f"| {r['config']} | {r['variant']} | {fmt('params', ',')} | {r['runs']} "
+            f"| {r['s_per_step']:.3f} | {r['s_per_step_min']:.3f} "
             f"| {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f}{gpu} | {r['step0_loss']:.4f} "
             f"| {r['speedup_vs_first']:.2f} | {fmt('speedup_vs_original', '.2f')} | {fmt('rss_vs_original', '.2f')} |"
         )

@@ -26,7 +26,7 @@ def test_bench_train_tiny(tmp_path, capsys):
                 "--configs",
                 "tiny",
                 "--variants",
-                "fp32-sdpa,fp32-eager-naiveloss-loopadam",
+                "fp32-sdpa,fp32-eager-naiveloss-loopadam,fp32-sdpa-rdm,fp32-sdpa-ar",
                 "--repeats",
                 "1",
                 "--warmup",
@@ -41,7 +41,12 @@ def test_bench_train_tiny(tmp_path, capsys):
     )
     data = json.loads(out.read_text())
     rows = {row["variant"]: row for row in data["summary"]}
-    assert set(rows) == {"fp32-sdpa", "fp32-eager-naiveloss-loopadam"}
+    assert set(rows) == {
+        "fp32-sdpa",
+        "fp32-eager-naiveloss-loopadam",
+        "fp32-sdpa-rdm",
+        "fp32-sdpa-ar",
+    }
     for row in rows.values():
         assert "error" not in row, row
         assert row["s_per_step"] > 0 and row["peak_rss_gib"] > 0 and row["device"] == "cpu"
@@ -50,7 +55,14 @@ def test_bench_train_tiny(tmp_path, capsys):
     assert rows["fp32-sdpa"]["step0_loss"] == pytest.approx(
         rows["fp32-eager-naiveloss-loopadam"]["step0_loss"], rel=1e-5
     )
-    assert "| tiny | fp32-sdpa | 1 |" in out.with_suffix(".md").read_text()
+    # the families at the same flags: RDM has DiffuSeq's parameters plus a [MASK] row; the AR
+    # baseline's layers are chosen to match (within 10% at the demo's and the paper's sizes; at
+    # this toy size 1+1 layers, the smallest split, is 1.29x)
+    dense = rows["fp32-sdpa"]["params"]
+    # one more embedding row of width 32 and its read-out bias
+    assert rows["fp32-sdpa-rdm"]["params"] == dense + 32 + 1
+    assert rows["fp32-sdpa-ar"]["params"] / dense == pytest.approx(1.293, abs=0.001)
+    assert f"| tiny | fp32-sdpa | {dense:,} | 1 |" in out.with_suffix(".md").read_text()
 
 
 def test_bench_model_small(tmp_path):
