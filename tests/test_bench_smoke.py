@@ -15,7 +15,15 @@ pytestmark = pytest.mark.slow  # benchmark smoke tests
 
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
+    """Children get one thread; gpu_check's in-process runs set torch's thread count (one per
+    core), which is put back: later tests compare in-process numbers with 1-thread children
+    bit for bit, and a different thread count changes the matmuls' summation order."""
+    import torch
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_bench_train_tiny(tmp_path, capsys):

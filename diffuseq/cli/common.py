@@ -52,6 +52,7 @@ def run_cli(
         )
         return 2
     except KeyboardInterrupt as err:  # a training run's says what it saved and its status
-        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
+        if not getattr(err, "quiet", False):  # rank 0 speaks for all ranks
+            print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
         return int(getattr(err, "exit_code", 130))
     return int(code or 0)

@@ -52,11 +52,15 @@ class TrainingDiverged(UserError):
 class TrainingInterrupted(KeyboardInterrupt):
     """A stop signal arrived; the training state of :attr:`step` was saved to :attr:`state`.
 
-    ``exit_code`` is the shell's status of a process killed by that signal (128 + number)."""
+    ``exit_code`` is the shell's status of a process killed by that signal (128 + number);
+    ``quiet``: the command line prints nothing (ranks other than 0, whose lines would only
+    interleave with rank 0's resume command on the shared stderr)."""
 
-    def __init__(self, message: str, *, signum: int, step: int, state: Path | None):
+    def __init__(
+        self, message: str, *, signum: int, step: int, state: Path | None, quiet: bool = False
+    ):
         super().__init__(message)
-        self.signum, self.step, self.state = signum, step, state
+        self.signum, self.step, self.state, self.quiet = signum, step, state, quiet
         self.exit_code = 128 + signum
 
 
@@ -176,7 +180,9 @@ class RunWatch:
             )
         else:
             message = f"{name}: rank 0 saved the training state of step {step}"
-        return TrainingInterrupted(message, signum=self.signum, step=step, state=state)
+        return TrainingInterrupted(
+            message, signum=self.signum, step=step, state=state, quiet=rank != 0
+        )
 
 
 def _finite(params: Sequence[torch.Tensor]) -> bool:
