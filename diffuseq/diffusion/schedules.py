@@ -165,7 +165,10 @@ def rescale_noise(betas: np.ndarray, factor: float) -> np.ndarray:
     relative to the signal at every step. Difformer (Gao et al. 2022, arXiv 2212.09412)
     observes that the usual schedules leave too little noise for learned word embeddings,
     whose norm grows with the embedding dimension, so that the denoiser learns too little; a
-    factor ``F > 1`` (its recipes use 4) keeps the training task hard enough.
+    factor ``F > 1`` (its recipes use 4) keeps the training task hard enough. ``F`` is a
+    constant of the run (saved with its config), not recomputed from the embeddings' current
+    norm: a process that moved while the embeddings grow could not be rebuilt by the decoder
+    (with ``--embedding_norm`` every x̄_0 row has norm ≈ √h anyway).
 
     Rescaling the betas, not the noise draws, is what keeps training and decoding consistent:
     every table of :class:`~diffuseq.diffusion.gaussian.GaussianDiffusion` (q_sample, the
