@@ -175,7 +175,7 @@ def run_per_step(args: argparse.Namespace) -> list[str]:
     mask[:, L // 2 :] = 1
     x_start = model.get_embeds(ids)
     x = torch.where(mask.unsqueeze(-1) == 0, x_start, torch.randn_like(x_start))
-    rounding = make_rounding_fn(model.word_embedding.weight)
+    rounding = make_rounding_fn(model.embedding_table())
     t = torch.full((B,), 1000, device=device)
     noise = NoiseSource(list(range(B)), list(range(B)), shape=(L, args.hidden_dim), device=device)
 

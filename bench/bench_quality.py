@@ -16,7 +16,9 @@ Tasks (:mod:`bench.quality_tasks`): ``clauses`` (synthetic) and ``qqp`` (the sha
 pairs). Recipes (same model, data, seeds): ``v1`` (the original DiffuSeq), ``v1+sc``
 (self-conditioning), ``v2`` (DiffuSeq-v2: learned mean embedding + discrete noise 0.5),
 ``v2+sc``, ``v1+nf`` (DINOISER's noise floor: training draws t ≥ 0.3·T and the network is
-told at least 0.3·T when sampling) and ``v2+sc+nf`` (all three). The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
+told at least 0.3·T when sampling), ``v2+sc+nf`` (all three), ``v1+anchor`` (Difformer's
+anchor loss + embedding LayerNorm + noise rescaling F = 4) and ``v1+anchor-only`` (the anchor
+loss alone). The EMA rate is 0.99 for every recipe: with the paper's 0.9999 (tuned for 50k+ steps)
 an EMA of a 3000-step run still holds most of the random initialisation.
 
 Each unit runs in its own process with one torch thread (``--jobs`` of them at a time) and
@@ -66,6 +68,12 @@ RECIPES = {
         "--learned_mean_embed", "true", "--denoise", "true", "--denoise_rate", "0.5",
         "--self_cond", "true", "--noise_floor", "0.3",
     ],
+    # Difformer (Gao et al. 2022): its full recipe (anchor loss + embedding LayerNorm + noise
+    # rescaling by F = 4, the factor of its QQP script) and the anchor loss alone
+    "v1+anchor": [
+        "--anchor_loss", "true", "--embedding_norm", "true", "--noise_rescale", "4",
+    ],
+    "v1+anchor-only": ["--anchor_loss", "true"],
     # the autoregressive baseline of the same size (BART layers, the split whose parameter
     # count is closest to the diffusion model's: 1+1 here) and RDM (the discrete family)
     "ar": ["--family", "ar"],

@@ -207,11 +207,14 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "| `--bert_hidden_size` | 0 |",
         "| `--learned_mean_embed` | False |",
         "| `--self_cond` | False |",
+        "| `--embedding_norm` | False |",
         "| `--diff_steps` | 4000 |",
         "| `--noise_schedule` | `cosine` |",
         "| `--schedule_sampler` | `uniform` |",
         "| `--denoise` | False |",
         "| `--noise_floor` | 0 |",
+        "| `--noise_rescale` | 0 |",
+        "| `--anchor_loss` | False |",
         "| `--seq_len` | 128 |",
         "| `--vocab` | `bert` |",
         "| `--lr` | 0.0001 |",
@@ -230,6 +233,7 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "max_position_embeddings": "--config_name (max_position_embeddings)",
         "learned_mean_embed": "--learned_mean_embed",
         "self_cond": "--self_cond",
+        "embedding_norm": "--embedding_norm",
     }
 
     @dataclass(frozen=True)

@@ -351,6 +351,7 @@ def test_infer_architecture():
         "max_position_embeddings": 24,
         "learned_mean_embed": True,
         "self_cond": False,
+        "embedding_norm": False,
     }
 
 

@@ -62,6 +62,9 @@ def discrete_checks(config: RunConfig) -> list[tuple[bool, str]]:
         ("--learned_mean_embed", m.learned_mean_embed),
         ("--denoise", d.denoise),
         ("--noise_floor", d.noise_floor != 0.0),
+        ("--embedding_norm", m.embedding_norm),
+        ("--noise_rescale", d.noise_rescale != 0.0),
+        ("--anchor_loss", d.anchor_loss),
         ("--timestep_respacing", bool(d.timestep_respacing)),
     ]
     return [

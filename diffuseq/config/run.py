@@ -153,6 +153,10 @@ class RunConfig:
                 f"{d.diffusion_steps} steps, got {d.noise_floor}",
             ),
             (
+                d.noise_rescale == 0.0 or d.noise_rescale >= 1.0,
+                f"--noise_rescale must be 0 (off) or a factor >= 1, got {d.noise_rescale}",
+            ),
+            (
                 m.use_plm_init == "no" or m.hidden_dim == 768,
                 "--use_plm_init bert needs --hidden_dim 768 (the pretrained embedding is 768-wide)",
             ),

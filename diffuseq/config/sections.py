@@ -116,6 +116,14 @@ class ModelConfig:
         recipe=True,
         in_weights=True,
     )
+    embedding_norm: bool = opt(
+        False,
+        "embedding normalisation (beyond the original; Difformer, Gao et al. 2022): x_0 is "
+        "LayerNorm(E[w]) (elementwise-affine), and rounding and the tied read-out use the "
+        "normalised table",
+        recipe=True,
+        in_weights=True,
+    )
     vocab_size: int = opt(
         0,
         "vocabulary size (filled in from the tokenizer)",
@@ -151,6 +159,19 @@ class DiffusionConfig:
         0.0,
         "noise floor F in [0, 1) (beyond the original; DINOISER, Ye et al. 2023): train only on "
         "t >= round(F*T) and tell the network max(t, round(F*T)) when sampling (0 = off)",
+        recipe=True,
+    )
+    noise_rescale: float = opt(
+        0.0,
+        "noise rescaling factor F >= 1 (beyond the original; Difformer, Gao et al. 2022): the "
+        "schedule's signal-to-noise ratio divided by F^2 at every step, in training and every "
+        "sampler (0 = off)",
+        recipe=True,
+    )
+    anchor_loss: bool = opt(
+        False,
+        "anchor loss (beyond the original; Difformer, Gao et al. 2022): add the target span's "
+        "cross-entropy of the tokens read out from the predicted x_0 (logged as anchor_loss)",
         recipe=True,
     )
 

@@ -37,7 +37,7 @@ import torch
 
 from diffuseq.diffusion.broadcast import as_mask, extract, randn_like_shape, truncate_
 from diffuseq.diffusion.respace import respaced_betas, space_timesteps
-from diffuseq.diffusion.schedules import get_named_beta_schedule
+from diffuseq.diffusion.schedules import get_named_beta_schedule, rescale_noise
 
 __all__ = ["GaussianDiffusion", "DenoisedFn"]
 
@@ -138,15 +138,17 @@ class GaussianDiffusion:
         noise_schedule: str,
         diffusion_steps: int,
         timestep_respacing: str | Sequence[int] = "",
+        noise_rescale: float = 0.0,
         **kwargs,
     ) -> GaussianDiffusion:
         """Build the diffusion the original's `create_model_and_diffusion` builds.
 
-        Named schedule (:mod:`diffuseq.diffusion.schedules`) → kept steps (:func:`space_timesteps`)
-        → betas rebuilt from ᾱ (:func:`respaced_betas`, always, as `SpacedDiffusion` does).
-        ``kwargs`` are the remaining constructor arguments.
-        """
+        Named schedule (:mod:`diffuseq.diffusion.schedules`; Difformer's :func:`rescale_noise`
+        by ``noise_rescale``, 0 = off) → kept steps (:func:`space_timesteps`) → betas rebuilt
+        from ᾱ (:func:`respaced_betas`, always, as `SpacedDiffusion` does). ``kwargs`` are the
+        remaining constructor arguments."""
         betas = get_named_beta_schedule(noise_schedule, diffusion_steps)
+        betas = rescale_noise(betas, noise_rescale)
         kept = space_timesteps(diffusion_steps, timestep_respacing)
         new_betas, timestep_map = respaced_betas(betas, kept)
         return cls(

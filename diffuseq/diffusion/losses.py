@@ -54,8 +54,12 @@ def _token_losses(
     model_output: torch.Tensor,
     input_ids: torch.Tensor,
     input_mask: torch.Tensor,
+    *,
+    anchor: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``decoder_nll`` (docs/original.md §5.6 step 7, with gradients) and the logged ``nll`` (step 9, no grad).
+    """``decoder_nll`` (docs/original.md §5.6 step 7, with gradients) and the masked ``nll`` of
+    the prediction (step 9: logged only, no grad; with gradients when ``anchor``: Difformer's
+    anchor loss).
 
     Models that expose ``logits_projection() -> (E, b)`` (``get_logits(z) = z·Eᵀ + b``) get the
     chunked :func:`linear_cross_entropy`; others go through ``get_logits`` and full logits.
@@ -63,16 +67,16 @@ def _token_losses(
     projection = getattr(text_model, "logits_projection", None)
     if projection is None:
         decoder_nll = token_nll(text_model.get_logits(x_start), input_ids)
-        with torch.no_grad():
+        with torch.set_grad_enabled(anchor and torch.is_grad_enabled()):
             nll = token_nll(text_model.get_logits(model_output), input_ids, mask=input_mask)
         return decoder_nll, nll
     weight, bias = projection()
     decoder_nll = linear_cross_entropy(x_start, weight, bias, input_ids).mean(dim=-1)
-    with torch.no_grad():
+    with torch.set_grad_enabled(anchor and torch.is_grad_enabled()):
         # Only positions with m != 0 enter the masked mean; the others stay 0.
         keep = (input_mask != 0).reshape(-1)
         flat = torch.zeros(keep.shape, dtype=torch.float32, device=input_ids.device)
-        flat[keep] = linear_cross_entropy(
+        flat[keep] = linear_cross_entropy(  # index_put_ records the gradient when anchor
             model_output.reshape(-1, model_output.shape[-1])[keep],
             weight,
             bias,
@@ -115,6 +119,7 @@ def training_losses(
     noise: torch.Tensor | None = None,
     bernoulli_draw: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    anchor_loss: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-example loss terms for a batch (docs/original.md §5.6 steps 1–9).
 
@@ -130,7 +135,13 @@ def training_losses(
        −log p_θ(w | z_0), unmasked);
     8. ``loss = mse + (decoder_nll + tT_loss)`` (v2 with μ: ``+ reg_rate·‖μ‖₂``);
     9. ``nll = Σ_L m·CE(get_logits(f), w) / Σ_L m`` — logged only (computed without autograd,
-       and only at positions with ``m != 0``).
+       and only at positions with ``m != 0``);
+    10. ``anchor_loss`` (beyond the original; Difformer, Gao et al. 2022, arXiv 2212.09412,
+        "anchor loss"): the same ``nll`` of the prediction f = x̂_0, with gradients, is added
+        to ``loss``. Unlike step 7, whose z_0 is the noised ground-truth embedding (so the
+        read-out can be satisfied by spreading the embeddings), it trains the read-out of
+        what the denoiser predicts, which anchors the learnable embedding space against
+        collapse. Masked as ``nll`` (target span and padding, ``m = 1``).
 
     Steps 7 and 9 never hold a ``[B, L, V]`` tensor when the model has ``logits_projection``
     (:func:`linear_cross_entropy`): for the paper's configuration that saves about 4 GiB of
@@ -147,10 +158,12 @@ def training_losses(
         text_model: the unwrapped model giving ``get_embeds``, ``get_logits`` and the optional
             ``mean_embed`` μ ``[h]`` (default: ``model``).
         noise0, noise: ε_0, ε ``[B,L,h]``; bernoulli_draw: 0/1 ``[B,L]`` (v2 ``denoise``).
+        anchor_loss: add step 10 (``--anchor_loss``); off, every term is the original's.
 
     Returns:
-        dict of float32 ``[B]`` tensors ``loss, mse, nll, decoder_nll, tT_loss, t0_loss``, plus
-        the 0-dim ``reg_term`` when the model has μ. Only ``loss`` is optimised.
+        dict of float32 ``[B]`` tensors ``loss, mse, nll, decoder_nll, tT_loss, t0_loss`` (and
+        ``anchor_loss`` when on), plus the 0-dim ``reg_term`` when the model has μ. Only
+        ``loss`` is optimised.
 
     Raises:
         ValueError: ``diffusion.denoise`` is on but the model has no ``mean_embed`` (the
@@ -198,15 +211,20 @@ def training_losses(
     last = torch.full((1,), diffusion.num_timesteps - 1, dtype=torch.long, device=x_start.device)
     prior_mean, _, _ = diffusion.q_mean_variance(x_start, last)
     tT_loss = mean_flat(prior_mean**2)
-    decoder_nll, nll = _token_losses(text_model, x_start, model_output, input_ids, input_mask)
+    decoder_nll, nll = _token_losses(
+        text_model, x_start, model_output, input_ids, input_mask, anchor=anchor_loss
+    )
     terms = {
         "loss": mse + (decoder_nll + tT_loss),
         "mse": mse,
-        "nll": nll,
+        "nll": nll.detach(),
         "decoder_nll": decoder_nll,
         "tT_loss": tT_loss,
         "t0_loss": t0_loss,
     }
+    if anchor_loss:
+        terms["anchor_loss"] = nll
+        terms["loss"] = terms["loss"] + nll
     if mean_embed is not None:
         terms["reg_term"] = diffusion.reg_rate * torch.norm(mean_embed)
         terms["loss"] = terms["loss"] + terms["reg_term"]

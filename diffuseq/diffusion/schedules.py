@@ -20,6 +20,9 @@ Where each schedule comes from:
 
 The original v2 code only implements ``sqrt`` and ``warmup-decay``; the original v1 code
 only the first six. This module offers all seven.
+
+Beyond the original, :func:`rescale_noise` applies Difformer's noise rescaling (Gao et al.
+2022, arXiv 2212.09412, "noise rescaling") to any of them (``--noise_rescale F``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "get_named_beta_schedule",
     "betas_for_alpha_bar",
     "betas_for_alpha_bar_left",
+    "rescale_noise",
 ]
 
 #: Largest beta any ᾱ-derived schedule may produce (docs/original.md §11).
@@ -149,3 +153,43 @@ def betas_for_alpha_bar_left(
     betas = [min(1 - alpha_bar(0), max_beta)]
     betas += [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T - 1)]
     return np.array(betas, dtype=np.float64)
+
+
+def rescale_noise(betas: np.ndarray, factor: float) -> np.ndarray:
+    """Difformer's noise rescaling: the schedule whose signal-to-noise ratio is ``SNR_t / F²``.
+
+    With ᾱ_t = ∏_{s≤t}(1−β_s) and ``SNR_t = ᾱ_t / (1−ᾱ_t)``, the rescaled chain has
+    ``ᾱ'_t = ᾱ_t / (F² − (F²−1)·ᾱ_t)`` (so ``SNR'_t = SNR_t / F²``) and betas
+    ``β'_t = 1 − ᾱ'_t / ᾱ'_{t−1}`` (``ᾱ'_{−1} = 1``). Equivalently, ``z_t`` is the variance-
+    preserving normalisation of ``√ᾱ_t·z_0 + F·√(1−ᾱ_t)·ε``: the noise is ``F`` times larger
+    relative to the signal at every step. Difformer (Gao et al. 2022, arXiv 2212.09412)
+    observes that the usual schedules leave too little noise for learned word embeddings,
+    whose norm grows with the embedding dimension, so that the denoiser learns too little; a
+    factor ``F > 1`` (its recipes use 4) keeps the training task hard enough. ``F`` is a
+    constant of the run (saved with its config), not recomputed from the embeddings' current
+    norm: a process that moved while the embeddings grow could not be rebuilt by the decoder
+    (with ``--embedding_norm`` every x̄_0 row has norm ≈ √h anyway).
+
+    Rescaling the betas, not the noise draws, is what keeps training and decoding consistent:
+    every table of :class:`~diffuseq.diffusion.gaussian.GaussianDiffusion` (q_sample, the
+    posterior, the fixed-large variance) and every sampler (ancestral, DDIM, DPM-Solver++,
+    which read ``betas`` / ``alphas_cumprod``) then see the same process, with unit-variance
+    ε everywhere, and respacing keeps the rescaled ᾱ' at the kept steps.
+
+    >>> rescale_noise(np.array([0.2, 0.5]), 2.0).round(6).tolist()
+    [0.5, 0.714286]
+
+    Args:
+        betas: float64 ``[T]``; factor: ``F`` (``0`` or ``1``: ``betas`` returned unchanged).
+
+    Returns:
+        float64 ``[T]``.
+    """
+    if factor in (0.0, 1.0):
+        return betas
+    if factor < 1.0:
+        raise ValueError(f"the noise rescaling factor must be 0 (off) or >= 1, got {factor}")
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+    f2 = float(factor) ** 2
+    rescaled = alphas_cumprod / (f2 - (f2 - 1.0) * alphas_cumprod)
+    return 1.0 - rescaled / np.append(1.0, rescaled[:-1])

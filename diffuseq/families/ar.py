@@ -246,6 +246,9 @@ class ARFamily(Family):
                 ("--use_plm_init", model.use_plm_init != "no"),
                 ("--self_cond", model.self_cond),
                 ("--learned_mean_embed", model.learned_mean_embed),
+                ("--embedding_norm", model.embedding_norm),
+                ("--noise_rescale", config.diffusion.noise_rescale != 0.0),
+                ("--anchor_loss", config.diffusion.anchor_loss),
             )
             if on
         ]

@@ -2,15 +2,17 @@
 
 Model: :class:`~diffuseq.models.denoiser.TransformerNetModel` (the original's state-dict keys).
 Process: :class:`~diffuseq.diffusion.gaussian.GaussianDiffusion` (with partial noising of the
-target span, the v2 soft absorbing state and the ``--noise_floor``). Objective: the seq2seq
-loss terms of :func:`~diffuseq.diffusion.losses.training_losses` at ``t`` drawn from the
-run's timestep distribution (uniform / loss-aware / fixstep), weighted by its importance
-weights. Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
+target span, the v2 soft absorbing state, the ``--noise_floor`` and Difformer's
+``--noise_rescale``). Objective: the seq2seq loss terms of
+:func:`~diffuseq.diffusion.losses.training_losses` (``--anchor_loss``: plus Difformer's anchor
+loss) at ``t`` drawn from the run's timestep distribution (uniform / loss-aware / fixstep),
+weighted by its importance weights. Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
 EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11–5.13).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -72,7 +74,11 @@ class GaussianFamily(Family):
         return build_diffusion(config.diffusion)
 
     def build_objective(self, config: RunConfig, process: GaussianDiffusion) -> GaussianObjective:
-        return GaussianObjective(process, build_timestep_distribution(config.diffusion, process))
+        """DiffuSeq's loss (with Difformer's anchor loss when ``--anchor_loss``)."""
+        timesteps = build_timestep_distribution(config.diffusion, process)
+        if config.diffusion.anchor_loss:
+            return GaussianObjective(process, timesteps, partial(training_losses, anchor_loss=True))
+        return GaussianObjective(process, timesteps)
 
     def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> ResolvedDecode:
         return config.resolve(process.num_timesteps, family=self.name)

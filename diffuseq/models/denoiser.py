@@ -42,6 +42,10 @@ class TransformerNetModel(nn.Module):
             position embeddings, embedding LayerNorm and encoder from a locally available
             pretrained BERT; needs ``hidden_dim == hidden_size``).
         config_name: the BERT name or folder to load when ``init_pretrained == "bert"``.
+        self_cond: self-conditioning (``self_cond_proj``, see :meth:`forward`).
+        embedding_norm: Difformer's embedding normalisation (``embedding_norm``, an
+            elementwise-affine LayerNorm over ``h``): :meth:`get_embeds`, :meth:`get_logits`
+            and the rounding table (:meth:`embedding_table`) use ``LN(E)``.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class TransformerNetModel(nn.Module):
         init_pretrained: Literal["no", "bert"] = "no",
         config_name: str | None = None,
         self_cond: bool = False,
+        embedding_norm: bool = False,
     ) -> None:
         super().__init__()
         config = copy.deepcopy(bert_config)
@@ -109,6 +114,11 @@ class TransformerNetModel(nn.Module):
         if self_cond:
             self.self_cond_proj = nn.utils.skip_init(nn.Linear, hidden_dim, H, bias=False)
             nn.init.zeros_(self.self_cond_proj.weight)
+        # Embedding normalisation (beyond the original; Difformer, Gao et al. 2022, arXiv
+        # 2212.09412): x̄_0 = LN(E[w]), so the embeddings the diffusion runs on can neither
+        # grow nor collapse freely (the learned data distribution). Registered last and
+        # initialised to γ = 1, β = 0 without drawing random numbers, as W_sc above.
+        self.embedding_norm = nn.LayerNorm(hidden_dim) if embedding_norm else None
 
     def _take_pretrained_bert(self, config_name: str | None, config: BertConfig) -> None:
         """``use_plm_init='bert'``: embeddings, LayerNorm and encoder of a local BERT."""
@@ -212,18 +222,29 @@ class TransformerNetModel(nn.Module):
             and not getattr(config, "chunk_size_feed_forward", 0)
         )
 
+    def embedding_table(self) -> torch.Tensor:
+        """The word embeddings the diffusion runs on, ``[V, h]``: ``E`` (the tied matrix), or
+        ``LN(E)`` row by row with ``embedding_norm`` (what rounding and the read-out use)."""
+        weight = self.word_embedding.weight
+        return weight if self.embedding_norm is None else self.embedding_norm(weight)
+
     def get_embeds(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``E[ids]``: ``[B, L]`` int64 -> ``[B, L, h]`` (docs/original.md §4.3)."""
-        return self.word_embedding(input_ids)
+        """``E[ids]`` (``LN(E[ids])`` with ``embedding_norm``): ``[B, L]`` int64 -> ``[B, L, h]``
+        (docs/original.md §4.3)."""
+        embeds = self.word_embedding(input_ids)
+        return embeds if self.embedding_norm is None else self.embedding_norm(embeds)
 
     def get_logits(self, hidden_repr: torch.Tensor) -> torch.Tensor:
-        """``z·Eᵀ + b``: ``[B, L, h]`` -> ``[B, L, V]`` (docs/original.md §4.4, logits_mode 1)."""
-        return self.lm_head(hidden_repr)
+        """``z·Eᵀ + b`` (``E`` = :meth:`embedding_table`): ``[B, L, h]`` -> ``[B, L, V]``
+        (docs/original.md §4.4, logits_mode 1)."""
+        if self.embedding_norm is None:
+            return self.lm_head(hidden_repr)
+        return nn.functional.linear(hidden_repr, self.embedding_table(), self.lm_head.bias)
 
     def logits_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(E [V, h], b [V])`` with ``get_logits(z) = z·Eᵀ + b``: lets the training loss compute
         the token cross-entropy in chunks, without ``[B, L, V]`` logits."""
-        return self.lm_head.weight, self.lm_head.bias
+        return self.embedding_table(), self.lm_head.bias
 
     def parameter_count(self) -> int:
         """The original's logged count: ``sum(numel)`` over ``parameters()`` (tied counted once)."""

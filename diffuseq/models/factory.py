@@ -59,6 +59,7 @@ def build_model(
         bert_config=bert_config,
         learned_mean_embed=config.learned_mean_embed,
         self_cond=config.self_cond,
+        embedding_norm=config.embedding_norm,
         init_pretrained=config.use_plm_init,
         config_name=config.config_name,
     )
@@ -79,6 +80,7 @@ def build_diffusion(config: DiffusionConfig, *, respacing: str | None = None) ->
         denoise_rate=config.denoise_rate,
         reg_rate=config.reg_rate,
         noise_floor=config.noise_floor,
+        noise_rescale=config.noise_rescale,
     )
 
 

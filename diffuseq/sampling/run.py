@@ -64,8 +64,8 @@ def sample_x0(
 
     ``x̄_0 = EMB(ids)``, ``x_T = where(m == 0, x̄_0, z)`` with ``z`` the first draw of row
     ``r``'s stream; then the sampler ``config.sampler`` with rounding to the nearest word
-    embedding, v2's μ (``model.mean_embed``), the process's noise floor and the model's
-    self-conditioning.
+    embedding (``model.embedding_table()``: ``LN(E)`` with ``embedding_norm``), v2's μ
+    (``model.mean_embed``), the process's noise floor and the model's self-conditioning.
     """
     device = next(model.parameters()).device
     ids, mask = rows.input_ids.to(device), rows.input_mask.to(device)
@@ -78,7 +78,7 @@ def sample_x0(
         x_T,
         input_mask=mask,
         x_start=x_start,
-        denoised_fn=make_rounding_fn(model.word_embedding.weight),
+        denoised_fn=make_rounding_fn(model.embedding_table()),
         clamp_step=config.clamp_step,
         noise=noise,
         progress=progress,
