@@ -99,7 +99,7 @@ def test_the_plot_draws_bleu_against_steps_and_seconds(runs, tmp_path):
     assert "decode_bleu" not in keys
 
 
-def test_the_default_sampler_per_family_and_bad_choices(runs):
+def test_the_default_sampler_per_family_and_bad_choices(runs, tmp_path):
     _, data, _, _ = runs
     assert FAST == {
         "gaussian": ("dpm-solver++", 10),
@@ -114,8 +114,11 @@ def test_the_default_sampler_per_family_and_bad_choices(runs):
         RunConfig.from_dict({"eval_decode_sampler": "nope"}).validate()
     with pytest.raises(ConfigError, match="--eval_decode_interval must be ≥ 0"):
         RunConfig.from_dict({"eval_decode_interval": -1}).validate()
-    with pytest.raises(ConfigError, match="--eval_decode_sampler greedy"):  # an AR sampler
-        train_tiny(data, eval_decode_interval=2, eval_decode_sampler="greedy", learning_steps=2)
+    run = tmp_path / "greedy"
+    with pytest.raises(ConfigError, match="--eval_decode_sampler greedy decodes --family ar"):
+        train_tiny(data, eval_decode_interval=2, eval_decode_sampler="greedy", learning_steps=2,
+                   checkpoint_path=str(run))  # fmt: skip
+    assert not run.exists()  # refused before the run folder is made
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ from diffuseq.config.sections import (
     TrainConfig,
 )
 from diffuseq.errors import ConfigError
+from diffuseq.sampling.table import SAMPLER_TABLE, family_samplers
 from diffuseq.store.safe_io import path_component
 
 #: The largest --lr accepted: AdamW moves each weight by about lr per step, so a larger one
@@ -120,6 +121,7 @@ class RunConfig:
                 tr.eval_decode_interval >= 0 and tr.eval_decode_samples >= 1,
                 "--eval_decode_interval must be ≥ 0 (0: off) and --eval_decode_samples ≥ 1",
             ),
+            _eval_sampler_check(tr.eval_decode_sampler, m.family),
             (tr.weight_decay >= 0, f"--weight_decay must be ≥ 0, got {tr.weight_decay}"),
             (d.reg_rate >= 0, f"--reg_rate must be ≥ 0, got {d.reg_rate}"),
             (da.num_workers >= 0, f"--num_workers must be ≥ 0, got {da.num_workers}"),
@@ -373,3 +375,13 @@ def run_folder_name(config: RunConfig, *, timestamp: str | None = None) -> str:
     )
     notes = run_notes(tr, timestamp=timestamp)
     return f"{name}_{notes}" if notes else name
+
+
+def _eval_sampler_check(sampler: str, family: str) -> tuple[bool, str]:
+    """``--eval_decode_sampler`` decodes this run's family (checked before a folder exists)."""
+    row = SAMPLER_TABLE.get(sampler) if isinstance(sampler, str) else None
+    return (
+        row is None or row.family == family,
+        f"--eval_decode_sampler {sampler} decodes --family {row and row.family} models, this run "
+        f"is --family {family}: choose auto or one of {', '.join(family_samplers(family))}",
+    )
