@@ -408,6 +408,65 @@ DECODE_CASES.update(  # issue 24: a non-finite --top_p (nan meant "off")
 )
 
 
+def _model_folder(c: Ctx, name: str, edit: Callable[[dict], None], *, drop: str = "") -> Path:
+    """A model folder exported from the run, ``edit`` applied to its config.json (``drop``
+    removed)."""
+    from diffuseq.store.hf_folder import export_checkpoint
+
+    folder = c.root / "model_folders" / name
+    if not folder.exists():
+        export_checkpoint(c.run, out=folder)
+        info = json.loads((folder / "config.json").read_text())
+        edit(info)
+        (folder / "config.json").write_text(json.dumps(info))
+        if drop:
+            (folder / drop).unlink()
+    return folder
+
+
+def _outside_vocab(info: dict) -> None:
+    info["run_config"]["data"]["vocab"] = "../../../vocab.txt"
+
+
+def _heads(count: Any) -> Callable[[dict], None]:
+    def edit(info: dict) -> None:
+        info["encoder"]["num_attention_heads"] = count
+
+    return edit
+
+
+def _model(name: str, edit: Callable[[dict], None], **kw: str) -> Callable[[Ctx, Path], list[str]]:
+    def build(c: Ctx, out: Path) -> list[str]:
+        return ["--model_dir", str(_model_folder(c, name, edit, **kw)), "--out_dir", str(out)]
+
+    return build
+
+
+DECODE_CASES.update(  # issue 24: nothing read or written outside the folders named
+    {
+        "pattern-dotdot": (_decode("--pattern", "../x"), ["--pattern", "'../x'", "'..'"]),
+        "pattern-slash": (_decode("--pattern", "sub/ema"), ["--pattern", "'sub/ema'"]),
+        "pattern-absolute": (_decode("--pattern", "/tmp/ema"), ["--pattern", "'/tmp/ema'"]),
+        "model-folder-vocab-outside": (
+            _model("vocab_outside", _outside_vocab, drop="vocab.json"),
+            ["config.json", "run_config.data.vocab", "../../../vocab.txt", "outside"],
+        ),
+        "model-folder-heads-zero": (
+            _model("heads0", _heads(0)),
+            ["config.json", "encoder.num_attention_heads", "0"],
+        ),
+        "model-folder-heads-string": (
+            _model("heads_str", _heads("2")),
+            ["config.json", "encoder.num_attention_heads", "'2'"],
+        ),
+        "model-folder-heads-divide": (
+            _model("heads3", _heads(3)),
+            ["config.json", "num_attention_heads (3)", "hidden_size"],
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(DECODE_CASES))
 def test_decode(ctx, case, capsys, tmp_path):
     build, needles = DECODE_CASES[case]

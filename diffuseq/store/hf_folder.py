@@ -69,6 +69,7 @@ from diffuseq.store.hf_files import (
     HF_DIR,
     MODEL_FILE,
     check_out,
+    check_tokenizer_files,
     is_model_folder,
     partial_model_folder,
 )
@@ -130,12 +131,16 @@ class ModelFolder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The folder's own name after resolving ``..`` and links (as ``RunFolder.name``)."""
+        return self.path.resolve().name
 
     @cached_property
     def tokenizer(self):
-        """The tokenizer saved in the folder."""
+        """The tokenizer saved in the folder (never a file outside it: see
+        :func:`~diffuseq.store.hf_files.check_tokenizer_files`)."""
         from diffuseq.tokenizers.tokenizer import load_tokenizer_from_run
+
+        check_tokenizer_files(self.path, self.config.data.vocab, self.config.model.config_name)
 
         return load_tokenizer_from_run(
             self.path, self.config.data.vocab, config_name=self.config.model.config_name
@@ -145,10 +150,21 @@ class ModelFolder:
         """The encoder's ``BertConfig`` as saved (no ``--config_name`` lookup)."""
         from transformers import BertConfig
 
+        encoder = dict(self.info["encoder"])
+        where = f"{self.path / CONFIG_FILE}: encoder"
+        for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size"):
+            value = encoder.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}.{key} is {value!r}; it must be a whole number >= 1")
+        hidden, heads = encoder.get("hidden_size", 768), encoder.get("num_attention_heads", 12)
+        if hidden % heads:
+            raise ConfigError(
+                f"{where}.num_attention_heads ({heads}) does not divide hidden_size ({hidden})"
+            )
         try:
-            config = BertConfig(**dict(self.info["encoder"]))
+            config = BertConfig(**encoder)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{self.path / CONFIG_FILE}: unusable 'encoder' ({err})") from None
+            raise ConfigError(f"{where}: unusable ({err})") from None
         config._attn_implementation = self.config.model.attention
         return config
 

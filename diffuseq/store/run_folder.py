@@ -28,6 +28,7 @@ from typing import Any
 
 from diffuseq.config import RunConfig, write_json
 from diffuseq.errors import CheckpointError, ConfigError, DataError
+from diffuseq.store.safe_io import check_pattern
 
 __all__ = [
     "RunFolder",
@@ -50,7 +51,8 @@ def resolve_run_path(value: str, run_dir: Path) -> str:
     """
     if not value or Path(value).is_absolute():
         return value
-    for base in (run_dir.parent.parent, Path.cwd()):
+    # abspath: ``RUN/hf/..`` is ``RUN`` before its parents are taken (links are kept)
+    for base in (Path(os.path.abspath(run_dir)).parent.parent, Path.cwd()):
         candidate = base / value
         if candidate.exists():
             return str(candidate)
@@ -93,11 +95,14 @@ class RunFolder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The folder's own name, taken after resolving ``..`` and links (``RUN/hf/..`` is
+        ``RUN``), so that it never leads an output path out of its parent."""
+        return self.path.resolve().name
 
     def checkpoints(self, pattern: str = "ema") -> list[Path]:
         """``{pattern}*.pt`` files, newest first: the original's ``sorted(glob)[::-1]`` order
         (lexicographically last first, i.e. the highest zero-padded step)."""
+        check_pattern(pattern)
         found = glob.glob(os.path.join(glob.escape(str(self.path)), f"{pattern}*.pt"))
         return [Path(p) for p in sorted(found, reverse=True) if Path(p).is_file()]
 

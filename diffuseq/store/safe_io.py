@@ -31,6 +31,7 @@ __all__ = [
     "FolderLock",
     "atomic_write",
     "atomic_write_text",
+    "check_pattern",
     "check_writable_folder",
     "contained",
     "fsync_dir",
@@ -194,6 +195,20 @@ def path_component(value: str, flag: str, *, purpose: str = "the run folder name
             "use letters, digits and - _ . only"
         )
     return value
+
+
+def check_pattern(pattern: str) -> str:
+    """``pattern`` if it can only match files inside the run folder (``--pattern``).
+
+    Raises:
+        ConfigError: it holds a path separator or ``..`` (it would glob outside the folder).
+    """
+    if any(bad in pattern for bad in ("/", "\\", "..")) or Path(pattern).is_absolute():
+        raise ConfigError(
+            f"--pattern {pattern!r}: a checkpoint file prefix must not contain '/', '\\' or "
+            "'..' (only files inside the run folder are decoded); pass e.g. --pattern ema"
+        )
+    return pattern
 
 
 def check_writable_folder(path: str | Path, flag: str) -> None:
