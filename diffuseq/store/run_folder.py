@@ -37,10 +37,12 @@ __all__ = [
     "refuse_existing_states",
     "resolve_model_dirs",
     "resolve_run_path",
+    "trim_metrics",
 ]
 
 CONFIG_YAML = "config.yaml"
 TRAINING_ARGS = "training_args.json"
+METRICS = "metrics.jsonl"
 
 
 def resolve_run_path(value: str, run_dir: Path) -> str:
@@ -240,6 +242,17 @@ def create_run_folder(
             refuse_existing_states(run_dir, config.train.resume_checkpoint)
         for path in remove_stale_temp_files(run_dir):
             get_logger("train").info("removed %s, left by a writer that was killed", path.name)
+        if resume.kind == "state":
+            lines = (resume.payload or {}).get("metrics_lines")
+            dropped = trim_metrics(run_dir / METRICS, step=resume.step, lines=lines)
+            if dropped:
+                get_logger("train").info(
+                    "%s: dropped %d record(s) written after step %d by the launch that was "
+                    "stopped (this launch writes them again)",
+                    METRICS,
+                    dropped,
+                    resume.step,
+                )
         tokenizer.save(run_dir)
         config.save_yaml(run_dir / CONFIG_YAML)
         write_json(run_dir / TRAINING_ARGS, dict(training_args))
@@ -264,3 +277,45 @@ def refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
             else f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint "
             "auto to continue that run, or choose another --checkpoint_path"
         )
+
+
+def trim_metrics(path: Path, *, step: int, lines: int | None = None) -> int:
+    """Drop the ``metrics.jsonl`` records a stopped launch wrote after its last saved state, so
+    that a resumed run keeps one record per step; rewritten atomically, the rest unchanged.
+
+    Args:
+        step: the resumed state's step ``S`` (updates done).
+        lines: how many lines the file had when that state was saved (recorded in the state):
+            the first ``lines`` are kept. ``None`` (states of earlier versions): the training
+            records of update indices ``< S`` and the ``decode_*`` records of steps ``<= S``
+            (they count completed updates) are kept, and lines that are no JSON object.
+
+    Returns:
+        The number of lines dropped.
+    """
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    complete, _, partial = data.rpartition(b"\n")
+    rows = complete.split(b"\n") if complete else []
+    if lines is not None:
+        kept = rows[:lines]
+    else:
+        kept = [row for row in rows if _logged_before(row, step)]
+    dropped = len(rows) - len(kept) + (1 if partial.strip() else 0)
+    if dropped:
+        from diffuseq.store.safe_io import atomic_write
+
+        atomic_write(path, lambda handle: handle.write(b"".join(r + b"\n" for r in kept)))
+    return dropped
+
+
+def _logged_before(row: bytes, step: int) -> bool:
+    try:
+        record = json.loads(row)
+    except ValueError:
+        return True
+    if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+        return True
+    after = "decode_bleu" in record  # eval-decode records count completed updates
+    return record["step"] <= step if after else record["step"] < step
