@@ -2,16 +2,21 @@
 
 * ``metrics.jsonl``: the records a killed launch wrote after its last saved state are dropped at
   resume (the file is rewritten atomically), so the run keeps one record per step.
+* ``config.yaml`` / ``training_args.json`` edited by hand: a model-defining field is refused
+  (resume and decode), any other field is reported with the value used.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
+from diffuseq.cli.decode import main as decode_main
 from diffuseq.cli.train import main as train_main
 from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.run_folder import trim_metrics
@@ -87,3 +92,114 @@ def test_trim_by_step_for_states_without_a_line_count(tmp_path):
 def test_trim_without_a_file(tmp_path):
     assert trim_metrics(tmp_path / "metrics.jsonl", step=3, lines=0) == 0
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+# ---------------------------------------------------------------- edited config.yaml / training_args
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("edited") / "run"
+    assert train_main(tiny_argv(data, checkpoint_path=run, learning_steps=2, save_interval=2)) == 0
+    return run
+
+
+def _copy(trained: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    return run
+
+
+def _edit_yaml(run: Path, section: str, key: str, value) -> None:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config[section][key] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _edit_args(run: Path, key: str, value) -> None:
+    args = json.loads((run / "training_args.json").read_text())
+    args[key] = value
+    (run / "training_args.json").write_text(json.dumps(args))
+
+
+def _resume(data: Path, run: Path, *flags: str) -> list[str]:
+    return [*tiny_argv(data, checkpoint_path=run, learning_steps=3, save_interval=2), *flags,
+            "--resume_checkpoint", "auto"]  # fmt: skip
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "run_train.py: error:" in err, err
+    return " ".join(err.split())
+
+
+def test_resume_refuses_an_edited_diffusion_field(data, trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    _edit_yaml(run, "diffusion", "diffusion_steps", 100)
+    before = (run / "config.yaml").read_text()
+    assert train_main(_resume(data, run)) == 2
+    err = _error(capsys)
+    assert "config.yaml: diffusion.diffusion_steps is 100" in err, err
+    assert "state_000002.pt was trained with 8" in err, err
+    assert (run / "config.yaml").read_text() == before  # nothing rewritten
+    assert not (run / "state_000003.pt").exists()
+
+
+def test_resume_refuses_an_edited_training_args_field(data, trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    _edit_args(run, "noise_schedule", "linear")
+    assert train_main(_resume(data, run)) == 2
+    err = _error(capsys)
+    assert "training_args.json: noise_schedule is 'linear'" in err, err
+    assert "trained with 'sqrt'" in err, err
+
+
+def test_resume_reports_an_edited_training_field_and_uses_the_checkpoint(
+    data, trained, tmp_path, capsys
+):
+    run = _copy(trained, tmp_path)
+    _edit_yaml(run, "train", "lr", 0.5)
+    assert train_main(_resume(data, run)) == 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert "config.yaml: train.lr is 0.5; the checkpoint's value 0.001 is used" in out, out
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.001
+    assert load_state_file(run / "state_000003.pt")["config"]["train"]["lr"] == 0.001
+
+
+def test_resume_with_a_flag_names_the_flag_value(data, trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    _edit_yaml(run, "train", "lr", 0.5)
+    assert train_main(_resume(data, run, "--lr", "0.002")) == 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert "train.lr is 0.5; this command's value 0.002 is used" in out, out
+
+
+def test_files_of_a_stopped_launch_are_not_edits(data, trained, tmp_path, capsys):
+    """A launch with --learning_steps 5 wrote its files and was stopped before saving: the
+    files hold its value, which is not the checkpoint's, but no one edited them."""
+    run = _copy(trained, tmp_path)
+    _edit_yaml(run, "train", "learning_steps", 5)
+    _edit_args(run, "learning_steps", 5)
+    argv = _resume(data, run)
+    argv[argv.index("--learning_steps") + 1] = "5"
+    assert train_main(argv) == 0
+    out = "".join(capsys.readouterr())
+    assert "is used" not in out and "edited" not in out
+
+
+def test_decode_refuses_an_edited_diffusion_field(trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    _edit_yaml(run, "diffusion", "noise_schedule", "linear")
+    out = tmp_path / "out"
+    assert decode_main(["--model_dir", str(run), "--out_dir", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err and "run_decode.py: error:" in err, err
+    assert "config.yaml was edited: diffusion.noise_schedule is 'linear' there but 'sqrt' in" in err
+    assert not out.exists()
+
+
+def test_decode_ignores_an_edited_training_field(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    _edit_yaml(run, "train", "lr", 0.5)
+    argv = ["--model_dir", str(run), "--out_dir", str(tmp_path / "out"), "--step", "2"]
+    assert decode_main([*argv, "--sampler", "ddim"]) == 0

@@ -159,6 +159,8 @@ def open_run(path: str | os.PathLike) -> RunFolder:
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
     config = _read_config(run_dir)
+    if (run_dir / CONFIG_YAML).is_file():
+        _check_against_state(run_dir, config)
     m, d = config.model, config.data
     vocab = (
         d.vocab
@@ -168,6 +170,25 @@ def open_run(path: str | os.PathLike) -> RunFolder:
     config = config.replace("model", config_name=resolve_run_path(m.config_name, run_dir))
     config = config.replace("data", vocab=vocab, data_dir=resolve_run_path(d.data_dir, run_dir))
     return RunFolder(path=run_dir, config=config)
+
+
+def _check_against_state(run_dir: Path, config: RunConfig) -> None:
+    """Refuse a ``config.yaml`` edited in a model-defining field: compared with the config saved
+    in the run's newest training state, where it has one that can be read (memory-mapped)."""
+    from diffuseq.store.checkpoint import is_train_state, list_state_files, load_state_file
+    from diffuseq.store.run_files import check_decode_config
+
+    states = list_state_files(run_dir)
+    if not states:
+        return
+    path = states[-1][1]
+    try:
+        state = load_state_file(path, mmap=True)
+        saved = RunConfig.from_dict(state["config"], source=str(path))
+    except (CheckpointError, ConfigError, KeyError, TypeError):
+        return  # no usable state: decoding does not need one
+    if is_train_state(state):
+        check_decode_config(run_dir / CONFIG_YAML, config, saved, path)
 
 
 def resolve_model_dirs(pattern: str) -> list[tuple[Path, Path | None]]:
