@@ -306,8 +306,8 @@ def write_model_folder(
     remove_stale_temp_dirs(out, partial_model_folder)
     tmp = temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         info = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -332,6 +332,14 @@ def write_model_folder(
             _fsync_file(child)
         fsync_dir(tmp)
         swap_into_place(tmp, out)
+    except OSError as err:  # a full disk, a quota: one message, nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror or str(err) or type(err).__name__
+        raise CheckpointError(
+            f"cannot write the model folder {out}: {reason}; {out} is left as it was and the "
+            f"checkpoint ({checkpoint.get('file', 'its file')}) is unchanged: free space, then "
+            "export it again (diffuseq-export)"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
