@@ -71,6 +71,15 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data.get("files"), dict):
         raise DataError(str(path), None, "files", "missing or not a mapping of file entries")
+    for name, entry in data["files"].items():
+        if not isinstance(entry, dict):
+            raise DataError(
+                str(path),
+                None,
+                f"files.{name}",
+                f"{entry!r} is not a file entry (an object with lines, bytes and settings); "
+                "the manifest was edited: decode again",
+            )
     return data
 
 

@@ -95,6 +95,8 @@ def check_out(out: Path, *, replace: bool) -> None:
         CheckpointError: naming ``out`` and why it is kept.
         ConfigError: ``out`` has no usable name, or its parent cannot be a folder.
     """
+    if "\x00" in str(out):
+        raise ConfigError(f"--out {str(out)!r}: a path cannot hold a NUL character")
     if out.name in ("", ".", ".."):
         raise ConfigError(f"--out {str(out)!r} names no folder; pass --out DIR")
     if len(os.fsencode(out.name)) > 255:

@@ -218,6 +218,14 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
         ConfigError: ``path`` (or the nearest existing folder above it) is a file, or is not
             writable.
     """
+    if "\x00" in str(path):
+        raise ConfigError(f"{flag} {str(path)!r}: a path cannot hold a NUL character")
+    too_long = [part for part in Path(path).parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        raise ConfigError(
+            f"{flag} {path}: the name {too_long[0][:60]!r}... is longer than the 255 bytes a file "
+            "name may have; pass a shorter path"
+        )
     path = Path(path)
     existing = path
     while not existing.exists() and existing != existing.parent:
