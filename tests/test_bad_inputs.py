@@ -817,6 +817,7 @@ EXPORT_CASES: dict[str, tuple[Callable[[Ctx], Any], list[str], list[str]]] = {
     "long-name-force": (lambda c: c.root / ("m" * 300), ["--force"], ["--out", "255 bytes"]),
     "long-parent": (lambda c: c.root / ("m" * 300) / "model", [], ["--out", "255 bytes"]),
     "nul": (lambda c: "a\x00b", [], ["--out", "NUL"]),
+    "pattern-dotdot": (lambda c: c.root / "pm", ["--pattern", "../ema"], ["--pattern", "'..'"]),
 }
 
 

@@ -203,3 +203,12 @@ def test_decode_ignores_an_edited_training_field(trained, tmp_path):
     _edit_yaml(run, "train", "lr", 0.5)
     argv = ["--model_dir", str(run), "--out_dir", str(tmp_path / "out"), "--step", "2"]
     assert decode_main([*argv, "--sampler", "ddim"]) == 0
+
+
+def test_fixed_fields():
+    from diffuseq.store.run_files import fixed_field
+
+    assert fixed_field("diffusion.noise_schedule") and fixed_field("model.hidden_dim")
+    assert fixed_field("data.seq_len") and fixed_field("discrete.discrete_schedule")
+    assert not fixed_field("model.attention") and not fixed_field("train.lr")
+    assert not fixed_field("data.data_dir") and not fixed_field("discrete.discrete_loss")

@@ -5,8 +5,8 @@ every launch; what a run is continued or decoded with comes from its training st
 config saved in every ``state_*.pt``) and the command line, never from an edited file. An edit
 is therefore refused or reported, never silently ignored:
 
-* fields that define the model (sections ``model``, ``diffusion``, ``discrete`` and
-  ``data.seq_len``/``data.vocab``): a file that disagrees with the checkpoint is refused, when
+* fields that define the model (sections ``model`` and ``diffusion``, but not
+  ``model.attention``; ``data.seq_len``, ``data.vocab``, ``discrete.discrete_schedule``): a file that disagrees with the checkpoint is refused, when
   a run continues and when it is decoded (the weights belong to the checkpoint's values);
 * any other field (``lr``, ``learning_steps``, ...), when a run continues: a warning names the
   field, the file's value and the value used (the checkpoint's, or this command's flag); the
@@ -27,8 +27,9 @@ from diffuseq.errors import ConfigError
 
 __all__ = ["FIXED_FIELDS", "check_decode_config", "check_resume_files", "fixed_field"]
 
-_FIXED_SECTIONS = ("model", "diffusion", "discrete")
-FIXED_FIELDS = ("data.seq_len", "data.vocab")
+_FIXED_SECTIONS = ("model", "diffusion")
+FIXED_FIELDS = ("data.seq_len", "data.vocab", "discrete.discrete_schedule")
+_KERNELS = ("model.attention",)  # how the same weights are computed: not model-defining
 # vocab_size: filled in from the tokenizer (checked against it elsewhere); the paths of a launch
 _IGNORED = ("model.vocab_size", "train.checkpoint_path", "train.resume_checkpoint")
 _IGNORED += ("vocab_size", "checkpoint_path", "resume_checkpoint")
@@ -36,6 +37,8 @@ _IGNORED += ("vocab_size", "checkpoint_path", "resume_checkpoint")
 
 def fixed_field(name: str) -> bool:
     """Whether ``section.field`` defines the model (it cannot change for a trained run)."""
+    if name in _KERNELS:
+        return False
     return name.split(".")[0] in _FIXED_SECTIONS or name in FIXED_FIELDS
 
 
