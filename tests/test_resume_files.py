@@ -42,55 +42,63 @@ def _kinds(records: list[dict]) -> Counter:
 
 def test_resume_drops_the_killed_launchs_records(data, tmp_path):
     run = tmp_path / "run"
-    argv = tiny_argv(data, checkpoint_path=run, log_interval=1, eval_interval=3, save_interval=2)
+    argv = tiny_argv(data, checkpoint_path=run, log_interval=2, eval_interval=3, save_interval=2)
     assert train_main([*argv, "--learning_steps", "4"]) == 0
     metrics = run / "metrics.jsonl"
     saved = _records(metrics)
-    assert load_state_file(run / "state_000004.pt")["metrics_lines"] == len(saved)
-    # a launch killed after the state of step 4: records of steps 4, 5 and half a line
+    # a launch killed after the state of step 4: records of indices 4 and 5, a decode record
+    # of step 5 and half a line
     with metrics.open("a") as handle:
         for step in (4, 5):
             handle.write(json.dumps({"step": step, "loss": 9.0, "samples": 1}) + "\n")
+        handle.write(json.dumps({"step": 5, "decode_bleu": 0.5, "seconds": 1.0}) + "\n")
         handle.write('{"step": 6, "lo')
     assert train_main([*argv, "--learning_steps", "7", "--resume_checkpoint", "auto"]) == 0
     records = _records(metrics)  # every line is JSON: the half line is gone
     assert records[: len(saved)] == saved  # the records up to the state are kept as they were
     kinds = _kinds(records)
     assert max(kinds.values()) == 1, kinds  # one record per step and kind
-    assert sorted(s for s, k in kinds if k == "train") == list(range(7))
-    assert all(r.get("loss") != 9.0 for r in records)
+    assert sorted(s for s, k in kinds if k == "train") == [0, 2, 4, 6]  # 3: with eval_loss
+    assert all(r.get("loss") != 9.0 and "decode_bleu" not in r for r in records)
+
+
+def test_a_continued_finished_run_keeps_every_record(data, tmp_path):
+    run = tmp_path / "run"
+    argv = tiny_argv(data, checkpoint_path=run, log_interval=2, save_interval=2, eval_interval=99)
+    assert train_main([*argv, "--learning_steps", "4"]) == 0
+    saved = (run / "metrics.jsonl").read_text()
+    # the last, partial log interval (index 3) is written after the final save (step 4)
+    assert [r["step"] for r in _records(run / "metrics.jsonl") if "loss" in r] == [0, 2, 3]
+    assert train_main([*argv, "--learning_steps", "4", "--resume_checkpoint", "auto"]) == 0
+    assert (run / "metrics.jsonl").read_text() == saved
+    assert train_main([*argv, "--learning_steps", "6", "--resume_checkpoint", "auto"]) == 0
+    records = _records(run / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [0, 2, 3, 4, 5]
 
 
 def _write(path: Path, rows: list[dict], tail: str = "") -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
 
 
-def test_trim_by_line_count(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    rows = [{"step": i} for i in range(5)]
-    _write(path, rows, tail='{"st')
-    assert trim_metrics(path, step=3, lines=3) == 3
-    assert _records(path) == rows[:3]
-    assert trim_metrics(path, step=3, lines=3) == 0  # nothing left to drop: not rewritten
-
-
-def test_trim_by_step_for_states_without_a_line_count(tmp_path):
+def test_trim_by_step(tmp_path):
     """Training records count update indices (< S kept); decode records completed steps."""
     path = tmp_path / "metrics.jsonl"
     rows = [
         {"step": 2, "loss": 1.0},
-        {"step": 3, "loss": 1.0},
+        {"step": 3, "eval_loss": 1.0},
         {"step": 4, "decode_bleu": 0.1},
+        {"notes": "no step"},
         {"step": 4, "loss": 1.0},
         {"step": 5, "decode_bleu": 0.1},
     ]
-    _write(path, rows)
-    assert trim_metrics(path, step=4) == 2
-    assert _records(path) == rows[:3]
+    _write(path, rows, tail='{"st')
+    assert trim_metrics(path, step=4) == 3
+    assert _records(path) == rows[:4]
+    assert trim_metrics(path, step=4) == 0  # nothing left to drop: not rewritten
 
 
 def test_trim_without_a_file(tmp_path):
-    assert trim_metrics(tmp_path / "metrics.jsonl", step=3, lines=0) == 0
+    assert trim_metrics(tmp_path / "metrics.jsonl", step=3) == 0
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

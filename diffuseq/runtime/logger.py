@@ -231,13 +231,6 @@ class MetricsWriter:
                 else:
                     tracker.log({key: json.dumps(value)}, step=step)
 
-    def lines_written(self) -> int | None:
-        """The number of complete lines in the metrics file now (``None``: no file), recorded
-        in each training state so that a resume drops what a stopped launch wrote after it."""
-        if self.path is None or not self.path.is_file():
-            return None if self.path is None else 0
-        return self.path.read_bytes().count(b"\n")
-
     def _write(self, record: dict[str, float]) -> None:
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as handle:

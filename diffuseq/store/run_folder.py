@@ -264,8 +264,7 @@ def create_run_folder(
         for path in remove_stale_temp_files(run_dir):
             get_logger("train").info("removed %s, left by a writer that was killed", path.name)
         if resume.kind == "state":
-            lines = (resume.payload or {}).get("metrics_lines")
-            dropped = trim_metrics(run_dir / METRICS, step=resume.step, lines=lines)
+            dropped = trim_metrics(run_dir / METRICS, step=resume.step)
             if dropped:
                 get_logger("train").info(
                     "%s: dropped %d record(s) written after step %d by the launch that was "
@@ -300,16 +299,15 @@ def refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
         )
 
 
-def trim_metrics(path: Path, *, step: int, lines: int | None = None) -> int:
+def trim_metrics(path: Path, *, step: int) -> int:
     """Drop the ``metrics.jsonl`` records a stopped launch wrote after its last saved state, so
     that a resumed run keeps one record per step; rewritten atomically, the rest unchanged.
 
-    Args:
-        step: the resumed state's step ``S`` (updates done).
-        lines: how many lines the file had when that state was saved (recorded in the state):
-            the first ``lines`` are kept. ``None`` (states of earlier versions): the training
-            records of update indices ``< S`` and the ``decode_*`` records of steps ``<= S``
-            (they count completed updates) are kept, and lines that are no JSON object.
+    A state of ``S`` updates covers the training and ``eval_*`` records of update indices
+    ``< S`` (they count from 0, as the original) and the ``decode_*`` records of steps ``<= S``
+    (they count completed updates); those are kept, with every line that is no JSON object with
+    a numeric ``step``; an unfinished last line is dropped. (Not a line count saved with the
+    state: the last, partial log interval is written after the final save.)
 
     Returns:
         The number of lines dropped.
@@ -318,11 +316,10 @@ def trim_metrics(path: Path, *, step: int, lines: int | None = None) -> int:
         return 0
     data = path.read_bytes()
     complete, _, partial = data.rpartition(b"\n")
+    if not _:  # no newline at all: the whole file is one unfinished line
+        complete, partial = b"", data
     rows = complete.split(b"\n") if complete else []
-    if lines is not None:
-        kept = rows[:lines]
-    else:
-        kept = [row for row in rows if _logged_before(row, step)]
+    kept = [row for row in rows if _logged_before(row, step)]
     dropped = len(rows) - len(kept) + (1 if partial.strip() else 0)
     if dropped:
         from diffuseq.store.safe_io import atomic_write

@@ -342,7 +342,6 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "sampler": self.objective.state_dict(),
             "ranks": list(ranks),
-            "metrics_lines": self.writer.lines_written(),  # what a resume keeps of metrics.jsonl
         }
 
     def _rank_state(self) -> dict[str, Any]:
