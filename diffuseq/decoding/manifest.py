@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from diffuseq.errors import DataError
-from diffuseq.runtime.logger import get_logger
 from diffuseq.store.safe_io import (
     FolderLock,
     atomic_write_text,
@@ -188,6 +187,8 @@ def finish_interrupted(folder: Path, manifest: dict[str, Any]) -> str | None:
         done = f"completed {', '.join(sorted(leftovers))}, left by a decode stopped before renaming"
     fsync_dir(folder)
     atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    from diffuseq.runtime.logger import get_logger  # lazily: the evaluator's --help has no torch
+
     get_logger("decode").info("%s: %s", folder, done)
     return done
 
