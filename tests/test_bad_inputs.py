@@ -249,6 +249,31 @@ TRAIN_CASES.update(
 )
 
 
+TRAIN_CASES.update(  # issue 24: sizes that exhaust memory or break the model, empty paths
+    {
+        "diff-steps-huge": (
+            _train(diff_steps="10000000000"),
+            ["--diff_steps", "[2, 100000]", "10000000000"],
+        ),
+        "diff-steps-one": (_train(diff_steps=1), ["--diff_steps", "got 1"]),
+        "hidden-t-dim-one": (_train(hidden_t_dim=1), ["--hidden_t_dim", "at least 2"]),
+        "respacing-negative": (
+            _train(timestep_respacing="-3"),
+            ["--timestep_respacing", "'-3'", "0 step(s)"],
+        ),
+        "respacing-one-step": (
+            _train(timestep_respacing="1"),
+            ["--timestep_respacing", "'1'", "1 step(s)"],
+        ),
+        "data-dir-empty": (_train(data_dir=""), ["--data_dir is empty"]),
+        "data-dir-blank": (_train(data_dir="  "), ["--data_dir is empty"]),
+        "ema-rate-twice-spaced": (_train(ema_rate="0.99, 0.990"), ["--ema_rate", "twice"]),
+        "seed-negative": (_train(seed=-1), ["--seed", "2**31"]),
+        "seed-2-to-64": (_train(seed=str(2**64)), ["--seed", str(2**64)]),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
 def test_train(ctx, case, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a default run folder would go to tmp_path/diffusion_models
@@ -408,6 +433,70 @@ DECODE_CASES.update(  # issue 24: a non-finite --top_p (nan meant "off")
 )
 
 
+def _model_folder(c: Ctx, name: str, edit: Callable[[dict], None], *, drop: str = "") -> Path:
+    """A model folder exported from the run, ``edit`` applied to its config.json (``drop``
+    removed)."""
+    from diffuseq.store.hf_folder import export_checkpoint
+
+    folder = c.root / "model_folders" / name
+    if not folder.exists():
+        export_checkpoint(c.run, out=folder)
+        info = json.loads((folder / "config.json").read_text())
+        edit(info)
+        (folder / "config.json").write_text(json.dumps(info))
+        if drop:
+            (folder / drop).unlink()
+    return folder
+
+
+def _outside_vocab(info: dict) -> None:
+    info["run_config"]["data"]["vocab"] = "../../../vocab.txt"
+
+
+def _heads(count: Any) -> Callable[[dict], None]:
+    def edit(info: dict) -> None:
+        info["encoder"]["num_attention_heads"] = count
+
+    return edit
+
+
+def _model(name: str, edit: Callable[[dict], None], **kw: str) -> Callable[[Ctx, Path], list[str]]:
+    def build(c: Ctx, out: Path) -> list[str]:
+        return ["--model_dir", str(_model_folder(c, name, edit, **kw)), "--out_dir", str(out)]
+
+    return build
+
+
+DECODE_CASES.update(  # issue 24: nothing read or written outside the folders named
+    {
+        "pattern-dotdot": (_decode("--pattern", "../x"), ["--pattern", "'../x'", "'..'"]),
+        "pattern-slash": (_decode("--pattern", "sub/ema"), ["--pattern", "'sub/ema'"]),
+        "pattern-absolute": (_decode("--pattern", "/tmp/ema"), ["--pattern", "'/tmp/ema'"]),
+        "model-folder-vocab-outside": (
+            _model("vocab_outside", _outside_vocab, drop="vocab.json"),
+            ["config.json", "run_config.data.vocab", "../../../vocab.txt", "outside"],
+        ),
+        "out-dir-long-name": (
+            _decode("--out_dir", lambda c: c.root / ("m" * 300) / "out"),
+            ["--out_dir", "255 bytes"],
+        ),
+        "out-dir-nul": (_decode("--out_dir", "a\x00b"), ["--out_dir", "NUL"]),
+        "model-folder-heads-zero": (
+            _model("heads0", _heads(0)),
+            ["config.json", "encoder.num_attention_heads", "0"],
+        ),
+        "model-folder-heads-string": (
+            _model("heads_str", _heads("2")),
+            ["config.json", "encoder.num_attention_heads", "'2'"],
+        ),
+        "model-folder-heads-divide": (
+            _model("heads3", _heads(3)),
+            ["config.json", "num_attention_heads (3)", "hidden_size"],
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(DECODE_CASES))
 def test_decode(ctx, case, capsys, tmp_path):
     build, needles = DECODE_CASES[case]
@@ -562,6 +651,34 @@ EVAL_CASES = {
 }
 
 
+def _manifest_entry(value: Any) -> Callable[[Ctx], Path]:
+    def build(c: Ctx) -> Path:
+        folder = c.root / f"manifest_entry_{type(value).__name__}"
+        if not folder.exists():
+            folder.mkdir()
+            (folder / "seed101_step0.json").write_text(RECORD)
+            manifest = {"format": "diffuseq-decode-outputs", "version": 1, "files": {}}
+            manifest["files"]["seed101_step0.json"] = value
+            (folder / "MANIFEST").write_text(json.dumps(manifest))
+        return folder
+
+    return build
+
+
+EVAL_CASES.update(  # issue 24: a hand-edited MANIFEST
+    {
+        "manifest-entry-number": (
+            _eval("--folder", _manifest_entry(5), "--no_bertscore"),
+            ["MANIFEST", "files.seed101_step0.json", "5 is not a file entry"],
+        ),
+        "manifest-entry-list": (
+            _eval("--folder", _manifest_entry([1, 2]), "--no_bertscore"),
+            ["MANIFEST", "files.seed101_step0.json", "[1, 2]"],
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(EVAL_CASES))
 def test_evaluate(ctx, case, capsys, tmp_path):
     build, needles = EVAL_CASES[case]
@@ -694,6 +811,13 @@ EXPORT_CASES: dict[str, tuple[Callable[[Ctx], Any], list[str], list[str]]] = {
     "long-name": (lambda c: c.root / ("m" * 300), [], ["--out", "255 bytes"]),
     "exists-without-force": (lambda c: c.data, [], ["already exists", "--force"]),
     "parent-is-a-file": (lambda c: c.decoded / "model", [], ["--out", "cannot be a folder"]),
+    # issue 24
+    "dot": (lambda c: ".", [], ["--out '.'", "names no folder"]),
+    "dotdot": (lambda c: "..", [], ["--out '..'", "names no folder"]),
+    "long-name-force": (lambda c: c.root / ("m" * 300), ["--force"], ["--out", "255 bytes"]),
+    "long-parent": (lambda c: c.root / ("m" * 300) / "model", [], ["--out", "255 bytes"]),
+    "nul": (lambda c: "a\x00b", [], ["--out", "NUL"]),
+    "pattern-dotdot": (lambda c: c.root / "pm", ["--pattern", "../ema"], ["--pattern", "'..'"]),
 }
 
 
@@ -711,6 +835,49 @@ def test_export(ctx, case, capsys, monkeypatch, tmp_path):
     assert [_tree(path) for path in watched] == before  # nothing deleted, nothing written
 
 
+# ------------------------------------------------------------------------------ diffuseq-plot
+
+LOSS = '{"step": 0, "loss": 1.0}\n'
+PLOT_CASES: dict[str, tuple[bytes | str | None, list[str], list[str]]] = {
+    # name: (metrics.jsonl content or None for none, extra flags, needles)
+    "step-string": ('{"step": "abc", "loss": 1}\n', [], ["line 1", "field 'step'", "'abc'"]),
+    "step-null": (LOSS + '{"step": null, "loss": 1}\n', [], ["line 2", "field 'step'", "None"]),
+    "step-bool": ('{"step": true, "loss": 1}\n', [], ["line 1", "field 'step'", "True"]),
+    "step-nan": ('{"step": NaN, "loss": 1}\n', [], ["line 1", "field 'step'", "finite"]),
+    "seconds-string": (
+        LOSS + '{"step": 1, "seconds": "x", "decode_bleu": 0.1}\n',
+        [],
+        ["line 2", "field 'seconds'", "'x'"],
+    ),
+    "not-utf8": (LOSS.encode() + b'{"step": 1, "loss": "\xe9"}\n', [], ["line 2", "UTF-8"]),
+    "not-json": (LOSS + '{"step": 1,\n', [], ["line 2", "not JSON"]),
+    "list-line": ("[1]\n", [], ["line 1", "JSON object"]),
+    "no-loss": ('{"step": 1}\n', [], ["no record with a step and a loss"]),
+    "no-metrics": (None, [], ["holds no metrics.jsonl"]),
+    "out-folder": (LOSS, ["--out", "{run}"], ["--out", "is a folder"]),
+    "out-dot": (LOSS, ["--out", "."], ["--out", "is a folder"]),
+    "out-not-png": (LOSS, ["--out", "{run}/loss.txt"], ["--out", ".png"]),
+    "out-folder-missing": (LOSS, ["--out", "{run}/no/loss.png"], ["does not exist"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLOT_CASES))
+def test_plot(case, capsys, tmp_path, monkeypatch):
+    from diffuseq.cli.plot import main as plot_main
+
+    monkeypatch.chdir(tmp_path)
+    content, extra, needles = PLOT_CASES[case]
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:
+        path = run / "metrics.jsonl"
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    argv = [str(run), *(x.format(run=run) for x in extra)]
+    assert _exit_code(plot_main, argv) == 2
+    _assert_names(_message(capsys.readouterr().err, "diffuseq-plot"), needles)
+    assert not list(tmp_path.rglob("*.png"))  # nothing written
+
+
 def test_the_table_is_large_enough():
     counted = len(TRAIN_CASES) + len(DECODE_CASES) + len(EVAL_CASES) + len(API_CASES)
-    assert counted + len(EXPORT_CASES) >= 150, counted
+    assert counted + len(EXPORT_CASES) + len(PLOT_CASES) >= 190, counted

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
 from diffuseq.errors import UserError
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # what run_cli reports in one line, not a traceback
 
 
 def program_name(script: str, module: str, console_script: str) -> str:
@@ -48,6 +51,15 @@ def run_cli(
                 break_long_words=False,
                 break_on_hyphens=False,
             ),
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        print(
+            f"{prog}: error: {err.strerror}{where}; free space on that disk and run again",
             file=sys.stderr,
         )
         return 2

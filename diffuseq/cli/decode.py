@@ -102,6 +102,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from diffuseq.runtime.logger import get_logger, setup_logging
     from diffuseq.store.hf_folder import ModelFolder, is_model_folder, read_model_folder
     from diffuseq.store.run_folder import open_run, resolve_model_dirs
+    from diffuseq.store.safe_io import contained
 
     targets = resolve_model_dirs(job.model_dir)
     runs = [
@@ -141,10 +142,11 @@ def _main(argv: Sequence[str] | None) -> int:
             )
             if warning := top_p_warning(resolved):
                 log.warning("%s", warning)
-            folder = (
-                Path(job.out_dir)
-                / run.name
-                / samples_dir_name(checkpoint.name, resolved, input_label=label)
+            folder = contained(  # a run named '..' or '' never leads above --out_dir
+                job.out_dir,
+                Path(run.name or "run")
+                / samples_dir_name(checkpoint.name, resolved, input_label=label),
+                "the output folder",
             )
             inputs = decoder.encode(pairs)
             if info.is_main:

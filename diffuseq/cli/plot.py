@@ -43,16 +43,17 @@ def _main(argv: Sequence[str] | None) -> int:
         what = "holds no" if run.is_dir() else "is neither a run folder nor a"
         raise ConfigError(f"{run} {what} {METRICS} (written by run_train.py as it trains)")
     out = Path(args.out) if args.out else metrics.parent / "loss.png"
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a .png file name (e.g. {out}/loss.png)")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: give a .png file name")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
     from diffuseq.training.plots import plot_loss_curves, read_metrics, require_pyplot
 
+    records = read_metrics(metrics)  # a malformed file fails before matplotlib is needed
     plt = require_pyplot()
-    keys = plot_loss_curves(
-        plt, read_metrics(metrics), out, title=str(metrics.parent), source=str(metrics)
-    )
+    keys = plot_loss_curves(plt, records, out, title=str(metrics.parent), source=str(metrics))
     print(f"wrote {out} ({', '.join(keys)})")
     return 0
 

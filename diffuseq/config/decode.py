@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from diffuseq.config.fields import FlagConfig, choice_checks, opt, raise_first
 from diffuseq.errors import ConfigError
 from diffuseq.sampling.table import SAMPLER_TABLE, SamplerRow, sampler_help, sampler_names
-from diffuseq.store.safe_io import check_writable_folder, path_component
+from diffuseq.store.safe_io import check_pattern, check_writable_folder, path_component
 
 __all__ = ["DTYPES", "DecodeConfig", "DecodeJob", "ResolvedDecode", "sampler_choices"]
 
@@ -253,6 +253,7 @@ class DecodeJob(FlagConfig):
         an ``--out_dir`` that cannot become a writable folder (nothing is created here)."""
         if self.note:
             path_component(self.note, "--note", purpose="the output file name")
+        check_pattern(self.pattern)
         check_writable_folder(self.out_dir, "--out_dir")
         raise_first(
             [

@@ -48,6 +48,8 @@ from diffuseq.store.safe_io import path_component
 #: The largest --lr accepted: AdamW moves each weight by about lr per step, so a larger one
 #: can only diverge (a smaller one may still: the trainer stops on a non-finite loss).
 MAX_LR = 1.0
+#: Upper bound of --diff_steps: the tables are float64 arrays of this length (the paper: 2000).
+MAX_DIFFUSION_STEPS = 100_000
 
 # The sections are re-exported: ``from diffuseq.config.run import TrainConfig`` keeps working.
 __all__ = [
@@ -84,15 +86,25 @@ class RunConfig:
         raise_first(c for name in SECTIONS for c in type_checks(getattr(self, name)))
         path_component(da.dataset, "--dataset")  # both become part of the run folder's name
         path_component(tr.notes, "--notes")
+        raise_first(  # before the respacing is computed: a step list of this length
+            [
+                (
+                    2 <= d.diffusion_steps <= MAX_DIFFUSION_STEPS,
+                    f"--diff_steps must be in [2, {MAX_DIFFUSION_STEPS}] (the paper uses 2000), "
+                    f"got {d.diffusion_steps}",
+                )
+            ]
+        )
         _check_respacing(d.timestep_respacing, d.diffusion_steps)
         checks = [
             *(check for section in (m, d, da, tr) for check in choice_checks(section)),
             *choice_checks(self.discrete),
             *discrete_checks(self),
-            (d.diffusion_steps >= 2, f"--diff_steps must be at least 2, got {d.diffusion_steps}"),
             (
-                m.hidden_dim > 0 and m.hidden_t_dim > 0,
-                "--hidden_dim and --hidden_t_dim must be positive",
+                m.hidden_dim > 0 and m.hidden_t_dim > 1,
+                "--hidden_dim must be positive and --hidden_t_dim at least 2 (the sinusoidal "
+                f"time embedding has hidden_t_dim // 2 frequencies), got {m.hidden_dim} and "
+                f"{m.hidden_t_dim}",
             ),
             (0.0 <= m.dropout < 1.0, f"--dropout must be in [0, 1), got {m.dropout}"),
             (
@@ -336,7 +348,9 @@ def _check_respacing(respacing: str, steps: int) -> None:
     from diffuseq.diffusion.respace import space_timesteps
 
     try:
-        space_timesteps(steps, respacing)
+        kept = space_timesteps(steps, respacing)
+        if len(kept) < 2:
+            raise ValueError(f"it keeps {len(kept)} step(s), and sampling needs at least 2")
     except (ValueError, TypeError) as err:
         raise ConfigError(
             f"--timestep_respacing {respacing!r} does not fit --diff_steps {steps} ({err}); give "

@@ -135,7 +135,9 @@ class ModelConfig:
 class DiffusionConfig:
     """The forward process, the loss and the timestep sampler (docs/original.md §5)."""
 
-    diffusion_steps: int = opt(4000, "number of diffusion steps T", flag="diff_steps", recipe=True)
+    diffusion_steps: int = opt(
+        4000, "number of diffusion steps T (2 to 100000)", flag="diff_steps", recipe=True
+    )
     noise_schedule: str = opt("cosine", "beta schedule", choices=schedule_names, recipe=True)
     schedule_sampler: str = opt(
         "uniform",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +34,15 @@ from diffuseq.store.safe_io import (
     temp_name,
 )
 
-__all__ = ["MANIFEST_NAME", "check_folder", "read_manifest", "write_outputs"]
+__all__ = [
+    "MANIFEST_NAME",
+    "check_folder",
+    "finish_interrupted",
+    "read_manifest",
+    "write_outputs",
+]
+
+_TEMP_RE = re.compile(r"^(.+)\.\d+\.tmp$")  # safe_io.temp_name: <name>.<pid>.tmp
 
 MANIFEST_NAME = "MANIFEST"
 FORMAT = "diffuseq-decode-outputs"
@@ -61,6 +70,15 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data.get("files"), dict):
         raise DataError(str(path), None, "files", "missing or not a mapping of file entries")
+    for name, entry in data["files"].items():
+        if not isinstance(entry, dict):
+            raise DataError(
+                str(path),
+                None,
+                f"files.{name}",
+                f"{entry!r} is not a file entry (an object with lines, bytes and settings); "
+                "the manifest was edited: decode again",
+            )
     return data
 
 
@@ -92,8 +110,9 @@ def write_outputs(
     folder = Path(folder)
     paths = [contained(folder, name, "decode output") for name in outputs]
     with FolderLock(folder, what="decode", wait=True):
-        remove_stale_temp_files(folder)
         manifest = read_manifest(folder) or {"format": FORMAT, "version": VERSION, "files": {}}
+        finish_interrupted(folder, manifest)
+        remove_stale_temp_files(folder)
         if append and manifest["files"]:
             _check_entries(folder, manifest, [p.name for p in paths if p.is_file()])
         temps = [temp_name(p) for p in paths]
@@ -105,6 +124,7 @@ def write_outputs(
                     "lines": _count_lines(tmp),
                     "bytes": tmp.stat().st_size,
                     "settings": dict(settings),
+                    "append": append,  # how an interrupted write is settled (finish_interrupted)
                 }
                 before = manifest["files"].get(path.name) if appended else None
                 if before is not None:  # the settings of the lines above the new ones
@@ -112,6 +132,7 @@ def write_outputs(
                         *before.get("appended_to", []),
                         before.get("settings", {}),
                     ]
+                    entry["before"] = {"lines": before.get("lines"), "bytes": before.get("bytes")}
                 manifest["files"][path.name] = entry
             manifest["special_tokens"] = dict(special_tokens)
             manifest["files"] = {  # entries of files removed since are dropped
@@ -127,6 +148,81 @@ def write_outputs(
                 tmp.unlink(missing_ok=True)
         fsync_dir(folder)
     return paths
+
+
+def finish_interrupted(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """Settle a writer killed between its manifest and its renames (call under the folder's
+    lock). Its leftover ``<name>.<pid>.tmp`` files match their manifest entries (they are
+    fsynced before the manifest is written); the decode job they belong to (``settings.job``)
+    is then
+
+    * completed when it overwrote its files: the leftovers are renamed into place, which is
+      what the decode had finished computing;
+    * rolled back when it appended (``--append``): files already renamed are cut back to their
+      size before the append, the entries get their earlier values back, so that running the
+      stopped command again appends its lines once.
+
+    Returns:
+        What was done (for the log), or ``None`` when nothing was left over. ``manifest`` is
+        updated (and written) in place.
+    """
+    files = manifest.get("files", {})
+    leftovers: dict[str, Path] = {}
+    for tmp in sorted(folder.glob("*.tmp")):
+        match = _TEMP_RE.match(tmp.name)
+        entry = files.get(match.group(1)) if match else None
+        if isinstance(entry, dict) and tmp.is_file() and _matches(tmp, entry):
+            leftovers[match.group(1)] = tmp
+    jobs = {_job(files[name]) for name in leftovers} - {None}
+    if not jobs:
+        return None
+    names = sorted(n for n, e in files.items() if isinstance(e, dict) and _job(e) in jobs)
+    if any(files[name].get("append") for name in names):
+        for name in names:
+            _roll_back(folder, name, files, leftovers.get(name))
+        done = f"rolled back the --append decode stopped before renaming {', '.join(names)}"
+    else:
+        for name, tmp in leftovers.items():
+            os.replace(tmp, folder / name)
+        done = f"completed {', '.join(sorted(leftovers))}, left by a decode stopped before renaming"
+    fsync_dir(folder)
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    from diffuseq.runtime.logger import get_logger  # lazily: the evaluator's --help has no torch
+
+    get_logger("decode").info("%s: %s", folder, done)
+    return done
+
+
+def _job(entry: Mapping[str, Any]) -> str | None:
+    settings = entry.get("settings")
+    return settings.get("job") if isinstance(settings, dict) else None
+
+
+def _roll_back(folder: Path, name: str, files: dict[str, Any], tmp: Path | None) -> None:
+    """Undo one file of an interrupted append: its content and its manifest entry."""
+    entry, path = files[name], folder / name
+    before = entry.get("before")
+    if tmp is not None:
+        tmp.unlink(missing_ok=True)  # not renamed: the file still has its earlier content
+    elif path.is_file() and _matches(path, entry):  # renamed: cut the appended lines off
+        if before is None:
+            path.unlink()
+        else:
+            os.truncate(path, before["bytes"])
+    if before is None:
+        del files[name]
+        return
+    history = list(entry.get("appended_to", []))
+    files[name] = {"lines": before["lines"], "bytes": before["bytes"], "settings": history[-1]}
+    if history[:-1]:
+        files[name]["appended_to"] = history[:-1]
+
+
+def _matches(path: Path, entry: Mapping[str, Any]) -> bool:
+    try:
+        return (path.stat().st_size, _count_lines(path)) == (entry.get("bytes"), entry.get("lines"))
+    except OSError:
+        return False
 
 
 def _write(tmp: Path, lines: Sequence[str], old: Path | None) -> None:

@@ -143,6 +143,27 @@ def list_state_files(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def save_failure(err: OSError, run_dir: str | Path, step: int, last_saved_step: int) -> str:
+    """The one message of a checkpoint that could not be written (a full disk, a quota): the
+    reason, and the last complete checkpoint to continue from. Files are written whole or not
+    at all (temporary name, then rename), so nothing of ``step`` is left half-written."""
+    folder = Path(run_dir)
+    reason = err.strerror or str(err) or type(err).__name__
+    where = f" while writing {Path(err.filename).name}" if err.filename else ""
+    latest = _latest_target(folder)
+    if latest and (folder / latest).is_file():
+        last = f"the last complete checkpoint is {folder / latest}"
+    elif last_saved_step > 0:
+        last = f"the last complete checkpoint is step {last_saved_step} in {folder}"
+    else:
+        last = "no complete checkpoint was saved before"
+    return (
+        f"cannot save step {step} to {folder}: {reason}{where} (no half-written file is left); "
+        f"{last}. Free space (or pass another --checkpoint_path for new runs), then continue "
+        "with --resume_checkpoint auto"
+    )
+
+
 def _latest_target(folder: Path) -> str | None:
     try:
         data = json.loads((folder / LATEST_NAME).read_text())

@@ -27,6 +27,7 @@ __all__ = [
     "MODEL_FILE",
     "WRITTEN_FILES",
     "check_out",
+    "check_tokenizer_files",
     "is_model_folder",
     "partial_model_folder",
     "replace_problem",
@@ -94,6 +95,8 @@ def check_out(out: Path, *, replace: bool) -> None:
         CheckpointError: naming ``out`` and why it is kept.
         ConfigError: ``out`` has no usable name, or its parent cannot be a folder.
     """
+    if "\x00" in str(out):
+        raise ConfigError(f"--out {str(out)!r}: a path cannot hold a NUL character")
     if out.name in ("", ".", ".."):
         raise ConfigError(f"--out {str(out)!r} names no folder; pass --out DIR")
     if len(os.fsencode(out.name)) > 255:
@@ -112,3 +115,32 @@ def check_out(out: Path, *, replace: bool) -> None:
             f"--out {out} is not replaced: only a model folder written by diffuseq is, and "
             f"{problem}; nothing was deleted. Choose a new --out DIR (e.g. a sub-folder)"
         )
+
+
+def check_tokenizer_files(folder: Path, vocab: str, config_name: str) -> None:
+    """Refuse a model folder whose tokenizer would be read from outside it: the folder must hold
+    the tokenizer file its config's ``vocab`` needs (``vocab.json`` for a word-level vocab file,
+    ``tokenizer.json`` otherwise); ``vocab``/``config_name`` paths in ``config.json`` (the
+    training machine's) are never followed.
+
+    Raises:
+        ConfigError: naming ``config.json``, the field and its value.
+    """
+    from diffuseq.tokenizers.tokenizer import TOKENIZER_JSON, _vocab_kind
+    from diffuseq.tokenizers.word_vocab import VOCAB_JSON
+
+    if (folder / TOKENIZER_JSON).is_file():
+        return
+    kind, _ = _vocab_kind(vocab, config_name)
+    if kind == "vocab_file" and (folder / VOCAB_JSON).is_file():
+        return
+    field, value = (
+        ("run_config.model.config_name", config_name)
+        if vocab == "bert"
+        else ("run_config.data.vocab", vocab)
+    )
+    raise ConfigError(
+        f"{folder / CONFIG_FILE}: {field} {value!r} points outside the model folder, which "
+        f"lacks its own tokenizer file ({VOCAB_JSON if kind == 'vocab_file' else TOKENIZER_JSON}); "
+        "a model folder is read only from its own files: export it again with diffuseq-export"
+    )

@@ -69,6 +69,7 @@ from diffuseq.store.hf_files import (
     HF_DIR,
     MODEL_FILE,
     check_out,
+    check_tokenizer_files,
     is_model_folder,
     partial_model_folder,
 )
@@ -130,12 +131,16 @@ class ModelFolder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The folder's own name after resolving ``..`` and links (as ``RunFolder.name``)."""
+        return self.path.resolve().name
 
     @cached_property
     def tokenizer(self):
-        """The tokenizer saved in the folder."""
+        """The tokenizer saved in the folder (never a file outside it: see
+        :func:`~diffuseq.store.hf_files.check_tokenizer_files`)."""
         from diffuseq.tokenizers.tokenizer import load_tokenizer_from_run
+
+        check_tokenizer_files(self.path, self.config.data.vocab, self.config.model.config_name)
 
         return load_tokenizer_from_run(
             self.path, self.config.data.vocab, config_name=self.config.model.config_name
@@ -145,10 +150,21 @@ class ModelFolder:
         """The encoder's ``BertConfig`` as saved (no ``--config_name`` lookup)."""
         from transformers import BertConfig
 
+        encoder = dict(self.info["encoder"])
+        where = f"{self.path / CONFIG_FILE}: encoder"
+        for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size"):
+            value = encoder.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}.{key} is {value!r}; it must be a whole number >= 1")
+        hidden, heads = encoder.get("hidden_size", 768), encoder.get("num_attention_heads", 12)
+        if hidden % heads:
+            raise ConfigError(
+                f"{where}.num_attention_heads ({heads}) does not divide hidden_size ({hidden})"
+            )
         try:
-            config = BertConfig(**dict(self.info["encoder"]))
+            config = BertConfig(**encoder)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{self.path / CONFIG_FILE}: unusable 'encoder' ({err})") from None
+            raise ConfigError(f"{where}: unusable ({err})") from None
         config._attn_implementation = self.config.model.attention
         return config
 
@@ -290,8 +306,8 @@ def write_model_folder(
     remove_stale_temp_dirs(out, partial_model_folder)
     tmp = temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         info = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -316,6 +332,14 @@ def write_model_folder(
             _fsync_file(child)
         fsync_dir(tmp)
         swap_into_place(tmp, out)
+    except OSError as err:  # a full disk, a quota: one message, nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror or str(err) or type(err).__name__
+        raise CheckpointError(
+            f"cannot write the model folder {out}: {reason}; {out} is left as it was and the "
+            f"checkpoint ({checkpoint.get('file', 'its file')}) is unchanged: free space, then "
+            "export it again (diffuseq-export)"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ from typing import Any
 
 from diffuseq.config import RunConfig, write_json
 from diffuseq.errors import CheckpointError, ConfigError, DataError
+from diffuseq.store.safe_io import check_pattern
 
 __all__ = [
     "RunFolder",
@@ -36,10 +37,12 @@ __all__ = [
     "refuse_existing_states",
     "resolve_model_dirs",
     "resolve_run_path",
+    "trim_metrics",
 ]
 
 CONFIG_YAML = "config.yaml"
 TRAINING_ARGS = "training_args.json"
+METRICS = "metrics.jsonl"
 
 
 def resolve_run_path(value: str, run_dir: Path) -> str:
@@ -50,7 +53,8 @@ def resolve_run_path(value: str, run_dir: Path) -> str:
     """
     if not value or Path(value).is_absolute():
         return value
-    for base in (run_dir.parent.parent, Path.cwd()):
+    # abspath: ``RUN/hf/..`` is ``RUN`` before its parents are taken (links are kept)
+    for base in (Path(os.path.abspath(run_dir)).parent.parent, Path.cwd()):
         candidate = base / value
         if candidate.exists():
             return str(candidate)
@@ -93,11 +97,14 @@ class RunFolder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The folder's own name, taken after resolving ``..`` and links (``RUN/hf/..`` is
+        ``RUN``), so that it never leads an output path out of its parent."""
+        return self.path.resolve().name
 
     def checkpoints(self, pattern: str = "ema") -> list[Path]:
         """``{pattern}*.pt`` files, newest first: the original's ``sorted(glob)[::-1]`` order
         (lexicographically last first, i.e. the highest zero-padded step)."""
+        check_pattern(pattern)
         found = glob.glob(os.path.join(glob.escape(str(self.path)), f"{pattern}*.pt"))
         return [Path(p) for p in sorted(found, reverse=True) if Path(p).is_file()]
 
@@ -152,6 +159,8 @@ def open_run(path: str | os.PathLike) -> RunFolder:
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
     config = _read_config(run_dir)
+    if (run_dir / CONFIG_YAML).is_file():
+        _check_against_state(run_dir, config)
     m, d = config.model, config.data
     vocab = (
         d.vocab
@@ -161,6 +170,25 @@ def open_run(path: str | os.PathLike) -> RunFolder:
     config = config.replace("model", config_name=resolve_run_path(m.config_name, run_dir))
     config = config.replace("data", vocab=vocab, data_dir=resolve_run_path(d.data_dir, run_dir))
     return RunFolder(path=run_dir, config=config)
+
+
+def _check_against_state(run_dir: Path, config: RunConfig) -> None:
+    """Refuse a ``config.yaml`` edited in a model-defining field: compared with the config saved
+    in the run's newest training state, where it has one that can be read (memory-mapped)."""
+    from diffuseq.store.checkpoint import is_train_state, list_state_files, load_state_file
+    from diffuseq.store.run_files import check_decode_config
+
+    states = list_state_files(run_dir)
+    if not states:
+        return
+    path = states[-1][1]
+    try:
+        state = load_state_file(path, mmap=True)
+        saved = RunConfig.from_dict(state["config"], source=str(path))
+    except (CheckpointError, ConfigError, KeyError, TypeError):
+        return  # no usable state: decoding does not need one
+    if is_train_state(state):
+        check_decode_config(run_dir / CONFIG_YAML, config, saved, path)
 
 
 def resolve_model_dirs(pattern: str) -> list[tuple[Path, Path | None]]:
@@ -235,6 +263,16 @@ def create_run_folder(
             refuse_existing_states(run_dir, config.train.resume_checkpoint)
         for path in remove_stale_temp_files(run_dir):
             get_logger("train").info("removed %s, left by a writer that was killed", path.name)
+        if resume.kind == "state":
+            dropped = trim_metrics(run_dir / METRICS, step=resume.step)
+            if dropped:
+                get_logger("train").info(
+                    "%s: dropped %d record(s) written after step %d by the launch that was "
+                    "stopped (this launch writes them again)",
+                    METRICS,
+                    dropped,
+                    resume.step,
+                )
         tokenizer.save(run_dir)
         config.save_yaml(run_dir / CONFIG_YAML)
         write_json(run_dir / TRAINING_ARGS, dict(training_args))
@@ -259,3 +297,43 @@ def refuse_existing_states(run_dir: Path, resume_checkpoint: str) -> None:
             else f"{run_dir} already holds training states (state_*.pt); pass --resume_checkpoint "
             "auto to continue that run, or choose another --checkpoint_path"
         )
+
+
+def trim_metrics(path: Path, *, step: int) -> int:
+    """Drop the ``metrics.jsonl`` records a stopped launch wrote after its last saved state, so
+    that a resumed run keeps one record per step; rewritten atomically, the rest unchanged.
+
+    A state of ``S`` updates covers the training and ``eval_*`` records of update indices
+    ``< S`` (they count from 0, as the original) and the ``decode_*`` records of steps ``<= S``
+    (they count completed updates); those are kept, with every line that is no JSON object with
+    a numeric ``step``; an unfinished last line is dropped. (Not a line count saved with the
+    state: the last, partial log interval is written after the final save.)
+
+    Returns:
+        The number of lines dropped.
+    """
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    complete, _, partial = data.rpartition(b"\n")
+    if not _:  # no newline at all: the whole file is one unfinished line
+        complete, partial = b"", data
+    rows = complete.split(b"\n") if complete else []
+    kept = [row for row in rows if _logged_before(row, step)]
+    dropped = len(rows) - len(kept) + (1 if partial.strip() else 0)
+    if dropped:
+        from diffuseq.store.safe_io import atomic_write
+
+        atomic_write(path, lambda handle: handle.write(b"".join(r + b"\n" for r in kept)))
+    return dropped
+
+
+def _logged_before(row: bytes, step: int) -> bool:
+    try:
+        record = json.loads(row)
+    except ValueError:
+        return True
+    if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+        return True
+    after = "decode_bleu" in record  # eval-decode records count completed updates
+    return record["step"] <= step if after else record["step"] < step

@@ -31,6 +31,7 @@ __all__ = [
     "FolderLock",
     "atomic_write",
     "atomic_write_text",
+    "check_pattern",
     "check_writable_folder",
     "contained",
     "fsync_dir",
@@ -196,6 +197,20 @@ def path_component(value: str, flag: str, *, purpose: str = "the run folder name
     return value
 
 
+def check_pattern(pattern: str) -> str:
+    """``pattern`` if it can only match files inside the run folder (``--pattern``).
+
+    Raises:
+        ConfigError: it holds a path separator or ``..`` (it would glob outside the folder).
+    """
+    if any(bad in pattern for bad in ("/", "\\", "..")) or Path(pattern).is_absolute():
+        raise ConfigError(
+            f"--pattern {pattern!r}: a checkpoint file prefix must not contain '/', '\\' or "
+            "'..' (only files inside the run folder are decoded); pass e.g. --pattern ema"
+        )
+    return pattern
+
+
 def check_writable_folder(path: str | Path, flag: str) -> None:
     """Check, without creating anything, that ``path`` is or can become a writable folder.
 
@@ -203,6 +218,14 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
         ConfigError: ``path`` (or the nearest existing folder above it) is a file, or is not
             writable.
     """
+    if "\x00" in str(path):
+        raise ConfigError(f"{flag} {str(path)!r}: a path cannot hold a NUL character")
+    too_long = [part for part in Path(path).parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        raise ConfigError(
+            f"{flag} {path}: the name {too_long[0][:60]!r}... is longer than the 255 bytes a file "
+            "name may have; pass a shorter path"
+        )
     path = Path(path)
     existing = path
     while not existing.exists() and existing != existing.parent:

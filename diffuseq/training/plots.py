@@ -52,7 +52,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         DataError: a line is not a JSON object (names the line).
     """
     records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = Path(path).read_bytes()[: err.start].count(b"\n") + 1
+        raise DataError(str(path), line, None, "not UTF-8 text (not a metrics.jsonl)") from None
+    except OSError as err:
+        raise DataError(str(path), None, None, f"cannot read it ({err.strerror})") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -61,6 +68,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(str(path), number, None, f"not JSON ({err.msg})") from None
         if not isinstance(record, dict):
             raise DataError(str(path), number, None, "expected a JSON object")
+        for key in ("step", "seconds"):  # the x axes
+            value = record.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(str(path), number, key, f"{value!r} is not a number")
+            if not math.isfinite(value):
+                raise DataError(str(path), number, key, f"{value!r} is not a finite number")
         records.append(record)
     return records
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from diffuseq.config import SECTIONS, RunConfig
 from diffuseq.data.splits import split_file
-from diffuseq.errors import CheckpointError, DataError
+from diffuseq.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["extend_hint", "given_keys", "preflight"]
 
@@ -84,6 +84,11 @@ def extend_hint(step: int) -> str:
 
 
 def _check_data(config: RunConfig) -> None:
+    if not config.data.data_dir.strip():
+        raise ConfigError(
+            "--data_dir is empty: pass the folder holding train.jsonl, valid.jsonl and test.jsonl "
+            "(e.g. --data_dir datasets/QQP), or a --config preset that names one"
+        )
     for split in ("train", "valid"):
         split_file(config.data.data_dir, split)
 

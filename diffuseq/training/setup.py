@@ -41,6 +41,7 @@ from diffuseq.store.checkpoint import (
     resolve_resume,
     seed_everything,
 )
+from diffuseq.store.run_files import check_resume_files
 from diffuseq.store.run_folder import create_run_folder, refuse_existing_states
 from diffuseq.store.safe_io import contained
 from diffuseq.tokenizers.tokenizer import (
@@ -87,6 +88,8 @@ def _build(
     seed_everything(tr.seed + (0 if tr.same_seed_all_ranks else rank))
     setup_logging(is_main=rank == 0)
     run_dir, notes = _run_dir(config, resume)
+    if resume.kind == "state":  # before anything is read or written: edited run files
+        _check_run_files(run_dir, config, resume, notes)
     # Read everything the user supplied before creating anything on disk.
     tokenizer, train_batches, valid_batches = _load_data(config, resume, run_dir, rank)
     config = config.replace("model", vocab_size=tokenizer.vocab_size)
@@ -269,6 +272,23 @@ def _config_for_resume(resume: ResumeSource, config: RunConfig, layers: Layers) 
             "run's config.yaml), or start a new run"
         )
     return config
+
+
+def _check_run_files(run_dir: Path, config: RunConfig, resume: ResumeSource, notes: str) -> None:
+    """Refuse or report hand edits of ``config.yaml``/``training_args.json`` (see
+    :mod:`diffuseq.store.run_files`); warnings on rank 0."""
+    training_args = {**config.to_training_args(), "notes": notes, "checkpoint_path": str(run_dir)}
+    warnings = check_resume_files(
+        run_dir,
+        state=resume.path,
+        saved=RunConfig.from_dict(resume.payload["config"], source=str(resume.path)),
+        saved_args=resume.payload.get("training_args") or {},
+        config=config,
+        training_args=training_args,
+    )
+    if dist.is_main():
+        for warning in warnings:
+            get_logger("train").warning("%s", warning)
 
 
 def _run_dir(config: RunConfig, resume: ResumeSource) -> tuple[Path, str]:

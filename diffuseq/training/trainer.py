@@ -38,6 +38,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffuseq.config import TrainConfig
+from diffuseq.errors import CheckpointError
 from diffuseq.families.base import LossBatch, Objective
 from diffuseq.models.nn_utils import ddp_without_buffer_sync, grad_norm, update_ema
 from diffuseq.runtime import dist
@@ -52,6 +53,7 @@ from diffuseq.store.checkpoint import (
     prune_states,
     restore_rng_state,
     save_ema_file,
+    save_failure,
     seed_everything,
     state_file_name,
     to_cpu,
@@ -354,21 +356,31 @@ class Trainer:
         contribute their RNG state and data position; never diverged weights."""
         self._check_finite(weights=True)
         ranks = dist.all_gather_object(self._rank_state())
+        failure = None
         if self.is_main:
-            for rate in self.ema:
-                save_ema_file(
-                    self.run_dir, rate=rate, step=self.step, state_dict=self.ema_state_dict(rate)
-                )
-            name = state_file_name(self.step)
-            atomic_torch_save(self.state_dict(ranks), self.run_dir / name)
-            write_latest(self.run_dir, state_name=name, step=self.step)
-            for path in prune_states(self.run_dir, keep=self.keep_states):
-                self.log.info(
-                    "deleted old training state %s (--keep_states %d)", path.name, self.keep_states
-                )
-            self.log.info("saved step %d to %s", self.step, self.run_dir)
+            try:
+                self._write_checkpoint(ranks)
+            except OSError as err:  # a full disk, a quota: one message, on every rank
+                failure = save_failure(err, self.run_dir, self.step, self.last_saved_step)
+        message = dist.broadcast_object(failure)  # also the barrier after the save
+        if message is not None:
+            raise CheckpointError(message)
         self.last_saved_step = self.step
-        dist.barrier()
+
+    def _write_checkpoint(self, ranks: list[Mapping[str, Any]]) -> None:
+        """Rank 0: the EMA file(s), the full state, ``latest.json``; old states pruned."""
+        for rate in self.ema:
+            save_ema_file(
+                self.run_dir, rate=rate, step=self.step, state_dict=self.ema_state_dict(rate)
+            )
+        name = state_file_name(self.step)
+        atomic_torch_save(self.state_dict(ranks), self.run_dir / name)
+        write_latest(self.run_dir, state_name=name, step=self.step)
+        for path in prune_states(self.run_dir, keep=self.keep_states):
+            self.log.info(
+                "deleted old training state %s (--keep_states %d)", path.name, self.keep_states
+            )
+        self.log.info("saved step %d to %s", self.step, self.run_dir)
 
     def load_state(self, state: Mapping[str, Any]) -> bool:
         """Resume from :meth:`state_dict` output (RNG restored last); ``True`` when exact (the
