@@ -16,13 +16,13 @@ env_dir="$("$PYTHON" -c 'import sys; print(sys.prefix)')"
 in_venv="$("$PYTHON" -c 'import sys; print("yes" if sys.prefix != sys.base_prefix else "no")')"
 if [ "$TORCH_SPEC" = "skip" ]; then what="the toolkit (torch kept as installed)"; else what="$TORCH_SPEC, then the toolkit"; fi
 echo "install.sh: installing $what${EXTRAS:+ with extras [$EXTRAS]} into $env_dir"
-echo "install.sh: about 1.6 GB and a few minutes on a first install; pip's output is kept quiet"
+echo "install.sh: about 1.6 GB and a few minutes on a first install (pip shows its progress)"
 if [ "$in_venv" = "no" ]; then
     echo "install.sh: $env_dir is not a virtual environment; to keep it apart, stop now (Ctrl-C) and run"
     echo "            python3 -m venv .venv && . .venv/bin/activate, then this command again"
 fi
 if [ "$TORCH_SPEC" != "skip" ]; then
-    "$PYTHON" -m pip install -q "$TORCH_SPEC"
+    "$PYTHON" -m pip install --progress-bar on "$TORCH_SPEC"
 fi
-"$PYTHON" -m pip install -q -c "$root/constraints.txt" -e "$root${EXTRAS:+[$EXTRAS]}"
+"$PYTHON" -m pip install --progress-bar on -c "$root/constraints.txt" -e "$root${EXTRAS:+[$EXTRAS]}"
 echo "install.sh: done"
