@@ -226,3 +226,16 @@ def test_loss_goes_down(tmp_path):
     assert len(losses) == 30
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.7 * first, (first, last)
+
+
+def test_the_last_log_line_comes_before_the_final_save(tmp_path):
+    """The last, partial log interval (update index 4; logged every 3) is logged before
+    "saved step 5"."""
+    data = make_tiny_data(tmp_path / "data")
+    run = tmp_path / "run"
+    train_tiny(data, learning_steps=5, log_interval=3, eval_interval=100, save_interval=5,
+               checkpoint_path=str(run), export_model=False)  # fmt: skip
+    log = (run / "log.txt").read_text()
+    assert "INFO step 4 |" in log and "INFO saved step 5 " in log
+    assert log.index("INFO step 4 |") < log.index("INFO saved step 5 ")
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [0, 3, 4]

@@ -196,6 +196,8 @@ class Trainer:
                     bar.set_postfix(bleu=bleu, refresh=False)  # shown from the next line on
                 bar.update(1, loss=self._latest_loss)  # read only when shown
                 if self.step % cfg.save_interval == 0:
+                    if self.step >= stop and self.writer.pending():
+                        self.writer.dump()  # the last interval's line before "saved step N"
                     self.save()
                 if self.watch.stop_requested() and self.step < cfg.learning_steps:
                     self.stopped_early = True
