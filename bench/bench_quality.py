@@ -74,6 +74,8 @@ RECIPES = {
         "--anchor_loss", "true", "--embedding_norm", "true", "--noise_rescale", "4",
     ],
     "v1+anchor-only": ["--anchor_loss", "true"],
+    "v1+embnorm": ["--embedding_norm", "true"],  # Difformer's parts apart
+    "v1+rescale": ["--noise_rescale", "4"],
     # the autoregressive baseline of the same size (BART layers, the split whose parameter
     # count is closest to the diffusion model's: 1+1 here) and RDM (the discrete family)
     "ar": ["--family", "ar"],

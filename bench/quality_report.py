@@ -20,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 
 RECIPE_ORDER = (
-    "v1", "v1+sc", "v2", "v2+sc", "v1+nf", "v2+sc+nf", "v1+anchor", "v1+anchor-only", "rdm", "ar",
+    "v1", "v1+sc", "v2", "v2+sc", "v1+nf", "v2+sc+nf", "v1+anchor", "v1+anchor-only",
+    "v1+embnorm", "v1+rescale", "rdm", "ar",
 )  # fmt: skip
 MAIN = ("dpm10", "first", "bleu")  # decode, pick, metric of the headline BLEU
 #: The headline decode of each recipe (its family's default: 10-step DPM-Solver++ for the
@@ -28,7 +29,18 @@ MAIN = ("dpm10", "first", "bleu")  # decode, pick, metric of the headline BLEU
 #: decode whose 5 candidates give MBR-5 and the candidate set's diversity.
 HEADLINE = {"ar": ("greedy", "beam5"), "rdm": ("rdm10", "rdm10")}
 DEFAULT_HEADLINE = ("dpm10", "dpm10")
-GAUSSIAN = ("v1", "v1+sc", "v2", "v2+sc", "v1+nf", "v2+sc+nf", "v1+anchor", "v1+anchor-only")
+GAUSSIAN = (
+    "v1",
+    "v1+sc",
+    "v2",
+    "v2+sc",
+    "v1+nf",
+    "v2+sc+nf",
+    "v1+anchor",
+    "v1+anchor-only",
+    "v1+embnorm",
+    "v1+rescale",
+)
 
 
 def headline(recipe: str) -> tuple[str, str]:
