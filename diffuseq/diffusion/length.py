@@ -35,9 +35,7 @@ __all__ = [
 ]
 
 
-def span_mask(
-    input_ids: torch.Tensor, input_mask: torch.Tensor, pad_token_id: int
-) -> torch.Tensor:
+def span_mask(input_ids: torch.Tensor, input_mask: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """``m' = m · [w ≠ PAD]``: 1 on the target span ``[CLS] y… [SEP]`` only.
 
     Args:
