@@ -6,8 +6,10 @@ target span, the v2 soft absorbing state, the ``--noise_floor`` and Difformer's
 ``--noise_rescale``). Objective: the seq2seq loss terms of
 :func:`~diffuseq.diffusion.losses.training_losses` (``--anchor_loss``: plus Difformer's anchor
 loss) at ``t`` drawn from the run's timestep distribution (uniform / loss-aware / fixstep),
-weighted by its importance weights. Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
-EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11–5.13).
+weighted by its importance weights; ``--length_predict``: the padding kept clean and a length
+loss (:mod:`diffuseq.diffusion.length`). Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
+EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11–5.13); a
+length-predicting model decodes ``--length_beam`` lengths per candidate.
 """
 
 from __future__ import annotations
