@@ -76,6 +76,8 @@ RECIPES = {
     "v1+anchor-only": ["--anchor_loss", "true"],
     "v1+embnorm": ["--embedding_norm", "true"],  # Difformer's parts apart
     "v1+rescale": ["--noise_rescale", "4"],
+    # length prediction (Difformer §3, DINOISER Table 3): padding kept clean, 3 lengths decoded
+    "v1+len": ["--length_predict", "true"],
     # the autoregressive baseline of the same size (BART layers, the split whose parameter
     # count is closest to the diffusion model's: 1+1 here) and RDM (the discrete family)
     "ar": ["--family", "ar"],
@@ -83,6 +85,8 @@ RECIPES = {
 }  # fmt: skip
 #: The model family of a recipe (decodes differ per family).
 RECIPE_FAMILY = {"ar": "ar", "rdm": "discrete"}
+#: Decode options of a recipe's diffusion decodes (``DecodeConfig`` fields; none by default).
+RECIPE_DECODE: dict[str, dict[str, int]] = {"v1+len": {"length_beam": 3}}
 #: The run config every unit shares (flag names, as ``RECIPES``); training runs on the CPU
 #: without a progress bar or a model folder.
 MODEL = {
@@ -244,9 +248,16 @@ def decode_settings(
 
 
 def decode_checkpoint(
-    checkpoint: Path, pairs: list, *, ancestral: bool, skip: frozenset[str] = frozenset()
+    checkpoint: Path,
+    pairs: list,
+    *,
+    ancestral: bool,
+    skip: frozenset[str] = frozenset(),
+    options: dict | None = None,
 ) -> dict:
-    """Decodes of one checkpoint not named in ``skip``: ``{"dpm10": {...}, "sde4": {...}, ...}``."""
+    """Decodes of one checkpoint not named in ``skip``: ``{"dpm10": {...}, "sde4": {...}, ...}``;
+    ``options`` (the recipe's :data:`RECIPE_DECODE`) are extra decode options of every decode."""
+    options = options or {}
     from diffuseq.decoding import api
 
     generator = api.load(checkpoint, device="cpu")
@@ -260,10 +271,12 @@ def decode_checkpoint(
             continue
         start = time.perf_counter()
         records = generator.generate_raw(
-            sources, references=references, sampler=sampler, steps=steps, num_samples=k, seed=101
-        )
+            sources, references=references, sampler=sampler, steps=steps, num_samples=k,
+            seed=101, **options,
+        )  # fmt: skip
         scores = score(records, specials)
-        calls = steps * k  # diffusion: one network call per step and candidate
+        # diffusion: one network call per step, candidate and decoded length (--length_beam)
+        calls = steps * k * options.get("length_beam", 1)
         if family == "ar":  # one decoder call per generated token (+ [SEP]) and beam
             calls = (scores["first"]["tokens"] + 1) * k
         results[name] = {
@@ -310,6 +323,7 @@ def add_missing_decodes(result: dict, run: Path, pairs: list, task: Task) -> boo
                     pairs,
                     ancestral=task.ancestral and last,
                     skip=frozenset(wanted - missing),
+                    options=RECIPE_DECODE.get(result["recipe"]),
                 )
             )
             added = True
@@ -340,6 +354,7 @@ def run_unit(task: Task, recipe: str, seed: int, out: Path) -> dict:
                     checkpoint_file(run, step),
                     test_pairs(out, task),
                     ancestral=task.ancestral and last,
+                    options=RECIPE_DECODE.get(recipe),
                 ),
             }
         )
@@ -348,6 +363,7 @@ def run_unit(task: Task, recipe: str, seed: int, out: Path) -> dict:
         "recipe": recipe,
         "seed": seed,
         "flags": RECIPES[recipe],
+        "decode_options": RECIPE_DECODE.get(recipe, {}),
         "test_examples": len(pairs),
         "checkpoints": checkpoints,
         "task_settings": asdict(task),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 RECIPE_ORDER = (
     "v1", "v1+sc", "v2", "v2+sc", "v1+nf", "v2+sc+nf", "v1+anchor", "v1+anchor-only",
-    "v1+embnorm", "v1+rescale", "rdm", "ar",
+    "v1+embnorm", "v1+rescale", "v1+len", "rdm", "ar",
 )  # fmt: skip
 MAIN = ("dpm10", "first", "bleu")  # decode, pick, metric of the headline BLEU
 #: The headline decode of each recipe (its family's default: 10-step DPM-Solver++ for the
@@ -40,6 +40,7 @@ GAUSSIAN = (
     "v1+anchor-only",
     "v1+embnorm",
     "v1+rescale",
+    "v1+len",
 )
 
 

@@ -208,6 +208,7 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "| `--learned_mean_embed` | False |",
         "| `--self_cond` | False |",
         "| `--embedding_norm` | False |",
+        "| `--length_predict` | False |",
         "| `--diff_steps` | 4000 |",
         "| `--noise_schedule` | `cosine` |",
         "| `--schedule_sampler` | `uniform` |",
@@ -215,6 +216,7 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "| `--noise_floor` | 0 |",
         "| `--noise_rescale` | 0 |",
         "| `--anchor_loss` | False |",
+        "| `--length_loss_weight` | 0.1 |",
         "| `--seq_len` | 128 |",
         "| `--vocab` | `bert` |",
         "| `--lr` | 0.0001 |",
@@ -234,6 +236,7 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "learned_mean_embed": "--learned_mean_embed",
         "self_cond": "--self_cond",
         "embedding_norm": "--embedding_norm",
+        "length_predict": "--length_predict",
     }
 
     @dataclass(frozen=True)

@@ -66,6 +66,12 @@ class DecodeConfig(FlagConfig):
         "autocast dtype of the network (rounding and logits stay fp32)",
         choices=tuple(DTYPES),
     )
+    length_beam: int = opt(
+        1,
+        "lengths decoded per candidate by a model trained with --length_predict: the K most "
+        "likely target lengths are sampled in one batch (K times the model calls) and the copy "
+        "whose tokens have the highest mean log-probability is kept (1: the most likely length)",
+    )
     ddim_adjacent: bool = opt(
         False, "the first releases' spelling of --sampler ddim-adjacent (with --sampler ddim)"
     )
@@ -85,6 +91,10 @@ class DecodeConfig(FlagConfig):
                     f"--num_samples must be at least 1, got {self.num_samples}",
                 ),
                 (self.batch_size >= 1, f"--bsz must be at least 1, got {self.batch_size}"),
+                (
+                    self.length_beam >= 1,
+                    f"--length_beam must be at least 1, got {self.length_beam}",
+                ),
                 (
                     self.steps is None or self.steps >= 1,
                     f"--step must be at least 1, got {self.steps}",
@@ -152,6 +162,7 @@ class DecodeConfig(FlagConfig):
             num_samples=self.num_samples,
             batch_size=self.batch_size,
             dtype=self.dtype,
+            length_beam=self.length_beam,
         )
 
 
@@ -168,6 +179,7 @@ class ResolvedDecode:
     num_samples: int  # candidates per source
     batch_size: int  # rows per model call
     dtype: str  # autocast dtype (DTYPES)
+    length_beam: int = 1  # lengths per candidate (a --length_predict model; x model calls)
 
     @property
     def row(self) -> SamplerRow:

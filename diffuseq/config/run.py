@@ -171,6 +171,10 @@ class RunConfig:
                 f"--noise_rescale must be 0 (off) or a factor >= 1, got {d.noise_rescale}",
             ),
             (
+                d.length_loss_weight >= 0.0,
+                f"--length_loss_weight must be >= 0, got {d.length_loss_weight}",
+            ),
+            (
                 m.use_plm_init == "no" or m.hidden_dim == 768,
                 "--use_plm_init bert needs --hidden_dim 768 (the pretrained embedding is 768-wide)",
             ),

@@ -124,6 +124,16 @@ class ModelConfig:
         recipe=True,
         in_weights=True,
     )
+    length_predict: bool = opt(
+        False,
+        "length prediction (beyond the original; Difformer, Gao et al. 2022; DINOISER): a "
+        "one-layer head predicts the target length from the source; training keeps the padding "
+        "clean like the source (the loss covers the [CLS] y [SEP] span only) and adds "
+        "--length_loss_weight x its cross-entropy; decoding samples the --length_beam most "
+        "likely lengths",
+        recipe=True,
+        in_weights=True,
+    )
     vocab_size: int = opt(
         0,
         "vocabulary size (filled in from the tokenizer)",
@@ -174,6 +184,12 @@ class DiffusionConfig:
         False,
         "anchor loss (beyond the original; Difformer, Gao et al. 2022): add the target span's "
         "cross-entropy of the tokens read out from the predicted x_0 (logged as anchor_loss)",
+        recipe=True,
+    )
+    length_loss_weight: float = opt(
+        0.1,
+        "weight of the length head's cross-entropy in the loss (with --length_predict; "
+        "logged unweighted as length_loss)",
         recipe=True,
     )
 

@@ -100,7 +100,8 @@ class TextGenerator:
                 seed ``seed + k``.
             overrides: :class:`~diffuseq.config.DecodeConfig` fields replacing the config's
                 (``steps=10, sampler="dpm-solver++", num_samples=3, seed=101, top_p, clamp_step,
-                batch_size``; the first releases' ``ddim_adjacent``, ``dpm_v2_variant``).
+                batch_size``, ``length_beam`` for a ``--length_predict`` model; the first
+                releases' ``ddim_adjacent``, ``dpm_v2_variant``).
 
         Raises:
             TypeError: ``sources`` is a single string or holds a non-string; an unknown option

@@ -59,10 +59,13 @@ log = get_logger("decode")
 def samples_dir_name(checkpoint_name: str, config: ResolvedDecode, *, input_label: str = "") -> str:
     """``<ckpt>.samples`` for full-step ancestral sampling (the original's folder), else
     ``<ckpt>.samples-<sampler>-<N>steps``; ``input_label`` (non-test split, ad-hoc input) is
-    appended as ``-<label>``, so every folder holds the seeds of one configuration only."""
+    appended as ``-<label>``, so every folder holds the seeds of one configuration only;
+    ``--length_beam K > 1`` adds ``-lenbeam<K>``."""
     name = f"{checkpoint_name}.samples"
     if config.sampler != "ancestral":
         name += f"-{config.sampler}-{config.steps}steps"
+    if config.length_beam > 1:
+        name += f"-lenbeam{config.length_beam}"
     return name + (f"-{input_label}" if input_label else "")
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from diffuseq.diffusion.length import length_losses, span_mask
 from diffuseq.models.nn_utils import mean_flat
 from diffuseq.ops.linear_cross_entropy import linear_cross_entropy
 
@@ -120,6 +121,7 @@ def training_losses(
     bernoulli_draw: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     anchor_loss: bool = False,
+    length_loss_weight: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-example loss terms for a batch (docs/original.md §5.6 steps 1–9).
 
@@ -142,6 +144,11 @@ def training_losses(
         read-out can be satisfied by spreading the embeddings), it trains the read-out of
         what the denoiser predicts, which anchors the learnable embedding space against
         collapse. Masked as ``nll`` (target span and padding, ``m = 1``).
+    11. ``length_loss`` (beyond the original; Difformer §3, ``--length_predict``): first the
+        mask is restricted to the target span, ``m' = m·[w ≠ PAD]``
+        (:func:`~diffuseq.diffusion.length.span_mask`), so every step above keeps the padding
+        clean like the source; then ``CE(text_model.length_logits(w, m), n)`` with
+        ``n = Σ_L m'`` is logged and ``λ·`` it added to ``loss``.
 
     Steps 7 and 9 never hold a ``[B, L, V]`` tensor when the model has ``logits_projection``
     (:func:`linear_cross_entropy`): for the paper's configuration that saves about 4 GiB of
@@ -159,10 +166,12 @@ def training_losses(
             ``mean_embed`` μ ``[h]`` (default: ``model``).
         noise0, noise: ε_0, ε ``[B,L,h]``; bernoulli_draw: 0/1 ``[B,L]`` (v2 ``denoise``).
         anchor_loss: add step 10 (``--anchor_loss``); off, every term is the original's.
+        length_loss_weight: λ of step 11 (``--length_predict``; ``text_model`` then needs
+            ``length_logits`` and ``pad_token_id``); ``None``: off.
 
     Returns:
         dict of float32 ``[B]`` tensors ``loss, mse, nll, decoder_nll, tT_loss, t0_loss`` (and
-        ``anchor_loss`` when on), plus the 0-dim ``reg_term`` when the model has μ. Only
+        ``anchor_loss`` / ``length_loss`` when on), plus the 0-dim ``reg_term`` when the model has μ. Only
         ``loss`` is optimised.
 
     Raises:
@@ -176,6 +185,15 @@ def training_losses(
             "denoise=True (v2 discrete noise) needs a model with a learned mean embedding "
             "(learned_mean_embed=True); the model has no mean_embed"
         )
+    if length_loss_weight is not None:
+        pad = getattr(text_model, "pad_token_id", None)
+        if pad is None or getattr(text_model, "length_head", None) is None:
+            raise ValueError(
+                "the length loss needs a model with a length head (length_predict=True) and "
+                "the tokenizer's pad_token_id"
+            )
+        length_logits = text_model.length_logits(input_ids, input_mask)  # [B, L+1]
+        input_mask = span_mask(input_ids, input_mask, pad)
     x_start_mean = text_model.get_embeds(input_ids)
     if noise0 is None:
         noise0 = torch.randn(
@@ -225,6 +243,10 @@ def training_losses(
     if anchor_loss:
         terms["anchor_loss"] = nll
         terms["loss"] = terms["loss"] + nll
+    if length_loss_weight is not None:
+        lengths = input_mask.long().sum(dim=-1)  # n = Σ_L m' [B]
+        terms["length_loss"] = length_losses(length_logits, lengths)
+        terms["loss"] = terms["loss"] + length_loss_weight * terms["length_loss"]
     if mean_embed is not None:
         terms["reg_term"] = diffusion.reg_rate * torch.norm(mean_embed)
         terms["loss"] = terms["loss"] + terms["reg_term"]

@@ -249,6 +249,7 @@ class ARFamily(Family):
                 ("--embedding_norm", model.embedding_norm),
                 ("--noise_rescale", config.diffusion.noise_rescale != 0.0),
                 ("--anchor_loss", config.diffusion.anchor_loss),
+                ("--length_predict", model.length_predict),
             )
             if on
         ]
@@ -292,6 +293,10 @@ class ARFamily(Family):
             (
                 not (config.ddim_adjacent or config.dpm_v2_variant),
                 "--ddim_adjacent / --dpm_v2_variant are diffusion options (not --family ar)",
+            ),
+            (
+                config.length_beam == 1,
+                "--length_beam is an option of --length_predict diffusion models (not --family ar)",
             ),
         ]
         for ok, message in checks:

@@ -126,10 +126,10 @@ class DiscreteFamily(Family):
                 f"--sampler {sampler} decodes another family; a --family discrete model "
                 f"decodes with --sampler auto, {', '.join(own)}"
             )
-        if config.top_p > 0 or config.clamp_step != 0:
+        if config.top_p > 0 or config.clamp_step != 0 or config.length_beam != 1:
             raise ConfigError(
-                "--top_p and --clamp_step are options of the Gaussian samplers; leave them at "
-                "their defaults for a --family discrete model"
+                "--top_p, --clamp_step and --length_beam are options of the Gaussian samplers; "
+                "leave them at their defaults for a --family discrete model"
             )
         steps = DEFAULT_STEPS if config.steps is None else config.steps
         return config.resolved(sampler, steps)

@@ -6,8 +6,10 @@ target span, the v2 soft absorbing state, the ``--noise_floor`` and Difformer's
 ``--noise_rescale``). Objective: the seq2seq loss terms of
 :func:`~diffuseq.diffusion.losses.training_losses` (``--anchor_loss``: plus Difformer's anchor
 loss) at ``t`` drawn from the run's timestep distribution (uniform / loss-aware / fixstep),
-weighted by its importance weights. Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
-EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11–5.13).
+weighted by its importance weights; ``--length_predict``: the padding kept clean and a length
+loss (:mod:`diffuseq.diffusion.length`). Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
+EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11–5.13); a
+length-predicting model decodes ``--length_beam`` lengths per candidate.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from diffuseq.diffusion.losses import training_losses
 from diffuseq.diffusion.timestep_sampling import TimestepDistribution
+from diffuseq.errors import ConfigError
 from diffuseq.families.base import Family, LossBatch, TimestepObjective
 from diffuseq.models.factory import (
     build_diffusion,
@@ -68,16 +71,25 @@ class GaussianFamily(Family):
     def build_model(
         self, config: RunConfig, *, vocab_size=None, encoder_config=None, tokenizer=None
     ):
-        return build_model(config.model, vocab_size=vocab_size, bert_config=encoder_config)
+        pad = None if tokenizer is None else tokenizer.pad_token_id
+        return build_model(
+            config.model, vocab_size=vocab_size, bert_config=encoder_config, pad_token_id=pad
+        )
 
     def build_process(self, config: RunConfig) -> GaussianDiffusion:
         return build_diffusion(config.diffusion)
 
     def build_objective(self, config: RunConfig, process: GaussianDiffusion) -> GaussianObjective:
-        """DiffuSeq's loss (with Difformer's anchor loss when ``--anchor_loss``)."""
+        """DiffuSeq's loss (with Difformer's anchor loss when ``--anchor_loss`` and the length
+        loss on the target span when ``--length_predict``)."""
         timesteps = build_timestep_distribution(config.diffusion, process)
+        options: dict = {}
         if config.diffusion.anchor_loss:
-            return GaussianObjective(process, timesteps, partial(training_losses, anchor_loss=True))
+            options["anchor_loss"] = True
+        if config.model.length_predict:
+            options["length_loss_weight"] = config.diffusion.length_loss_weight
+        if options:
+            return GaussianObjective(process, timesteps, partial(training_losses, **options))
         return GaussianObjective(process, timesteps)
 
     def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> ResolvedDecode:
@@ -94,12 +106,65 @@ class GaussianFamily(Family):
         progress: bool = False,
     ) -> torch.Tensor:
         """Row ``r`` draws from the generator of ``(seeds[r], indices[r])``: first ``z`` for
-        ``x_T``, then the sampler's per-step draws; tokens are the top-1 of the fp32 logits."""
+        ``x_T``, then the sampler's per-step draws; tokens are the top-1 of the fp32 logits.
+        A model with a length head (``--length_predict``) decodes ``config.length_beam``
+        lengths per row (:func:`_length_beam`)."""
         from diffuseq.sampling.run import sample_x0
 
+        if getattr(model, "length_head", None) is not None:
+            return _length_beam(model, process, rows, config=config, progress=progress)
+        if config.length_beam > 1:
+            raise ConfigError(
+                f"--length_beam {config.length_beam} needs a model trained with "
+                "--length_predict true; this one has no length head (use --length_beam 1)"
+            )
         x0 = sample_x0(model, process, rows, config=config, progress=progress)
         logits = model.get_logits(x0.float())  # [B, L, V], fp32 outside autocast
         return torch.topk(logits, k=1, dim=-1).indices[..., 0]
+
+
+def _length_beam(
+    model: torch.nn.Module,
+    process: GaussianDiffusion,
+    rows: RowBatch,
+    *,
+    config: ResolvedDecode,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Tokens ``[B, L]`` of a length-predicting model (:mod:`diffuseq.diffusion.length`).
+
+    1. the ``K = config.length_beam`` most likely lengths ``L_k`` in ``[1, L − len_x]``;
+    2. ``K`` copies of each row: mask 1 on ``[len_x, len_x + L_k)``, ``PAD`` ids (so
+       ``x̄_0 = EMB(PAD)``, kept clean by every sampler) and mask 0 beyond; copy ``k`` of row
+       ``r`` draws from row ``r``'s stream ``(seeds[r], indices[r])``, so a row's output does
+       not depend on its batch; all copies go through :func:`sample_x0` in one batch (``K``
+       times the model calls);
+    3. per row, the copy with the highest mean log-probability of its top-1 tokens over its
+       ``L_k`` positions (fp32 logits); ties go to the more probable length. Positions after
+       the span read ``PAD``.
+    """
+    from diffuseq.diffusion.length import length_candidates, length_rows, pick_copies, span_scores
+    from diffuseq.sampling.run import RowBatch, sample_x0
+
+    K, pad = config.length_beam, model.pad_token_id
+    if pad is None:
+        raise ValueError("a --length_predict model needs the tokenizer's pad_token_id to decode")
+    device = next(model.parameters()).device
+    ids, mask = rows.input_ids.to(device), rows.input_mask.to(device)
+    lengths = length_candidates(model.length_logits(ids, mask).float(), mask, K)  # [B, K]
+    beam_ids, beam_mask = length_rows(ids, mask, lengths, pad)  # [B·K, L]
+    copies = RowBatch(
+        beam_ids,
+        beam_mask,
+        [s for s in rows.seeds for _ in range(K)],
+        [i for i in rows.indices for _ in range(K)],
+    )
+    x0 = sample_x0(model, process, copies, config=config, progress=progress)
+    logits = model.get_logits(x0.float())  # [B·K, L, V], fp32 outside autocast
+    tokens = torch.topk(logits, k=1, dim=-1).indices[..., 0]  # [B·K, L]
+    after = (beam_mask == 0) & (mask.repeat_interleave(K, dim=0) != 0)  # beyond the span
+    tokens = torch.where(after, torch.full_like(tokens, pad), tokens)
+    return tokens[pick_copies(span_scores(logits, beam_mask), K)]  # [B, L]
 
 
 FAMILY = GaussianFamily()

@@ -21,6 +21,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder
 
 from diffuseq.errors import CheckpointError, ConfigError, OfflineAssetError
+from diffuseq.models.length_head import LengthPredictor
 from diffuseq.models.nn_utils import timestep_embedding
 from diffuseq.ops.lean_bert import LEAN_MIN_ELEMENTS, lean_bert_layer
 from diffuseq.store.checkpoint_format import describe_mismatch, prepare_state_dict
@@ -46,6 +47,10 @@ class TransformerNetModel(nn.Module):
         embedding_norm: Difformer's embedding normalisation (``embedding_norm``, an
             elementwise-affine LayerNorm over ``h``): :meth:`get_embeds`, :meth:`get_logits`
             and the rounding table (:meth:`embedding_table`) use ``LN(E)``.
+        length_predict: a target-length head (``length_head``, see :meth:`length_logits`).
+        pad_token_id: the tokenizer's pad id (``pad_token_id``), needed by a model with
+            ``length_predict`` (its training span and decoded padding); not saved in the
+            weights: the tokenizer saved with the run or model folder gives it back.
     """
 
     def __init__(
@@ -61,6 +66,8 @@ class TransformerNetModel(nn.Module):
         config_name: str | None = None,
         self_cond: bool = False,
         embedding_norm: bool = False,
+        length_predict: bool = False,
+        pad_token_id: int | None = None,
     ) -> None:
         super().__init__()
         config = copy.deepcopy(bert_config)
@@ -119,6 +126,18 @@ class TransformerNetModel(nn.Module):
         # grow nor collapse freely (the learned data distribution). Registered last and
         # initialised to γ = 1, β = 0 without drawing random numbers, as W_sc above.
         self.embedding_norm = nn.LayerNorm(hidden_dim) if embedding_norm else None
+        # Length prediction (beyond the original; Difformer §3, models/length_head.py).
+        # Registered last, so that its random init follows every other weight's.
+        self.pad_token_id = pad_token_id
+        self.length_head = (
+            LengthPredictor(
+                hidden_dim=hidden_dim,
+                max_positions=config.max_position_embeddings,
+                dropout=config.hidden_dropout_prob,
+            )
+            if length_predict
+            else None
+        )
 
     def _take_pretrained_bert(self, config_name: str | None, config: BertConfig) -> None:
         """``use_plm_init='bert'``: embeddings, LayerNorm and encoder of a local BERT."""
@@ -240,6 +259,15 @@ class TransformerNetModel(nn.Module):
         if self.embedding_norm is None:
             return self.lm_head(hidden_repr)
         return nn.functional.linear(hidden_repr, self.embedding_table(), self.lm_head.bias)
+
+    def length_logits(self, input_ids: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
+        """Target-length logits from the source: ids ``[B, L]``, mask ``[B, L]`` (0 = source)
+        -> float ``[B, L + 1]`` over lengths ``0..L`` (``length_head`` on the detached
+        :meth:`get_embeds` of the ids, so the length loss leaves the embedding space alone)."""
+        if self.length_head is None:
+            raise ValueError("this model has no length head (trained without --length_predict)")
+        embeds = self.get_embeds(input_ids).detach()  # [B, L, h]
+        return self.length_head(embeds, input_mask == 0)
 
     def logits_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(E [V, h], b [V])`` with ``get_logits(z) = z·Eᵀ + b``: lets the training loss compute

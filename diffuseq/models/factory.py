@@ -44,11 +44,16 @@ def check_sequence_length(config: ModelConfig, seq_len: int) -> None:
 
 
 def build_model(
-    config: ModelConfig, *, vocab_size: int | None = None, bert_config=None
+    config: ModelConfig,
+    *,
+    vocab_size: int | None = None,
+    bert_config=None,
+    pad_token_id: int | None = None,
 ) -> TransformerNetModel:
     """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's;
     ``bert_config``, a ``BertConfig``, replaces the one :func:`encoder_config` would build, as
-    a model folder's saved encoder does)."""
+    a model folder's saved encoder does; ``pad_token_id``, the tokenizer's, is what a
+    ``--length_predict`` model pads with)."""
     if bert_config is None:
         bert_config = encoder_config(config)
     return TransformerNetModel(
@@ -60,6 +65,8 @@ def build_model(
         learned_mean_embed=config.learned_mean_embed,
         self_cond=config.self_cond,
         embedding_norm=config.embedding_norm,
+        length_predict=config.length_predict,
+        pad_token_id=pad_token_id,
         init_pretrained=config.use_plm_init,
         config_name=config.config_name,
     )

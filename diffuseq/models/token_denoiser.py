@@ -37,11 +37,11 @@ class MaskedTokenDenoiser(TransformerNetModel):
 
     Args (keyword-only): those of :class:`TransformerNetModel`, with ``vocab_size`` the text
     vocabulary ``V`` (the embedding gets ``V + 1`` rows); ``learned_mean_embed``,
-    ``self_cond`` and ``embedding_norm`` are Gaussian-family options and are not accepted.
+    ``self_cond``, ``embedding_norm`` and ``length_predict`` are Gaussian-family options and are not accepted.
     """
 
     def __init__(self, *, vocab_size: int, **kwargs: Any) -> None:
-        for option in ("learned_mean_embed", "self_cond", "embedding_norm"):
+        for option in ("learned_mean_embed", "self_cond", "embedding_norm", "length_predict"):
             if kwargs.pop(option, False):
                 raise ValueError(f"{option} is an option of the Gaussian family only")
         super().__init__(vocab_size=vocab_size, **kwargs)

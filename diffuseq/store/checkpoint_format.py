@@ -62,7 +62,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
     Returns:
         dict with some of ``vocab_size, hidden_dim, hidden_t_dim, bert_hidden_size,
         num_layers, intermediate_size, max_position_embeddings`` and always
-        ``learned_mean_embed``, ``self_cond`` and ``embedding_norm``.
+        ``learned_mean_embed``, ``self_cond``, ``embedding_norm`` and ``length_predict``.
     """
     sd = prepare_state_dict(state_dict)
     arch: dict[str, int | bool] = {}
@@ -85,6 +85,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
     arch["learned_mean_embed"] = "mean_embed" in sd
     arch["self_cond"] = "self_cond_proj.weight" in sd
     arch["embedding_norm"] = "embedding_norm.weight" in sd
+    arch["length_predict"] = "length_head.proj.weight" in sd
     return {k: (v if isinstance(v, bool) else int(v)) for k, v in arch.items()}
 
 

@@ -114,7 +114,7 @@ def _build(
     log.info("run folder %s (%d process(es), device %s)", run_dir, dist.world_size(), device)
     log.info("### Creating model and diffusion...")
     family = get_family(config.model.family)
-    model = family.build_model(config).to(device)
+    model = family.build_model(config, tokenizer=tokenizer).to(device)
     log.info("### The parameter count is %d", sum(p.numel() for p in model.parameters()))
     process = family.build_process(config)
     writer = MetricsWriter(
