@@ -215,6 +215,7 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "| `--noise_floor` | 0 |",
         "| `--noise_rescale` | 0 |",
         "| `--anchor_loss` | False |",
+        "| `--adaptive_schedule` | 0 |",
         "| `--seq_len` | 128 |",
         "| `--vocab` | `bert` |",
         "| `--lr` | 0.0001 |",
@@ -234,6 +235,8 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "learned_mean_embed": "--learned_mean_embed",
         "self_cond": "--self_cond",
         "embedding_norm": "--embedding_norm",
+        "adaptive_schedule": "--adaptive_schedule N > 0 (the weights carry the refitted "
+        "schedule, noise_betas)",
     }
 
     @dataclass(frozen=True)

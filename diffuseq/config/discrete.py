@@ -65,6 +65,7 @@ def discrete_checks(config: RunConfig) -> list[tuple[bool, str]]:
         ("--embedding_norm", m.embedding_norm),
         ("--noise_rescale", d.noise_rescale != 0.0),
         ("--anchor_loss", d.anchor_loss),
+        ("--adaptive_schedule", d.adaptive_schedule != 0),
         ("--timestep_respacing", bool(d.timestep_respacing)),
     ]
     return [

@@ -171,6 +171,16 @@ class RunConfig:
                 f"--noise_rescale must be 0 (off) or a factor >= 1, got {d.noise_rescale}",
             ),
             (
+                d.adaptive_schedule >= 0,
+                f"--adaptive_schedule must be 0 (off) or a refit interval N >= 1, got "
+                f"{d.adaptive_schedule}",
+            ),
+            (
+                d.adaptive_schedule == 0 or d.noise_floor == 0.0,
+                "--adaptive_schedule cannot be combined with --noise_floor (the steps below the "
+                "floor are never drawn, so their loss is never measured)",
+            ),
+            (
                 m.use_plm_init == "no" or m.hidden_dim == 768,
                 "--use_plm_init bert needs --hidden_dim 768 (the pretrained embedding is 768-wide)",
             ),

@@ -249,6 +249,7 @@ class ARFamily(Family):
                 ("--embedding_norm", model.embedding_norm),
                 ("--noise_rescale", config.diffusion.noise_rescale != 0.0),
                 ("--anchor_loss", config.diffusion.anchor_loss),
+                ("--adaptive_schedule", config.diffusion.adaptive_schedule != 0),
             )
             if on
         ]

@@ -15,6 +15,7 @@ import copy
 from collections.abc import Mapping
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import BertConfig
@@ -46,6 +47,9 @@ class TransformerNetModel(nn.Module):
         embedding_norm: Difformer's embedding normalisation (``embedding_norm``, an
             elementwise-affine LayerNorm over ``h``): :meth:`get_embeds`, :meth:`get_logits`
             and the rounding table (:meth:`embedding_table`) use ``LN(E)``.
+        noise_betas: float64 ``[K]``, the diffusion's β with ``--adaptive_schedule`` (a
+            buffer the network never reads: the weights carry the schedule they were trained
+            with, refitted in place, to every checkpoint and model folder); ``None``: no buffer.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class TransformerNetModel(nn.Module):
         config_name: str | None = None,
         self_cond: bool = False,
         embedding_norm: bool = False,
+        noise_betas: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         config = copy.deepcopy(bert_config)
@@ -119,6 +124,10 @@ class TransformerNetModel(nn.Module):
         # grow nor collapse freely (the learned data distribution). Registered last and
         # initialised to γ = 1, β = 0 without drawing random numbers, as W_sc above.
         self.embedding_norm = nn.LayerNorm(hidden_dim) if embedding_norm else None
+        # SeqDiffuSeq's adaptive schedule: registered last (a model without it keeps its keys).
+        if noise_betas is not None:
+            betas = torch.from_numpy(np.array(noise_betas, dtype=np.float64))  # [K]
+            self.register_buffer("noise_betas", betas)
 
     def _take_pretrained_bert(self, config_name: str | None, config: BertConfig) -> None:
         """``use_plm_init='bert'``: embeddings, LayerNorm and encoder of a local BERT."""

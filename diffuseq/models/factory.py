@@ -44,11 +44,12 @@ def check_sequence_length(config: ModelConfig, seq_len: int) -> None:
 
 
 def build_model(
-    config: ModelConfig, *, vocab_size: int | None = None, bert_config=None
+    config: ModelConfig, *, vocab_size: int | None = None, bert_config=None, noise_betas=None
 ) -> TransformerNetModel:
     """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's;
     ``bert_config``, a ``BertConfig``, replaces the one :func:`encoder_config` would build, as
-    a model folder's saved encoder does)."""
+    a model folder's saved encoder does; ``noise_betas``: the ``--adaptive_schedule`` buffer's
+    initial betas)."""
     if bert_config is None:
         bert_config = encoder_config(config)
     return TransformerNetModel(
@@ -60,6 +61,7 @@ def build_model(
         learned_mean_embed=config.learned_mean_embed,
         self_cond=config.self_cond,
         embedding_norm=config.embedding_norm,
+        noise_betas=noise_betas,
         init_pretrained=config.use_plm_init,
         config_name=config.config_name,
     )
