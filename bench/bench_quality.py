@@ -76,6 +76,8 @@ RECIPES = {
     "v1+anchor-only": ["--anchor_loss", "true"],
     "v1+embnorm": ["--embedding_norm", "true"],  # Difformer's parts apart
     "v1+rescale": ["--noise_rescale", "4"],
+    # SeqDiffuSeq's adaptive noise schedule (sequence-level), refitted every 500 updates
+    "v1+adapt": ["--adaptive_schedule", "500"],
     # the autoregressive baseline of the same size (BART layers, the split whose parameter
     # count is closest to the diffusion model's: 1+1 here) and RDM (the discrete family)
     "ar": ["--family", "ar"],

@@ -124,7 +124,8 @@ class TransformerNetModel(nn.Module):
         # grow nor collapse freely (the learned data distribution). Registered last and
         # initialised to γ = 1, β = 0 without drawing random numbers, as W_sc above.
         self.embedding_norm = nn.LayerNorm(hidden_dim) if embedding_norm else None
-        # SeqDiffuSeq's adaptive schedule: registered last (a model without it keeps its keys).
+        # SeqDiffuSeq's adaptive schedule (a top-level buffer: its key comes second, after
+        # position_ids; a model without it keeps the original's keys).
         if noise_betas is not None:
             betas = torch.from_numpy(np.array(noise_betas, dtype=np.float64))  # [K]
             self.register_buffer("noise_betas", betas)
