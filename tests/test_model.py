@@ -352,6 +352,7 @@ def test_infer_architecture():
         "learned_mean_embed": True,
         "self_cond": False,
         "embedding_norm": False,
+        "adaptive_schedule": False,
     }
 
 
