@@ -78,6 +78,8 @@ RECIPES = {
     "v1+rescale": ["--noise_rescale", "4"],
     # length prediction (Difformer §3, DINOISER Table 3): padding kept clean, 3 lengths decoded
     "v1+len": ["--length_predict", "true"],
+    # SeqDiffuSeq's adaptive noise schedule (sequence-level), refitted every 500 updates
+    "v1+adapt": ["--adaptive_schedule", "500"],
     # the autoregressive baseline of the same size (BART layers, the split whose parameter
     # count is closest to the diffusion model's: 1+1 here) and RDM (the discrete family)
     "ar": ["--family", "ar"],

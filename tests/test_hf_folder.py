@@ -217,6 +217,7 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "| `--noise_rescale` | 0 |",
         "| `--anchor_loss` | False |",
         "| `--length_loss_weight` | 0.1 |",
+        "| `--adaptive_schedule` | 0 |",
         "| `--seq_len` | 128 |",
         "| `--vocab` | `bert` |",
         "| `--lr` | 0.0001 |",
@@ -237,6 +238,8 @@ def test_recipe_table_and_mismatch_hints_come_from_the_config_fields():
         "self_cond": "--self_cond",
         "embedding_norm": "--embedding_norm",
         "length_predict": "--length_predict",
+        "adaptive_schedule": "--adaptive_schedule N > 0 (the weights carry the refitted "
+        "schedule, noise_betas)",
     }
 
     @dataclass(frozen=True)

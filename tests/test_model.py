@@ -353,6 +353,7 @@ def test_infer_architecture():
         "self_cond": False,
         "embedding_norm": False,
         "length_predict": False,
+        "adaptive_schedule": False,
     }
 
 

@@ -66,6 +66,7 @@ def discrete_checks(config: RunConfig) -> list[tuple[bool, str]]:
         ("--noise_rescale", d.noise_rescale != 0.0),
         ("--anchor_loss", d.anchor_loss),
         ("--length_predict", m.length_predict),
+        ("--adaptive_schedule", d.adaptive_schedule != 0),
         ("--timestep_respacing", bool(d.timestep_respacing)),
     ]
     return [

@@ -175,6 +175,16 @@ class RunConfig:
                 f"--length_loss_weight must be >= 0, got {d.length_loss_weight}",
             ),
             (
+                d.adaptive_schedule >= 0,
+                f"--adaptive_schedule must be 0 (off) or a refit interval N >= 1, got "
+                f"{d.adaptive_schedule}",
+            ),
+            (
+                d.adaptive_schedule == 0 or d.noise_floor == 0.0,
+                "--adaptive_schedule cannot be combined with --noise_floor (the steps below the "
+                "floor are never drawn, so their loss is never measured)",
+            ),
+            (
                 m.use_plm_init == "no" or m.hidden_dim == 768,
                 "--use_plm_init bert needs --hidden_dim 768 (the pretrained embedding is 768-wide)",
             ),

@@ -192,6 +192,15 @@ class DiffusionConfig:
         "logged unweighted as length_loss)",
         recipe=True,
     )
+    adaptive_schedule: int = opt(
+        0,
+        "adaptive noise schedule (beyond the original; SeqDiffuSeq, Yuan et al. 2022, "
+        "sequence-level here): every N updates, refit the betas so that the per-t EMA of the "
+        "mse term grows linearly in t; the weights carry the schedule to decoding (0 = off)",
+        metavar="N",
+        recipe=True,
+        in_weights="{flag} N > 0 (the weights carry the refitted schedule, noise_betas)",
+    )
 
 
 @dataclass(frozen=True)

@@ -147,9 +147,11 @@ class Decoder:
         model.load_state_dict(state)
         _warn_if_not_finite(state, where)
         model.eval().requires_grad_(False).to(device)
+        process = family.build_process(config)
+        family.sync_process(process, model)  # e.g. the schedule the weights were trained with
         return cls(
             model=model,
-            diffusion=family.build_process(config),
+            diffusion=process,
             tokenizer=tokenizer,
             seq_len=config.data.seq_len,
             device=device,

@@ -88,12 +88,8 @@ class GaussianDiffusion:
         noise_floor: float = 0.0,
     ) -> None:
         betas = np.array(betas, dtype=np.float64)
-        if betas.ndim != 1 or len(betas) < 2:
-            raise ValueError(f"betas must be a 1-D array of >= 2 steps, got shape {betas.shape}")
-        if not ((betas > 0).all() and (betas <= 1).all()):
-            raise ValueError("every beta must satisfy 0 < beta <= 1")
-        K = len(betas)
-        self.num_timesteps = K
+        K = self.num_timesteps = len(betas) if betas.ndim == 1 else 0
+        self.set_betas(betas)
         self.timestep_map = np.array(
             np.arange(K) if timestep_map is None else timestep_map, dtype=np.int64
         )
@@ -106,6 +102,13 @@ class GaussianDiffusion:
         self.reg_rate = float(reg_rate)
         self.noise_floor = float(noise_floor)
 
+    def set_betas(self, betas: np.ndarray) -> None:
+        """Set β ``[K]`` (0 < β ≤ 1) and recompute every table in place (``--adaptive_schedule``)."""
+        betas = np.array(betas, dtype=np.float64)
+        if betas.ndim != 1 or not 2 <= len(betas) == self.num_timesteps:
+            raise ValueError(f"betas must be a 1-D array of K >= 2 steps, got shape {betas.shape}")
+        if not ((betas > 0).all() and (betas <= 1).all()):
+            raise ValueError("every beta must satisfy 0 < beta <= 1")
         # Same numpy expressions, same order as the original (docs/original.md §5.2, G1).
         self.betas = betas
         alphas = 1.0 - betas
@@ -124,9 +127,8 @@ class GaussianDiffusion:
             np.append(self.posterior_variance[1:2], self.posterior_variance[1:])
         )
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / one_minus_ab
-        self.posterior_mean_coef2 = (
-            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / one_minus_ab
-        )
+        coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / one_minus_ab
+        self.posterior_mean_coef2 = coef2
         # Fixed-large reverse variance Σ_θ(z_t, t) = [σ̃²_1, β_1, …, β_{K−1}].
         self.model_variance = np.append(self.posterior_variance[1:2], betas[1:])
         self.model_log_variance = np.log(np.append(self.posterior_variance[1:2], betas[1:]))

@@ -45,6 +45,7 @@ __all__ = [
     "LossSecondMomentTimesteps",
     "create_timestep_distribution",
     "floor_timestep",
+    "gather_losses",
     "noise_floor_step",
 ]
 
@@ -64,6 +65,41 @@ def floor_timestep(noise_floor: float, timestep_map: Sequence[int] | np.ndarray,
     """
     t_min = noise_floor_step(noise_floor, T)
     return int(np.searchsorted(np.asarray(timestep_map, dtype=np.int64), t_min, side="left"))
+
+
+def gather_losses(
+    local_ts: torch.Tensor, local_losses: torch.Tensor
+) -> tuple[list[int], list[float]]:
+    """Every rank's per-example ``(t, loss)`` pairs, concatenated in rank order (identical on
+    every rank), as Python lists; without ``torch.distributed`` (or with one rank), this
+    rank's own values.
+
+    The ranks all-gather their batch sizes, then the (padded to the largest batch) timesteps
+    and losses (the original only works with equal micro-batch sizes, docs/original.md §10.1
+    item 22).
+
+    Args:
+        local_ts: int ``[b]``; local_losses: float ``[b]`` (same device; gloo: CPU).
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return local_ts.tolist(), local_losses.detach().tolist()
+    world = dist.get_world_size()
+    device = local_ts.device
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(local_ts)], dtype=torch.int64, device=device))
+    sizes = [int(s.item()) for s in sizes]
+    max_bs = max(sizes)
+    padded_ts = torch.zeros(max_bs, dtype=torch.int64, device=device)
+    padded_ts[: len(local_ts)] = local_ts
+    padded_losses = torch.zeros(max_bs, dtype=local_losses.dtype, device=device)
+    padded_losses[: len(local_losses)] = local_losses.detach()
+    all_ts = [torch.zeros_like(padded_ts) for _ in range(world)]
+    all_losses = [torch.zeros_like(padded_losses) for _ in range(world)]
+    dist.all_gather(all_ts, padded_ts)
+    dist.all_gather(all_losses, padded_losses)
+    ts = [x for chunk, n in zip(all_ts, sizes) for x in chunk[:n].tolist()]
+    losses = [x for chunk, n in zip(all_losses, sizes) for x in chunk[:n].tolist()]
+    return ts, losses
 
 
 class TimestepDistribution(ABC):
@@ -152,36 +188,13 @@ class LossAwareTimesteps(TimestepDistribution):
     """A sampler whose weights follow the training losses (synchronised across ranks)."""
 
     def update_with_local_losses(self, local_ts: torch.Tensor, local_losses: torch.Tensor) -> None:
-        """Record this rank's per-example (unweighted, detached) losses.
-
-        With ``torch.distributed`` initialised and world size > 1, every rank all-gathers the
-        batch sizes, then the (padded to the largest batch) timesteps and losses, and replays
-        the concatenation in rank order, so all ranks end with identical state. Otherwise the
-        local values are replayed directly.
+        """Record this rank's per-example (unweighted, detached) losses: every rank replays
+        :func:`gather_losses` (all ranks' values in rank order), so all ranks end identical.
 
         Args:
             local_ts: int ``[b]``; local_losses: float ``[b]`` (same device; gloo: CPU).
         """
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            self.update_with_all_losses(local_ts.tolist(), local_losses.detach().tolist())
-            return
-        world = dist.get_world_size()
-        device = local_ts.device
-        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([len(local_ts)], dtype=torch.int64, device=device))
-        sizes = [int(s.item()) for s in sizes]
-        max_bs = max(sizes)
-        padded_ts = torch.zeros(max_bs, dtype=torch.int64, device=device)
-        padded_ts[: len(local_ts)] = local_ts
-        padded_losses = torch.zeros(max_bs, dtype=local_losses.dtype, device=device)
-        padded_losses[: len(local_losses)] = local_losses.detach()
-        all_ts = [torch.zeros_like(padded_ts) for _ in range(world)]
-        all_losses = [torch.zeros_like(padded_losses) for _ in range(world)]
-        dist.all_gather(all_ts, padded_ts)
-        dist.all_gather(all_losses, padded_losses)
-        ts = [x for chunk, n in zip(all_ts, sizes) for x in chunk[:n].tolist()]
-        losses = [x for chunk, n in zip(all_losses, sizes) for x in chunk[:n].tolist()]
-        self.update_with_all_losses(ts, losses)
+        self.update_with_all_losses(*gather_losses(local_ts, local_losses))
 
     @abstractmethod
     def update_with_all_losses(self, ts: Sequence[int], losses: Sequence[float]) -> None:

@@ -250,6 +250,7 @@ class ARFamily(Family):
                 ("--noise_rescale", config.diffusion.noise_rescale != 0.0),
                 ("--anchor_loss", config.diffusion.anchor_loss),
                 ("--length_predict", model.length_predict),
+                ("--adaptive_schedule", config.diffusion.adaptive_schedule != 0),
             )
             if on
         ]

@@ -66,6 +66,12 @@ class Objective(ABC):
         once per training micro-batch, outside autocast. Default: nothing."""
         return None
 
+    def after_update(self, step: int, model: torch.nn.Module) -> None:
+        """Called on every rank after each optimizer update (``step`` = updates done), before
+        the checkpoint of that step: adapt what changes with training (the Gaussian family's
+        ``--adaptive_schedule`` refit; ``model`` is the unwrapped network). Default: nothing."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What an exact resume needs (saved in the training state). Default: nothing."""
         return {}
@@ -131,6 +137,12 @@ class Family(ABC):
     @abstractmethod
     def build_objective(self, config: RunConfig, process: Any) -> Objective:
         """The training objective."""
+
+    def sync_process(self, process: Any, model: torch.nn.Module) -> None:
+        """Make ``process`` follow what the loaded weights carry (the Gaussian family's
+        ``--adaptive_schedule`` betas); called once weights are loaded: training set-up (after
+        a resume) and :class:`~diffuseq.decoding.job.Decoder`. Default: nothing."""
+        return None
 
     @abstractmethod
     def resolve_decode(self, config: DecodeConfig, process: Any) -> ResolvedDecode:

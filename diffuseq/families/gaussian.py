@@ -7,20 +7,30 @@ target span, the v2 soft absorbing state, the ``--noise_floor`` and Difformer's
 :func:`~diffuseq.diffusion.losses.training_losses` (``--anchor_loss``: plus Difformer's anchor
 loss) at ``t`` drawn from the run's timestep distribution (uniform / loss-aware / fixstep),
 weighted by its importance weights; ``--length_predict``: the padding kept clean and a length
-loss (:mod:`diffuseq.diffusion.length`). Decoding: the registered samplers of :mod:`diffuseq.sampling` on ``x_T = where(m == 0,
-EMB(x), z)``, then the top-1 token of the tied read-out (docs/original.md §5.11–5.13); a
-length-predicting model decodes ``--length_beam`` lengths per candidate.
+loss (:mod:`diffuseq.diffusion.length`). Decoding: the registered samplers of
+:mod:`diffuseq.sampling` on ``x_T = where(m == 0, EMB(x), z)``, then the top-1 token of the
+tied read-out (docs/original.md §5.11–5.13); a length-predicting model decodes
+``--length_beam`` lengths per candidate.
+
+``--adaptive_schedule N`` (SeqDiffuSeq's adaptive noise schedule,
+:mod:`diffuseq.diffusion.adaptive_schedule`): the objective keeps a per-``t`` EMA of the
+``mse`` term (all-gathered, as the loss-aware sampler's losses) and every ``N`` updates refits
+the process's betas in place (training, the objective and ``--eval_decode_interval`` share the
+one process) and the model's ``noise_betas`` buffer, which carries them to every checkpoint,
+EMA file and model folder; :meth:`GaussianFamily.sync_process` sets a process from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from diffuseq.diffusion.adaptive_schedule import AdaptiveSchedule
 from diffuseq.diffusion.losses import training_losses
-from diffuseq.diffusion.timestep_sampling import TimestepDistribution
+from diffuseq.diffusion.timestep_sampling import TimestepDistribution, gather_losses
 from diffuseq.errors import ConfigError
 from diffuseq.families.base import Family, LossBatch, TimestepObjective
 from diffuseq.models.factory import (
@@ -46,6 +56,9 @@ class GaussianObjective(TimestepObjective):
         timesteps: which ``t`` training draws; a loss-aware one learns from :meth:`observe`.
         loss_fn: ``loss_fn(diffusion, model, input_ids, input_mask, t, *, text_model)`` ->
             dict of ``[B]`` terms with ``"loss"`` (default :func:`training_losses`).
+        adaptive: ``--adaptive_schedule``'s state (``None``: off): fed the ``mse`` term of
+            every micro-batch, it refits ``diffusion``'s betas (and the model's
+            ``noise_betas``) in :meth:`after_update`.
     """
 
     def __init__(
@@ -53,14 +66,40 @@ class GaussianObjective(TimestepObjective):
         diffusion: GaussianDiffusion,
         timesteps: TimestepDistribution,
         loss_fn=training_losses,
+        adaptive: AdaptiveSchedule | None = None,
     ) -> None:
         self.diffusion, self.timesteps, self.loss_fn = diffusion, timesteps, loss_fn
+        self.adaptive = adaptive
 
     def losses(self, model, input_ids, input_mask, *, text_model) -> LossBatch:
         t, weights = self.timesteps.sample(input_ids.shape[0], device=input_ids.device)
         terms = self.loss_fn(self.diffusion, model, input_ids, input_mask, t, text_model=text_model)
         quartile = torch.div(4 * t, self.diffusion.num_timesteps, rounding_mode="floor")  # [B]
         return LossBatch(terms=terms, weights=weights, groups=quartile, draws=t)
+
+    def observe(self, batch: LossBatch) -> None:
+        super().observe(batch)
+        if self.adaptive is not None:  # all ranks fold in the same (gathered) losses
+            self.adaptive.update(*gather_losses(batch.draws, batch.terms["mse"].detach().float()))
+
+    def after_update(self, step: int, model: torch.nn.Module) -> None:
+        if self.adaptive is None:
+            return
+        betas = self.adaptive.refit(step, self.diffusion.betas)
+        if betas is not None:
+            self.diffusion.set_betas(betas)
+            model.noise_betas.copy_(torch.from_numpy(self.diffusion.betas))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.adaptive is not None:
+            state = {**state, "adaptive_schedule": self.adaptive.state_dict()}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.adaptive is not None and "adaptive_schedule" in state:
+            self.adaptive.load_state_dict(state["adaptive_schedule"])
 
 
 class GaussianFamily(Family):
@@ -71,26 +110,44 @@ class GaussianFamily(Family):
     def build_model(
         self, config: RunConfig, *, vocab_size=None, encoder_config=None, tokenizer=None
     ):
+        """The denoiser; with ``--adaptive_schedule`` it carries the process's betas
+        (``noise_betas``, initially the configured schedule's); with ``--length_predict`` it
+        records the tokenizer's pad id."""
         pad = None if tokenizer is None else tokenizer.pad_token_id
+        betas = (
+            build_diffusion(config.diffusion).betas if config.diffusion.adaptive_schedule else None
+        )
         return build_model(
-            config.model, vocab_size=vocab_size, bert_config=encoder_config, pad_token_id=pad
+            config.model,
+            vocab_size=vocab_size,
+            bert_config=encoder_config,
+            pad_token_id=pad,
+            noise_betas=betas,
         )
 
     def build_process(self, config: RunConfig) -> GaussianDiffusion:
         return build_diffusion(config.diffusion)
 
     def build_objective(self, config: RunConfig, process: GaussianDiffusion) -> GaussianObjective:
-        """DiffuSeq's loss (with Difformer's anchor loss when ``--anchor_loss`` and the length
-        loss on the target span when ``--length_predict``)."""
+        """DiffuSeq's loss (with Difformer's anchor loss when ``--anchor_loss``, the length
+        loss on the target span when ``--length_predict`` and the schedule refit when
+        ``--adaptive_schedule``)."""
         timesteps = build_timestep_distribution(config.diffusion, process)
         options: dict = {}
         if config.diffusion.anchor_loss:
             options["anchor_loss"] = True
         if config.model.length_predict:
             options["length_loss_weight"] = config.diffusion.length_loss_weight
-        if options:
-            return GaussianObjective(process, timesteps, partial(training_losses, **options))
-        return GaussianObjective(process, timesteps)
+        loss_fn = partial(training_losses, **options) if options else training_losses
+        interval = config.diffusion.adaptive_schedule
+        adaptive = AdaptiveSchedule(process.num_timesteps, interval=interval) if interval else None
+        return GaussianObjective(process, timesteps, loss_fn, adaptive)
+
+    def sync_process(self, process: GaussianDiffusion, model: torch.nn.Module) -> None:
+        """``--adaptive_schedule``: the process takes the betas the weights carry."""
+        betas = getattr(model, "noise_betas", None)
+        if betas is not None:
+            process.set_betas(betas.detach().cpu().numpy())
 
     def resolve_decode(self, config: DecodeConfig, process: GaussianDiffusion) -> ResolvedDecode:
         return config.resolve(process.num_timesteps, family=self.name)

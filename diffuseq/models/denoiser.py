@@ -15,6 +15,7 @@ import copy
 from collections.abc import Mapping
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import BertConfig
@@ -51,6 +52,9 @@ class TransformerNetModel(nn.Module):
         pad_token_id: the tokenizer's pad id (``pad_token_id``), needed by a model with
             ``length_predict`` (its training span and decoded padding); not saved in the
             weights: the tokenizer saved with the run or model folder gives it back.
+        noise_betas: float64 ``[K]``, the diffusion's β with ``--adaptive_schedule`` (a
+            buffer the network never reads: the weights carry the schedule they were trained
+            with, refitted in place, to every checkpoint and model folder); ``None``: no buffer.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class TransformerNetModel(nn.Module):
         embedding_norm: bool = False,
         length_predict: bool = False,
         pad_token_id: int | None = None,
+        noise_betas: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         config = copy.deepcopy(bert_config)
@@ -138,6 +143,11 @@ class TransformerNetModel(nn.Module):
             if length_predict
             else None
         )
+        # SeqDiffuSeq's adaptive schedule (a top-level buffer: its key comes second, after
+        # position_ids; a model without it keeps the original's keys).
+        if noise_betas is not None:
+            betas = torch.from_numpy(np.array(noise_betas, dtype=np.float64))  # [K]
+            self.register_buffer("noise_betas", betas)
 
     def _take_pretrained_bert(self, config_name: str | None, config: BertConfig) -> None:
         """``use_plm_init='bert'``: embeddings, LayerNorm and encoder of a local BERT."""

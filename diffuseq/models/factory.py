@@ -49,11 +49,13 @@ def build_model(
     vocab_size: int | None = None,
     bert_config=None,
     pad_token_id: int | None = None,
+    noise_betas=None,
 ) -> TransformerNetModel:
     """The transformer denoiser described by ``config`` (``vocab_size`` overrides the config's;
     ``bert_config``, a ``BertConfig``, replaces the one :func:`encoder_config` would build, as
     a model folder's saved encoder does; ``pad_token_id``, the tokenizer's, is what a
-    ``--length_predict`` model pads with)."""
+    ``--length_predict`` model pads with; ``noise_betas``: the ``--adaptive_schedule`` buffer's
+    initial betas)."""
     if bert_config is None:
         bert_config = encoder_config(config)
     return TransformerNetModel(
@@ -67,6 +69,7 @@ def build_model(
         embedding_norm=config.embedding_norm,
         length_predict=config.length_predict,
         pad_token_id=pad_token_id,
+        noise_betas=noise_betas,
         init_pretrained=config.use_plm_init,
         config_name=config.config_name,
     )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from diffuseq.config.fields import weights_hints
-from diffuseq.config.sections import ModelConfig
+from diffuseq.config.sections import DiffusionConfig, ModelConfig
 from diffuseq.errors import CheckpointError
 
 __all__ = [
@@ -34,6 +34,7 @@ TIED_KEYS = ("word_embedding.weight", "lm_head.weight")
 # config decides.
 _FLAG_OF = {
     **weights_hints(ModelConfig),
+    **weights_hints(DiffusionConfig),
     "max_position_embeddings": "--config_name (max_position_embeddings)",
 }
 
@@ -62,7 +63,8 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
     Returns:
         dict with some of ``vocab_size, hidden_dim, hidden_t_dim, bert_hidden_size,
         num_layers, intermediate_size, max_position_embeddings`` and always
-        ``learned_mean_embed``, ``self_cond``, ``embedding_norm`` and ``length_predict``.
+        ``learned_mean_embed``, ``self_cond``, ``embedding_norm``, ``length_predict`` and
+        ``adaptive_schedule`` (the weights carry ``noise_betas``).
     """
     sd = prepare_state_dict(state_dict)
     arch: dict[str, int | bool] = {}
@@ -86,6 +88,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
     arch["self_cond"] = "self_cond_proj.weight" in sd
     arch["embedding_norm"] = "embedding_norm.weight" in sd
     arch["length_predict"] = "length_head.proj.weight" in sd
+    arch["adaptive_schedule"] = "noise_betas" in sd
     return {k: (v if isinstance(v, bool) else int(v)) for k, v in arch.items()}
 
 

@@ -143,6 +143,7 @@ def _build(
         eval_decode=eval_decode,
     )
     _load_resume(trainer, resume, tr.ema_rates)
+    family.sync_process(process, model)  # e.g. the refitted schedule of the loaded weights
     if trainer.step >= tr.learning_steps:
         log.warning(
             "nothing to train: %s is finished (step %d of --learning_steps %d); %s",

@@ -71,7 +71,8 @@ class Trainer:
         model: the unwrapped network, already on ``device`` (wrapped in DDP here when the
             process group has more than one rank).
         objective: the family's :class:`~diffuseq.families.base.Objective` (loss terms of a
-            batch, importance weights, its adaptive state; ``observe`` every micro-batch).
+            batch, importance weights, its adaptive state; ``observe`` every micro-batch,
+            ``after_update`` every update).
         train_batches: endless iterator of ``{"input_ids", "input_mask"}`` batches with
             ``state_dict``/``load_state_dict`` (:class:`diffuseq.data.dataset.InfiniteBatches`).
         valid_batches: the same for validation (rank 0), or ``None`` to skip validation.
@@ -222,6 +223,7 @@ class Trainer:
         index = self.step
         self.forward_backward(batch)
         self.optimize()
+        self.objective.after_update(self.step, self.model)
         self.log_step(index)
 
     def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> None:
