@@ -196,3 +196,36 @@ def test_a_run_refits_resumes_exactly_across_a_refit_and_decodes_with_it(tmp_pat
         options = {"sampler": sampler, "steps": steps, "num_samples": 2, "seed": 5}
         out = generator.generate_raw(sources, **options)
         assert len(out) == 2 and out == from_folder.generate_raw(sources, **options)
+
+
+def test_it_composes_with_length_prediction_and_difformer_options(tmp_path):
+    """--adaptive_schedule with --length_predict, --embedding_norm and --noise_rescale: exact
+    resume across a refit, and a length-beam decode (SDE-DPM-Solver++) that uses the refitted
+    schedule from the EMA file and the model folder alike."""
+    data = make_tiny_data(tmp_path / "data")
+    flags = {"length_predict": "true", "embedding_norm": "true", "noise_rescale": "2"}
+    argv = tiny_argv(data, ema_rate="0.9", adaptive_schedule="2", **flags)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(argv + ["--checkpoint_path", str(straight)]) == 0
+    trainer = prepare(argv + ["--checkpoint_path", str(split)])
+    assert trainer.fit(until=4) == 4
+    trainer.close()
+    dist.cleanup()
+    assert main(argv + ["--checkpoint_path", str(split), "--resume_checkpoint", "auto"]) == 0
+    a, b = load_state_file(straight / "state_000008.pt"), load_state_file(split / "state_000008.pt")
+    for key in ("model", "ema", "optimizer", "sampler"):
+        assert_same(a[key], b[key], key)
+    trained = a["model"]["noise_betas"].numpy()
+    rescaled = GaussianDiffusion.from_schedule(
+        noise_schedule="sqrt", diffusion_steps=8, noise_rescale=2.0
+    ).betas
+    assert a["sampler"]["adaptive_schedule"]["refits"] >= 1
+    assert not np.allclose(trained, rescaled)
+    generator = api.load(straight / "ema_0.9_000008.pt", device="cpu")
+    from_folder = api.load(straight / "hf" / "ema_0.9_000008", device="cpu")
+    assert np.array_equal(generator.decoder.diffusion.betas, trained)
+    options = {"sampler": "sde-dpm-solver++", "steps": 3, "num_samples": 2, "length_beam": 2}
+    out = generator.generate_raw(["where is the station ?", "good morning"], **options)
+    assert len(out) == 2 and out == from_folder.generate_raw(
+        ["where is the station ?", "good morning"], **options
+    )
