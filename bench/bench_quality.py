@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench import quality_tasks
@@ -116,7 +116,15 @@ class Task:
     sizes: dict[str, int] = field(default_factory=dict)  # generated split sizes (clauses)
 
 
-def tasks(*, quick: bool, qqp_ancestral: bool) -> dict[str, Task]:
+def tasks(*, quick: bool, qqp_ancestral: bool, no_ancestral: bool = False) -> dict[str, Task]:
+    """The tasks by name (``no_ancestral``: none decodes with T-step ancestral sampling)."""
+    found = _tasks(quick=quick, qqp_ancestral=qqp_ancestral)
+    if no_ancestral:
+        return {name: replace(task, ancestral=False) for name, task in found.items()}
+    return found
+
+
+def _tasks(*, quick: bool, qqp_ancestral: bool) -> dict[str, Task]:
     if quick:
         small = {"train": 400, "valid": 16, "test": 16}
         return {
@@ -391,6 +399,7 @@ def test_pairs(out: Path, task: Task) -> list:
 def unit_command(args: argparse.Namespace, task: str, recipe: str, seed: int) -> list[str]:
     flags = ["--quick"] if args.quick else []
     flags += ["--qqp_ancestral"] if args.qqp_ancestral else []
+    flags += ["--no_ancestral"] if args.no_ancestral else []
     return [sys.executable, "-m", "bench.bench_quality", "unit", task, recipe, str(seed),
             "--out", str(args.out), *flags]  # fmt: skip
 
@@ -399,7 +408,9 @@ def run_all(args: argparse.Namespace) -> int:
     """Every unit, ``--jobs`` at a time, each in its own one-thread process."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    all_tasks = tasks(quick=args.quick, qqp_ancestral=args.qqp_ancestral)
+    all_tasks = tasks(
+        quick=args.quick, qqp_ancestral=args.qqp_ancestral, no_ancestral=args.no_ancestral
+    )
     names = (
         args.tasks.split(",") if args.tasks else (["clauses"] if args.quick else list(all_tasks))
     )
@@ -449,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
         p.add_argument("--qqp_ancestral", action="store_true", help="T-step ancestral on qqp too")
+        p.add_argument(
+            "--no_ancestral",
+            action="store_true",
+            help="no T-step ancestral decode on any task (it is most of a unit's decode time)",
+        )
         if mode == "unit":
             p.add_argument("task")
             p.add_argument("recipe", choices=list(RECIPES))
@@ -474,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        task = tasks(quick=args.quick, qqp_ancestral=args.qqp_ancestral)[args.task]
+        task = tasks(
+            quick=args.quick, qqp_ancestral=args.qqp_ancestral, no_ancestral=args.no_ancestral
+        )[args.task]
         run_unit(task, args.recipe, args.seed, Path(args.out))
         return 0
     return run_all(args)
