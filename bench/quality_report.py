@@ -19,29 +19,20 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from bench.bench_quality import RECIPE_FAMILY, RECIPES
+
+#: Report order: the Gaussian recipes in ``RECIPES`` order, then the other families.
 RECIPE_ORDER = (
-    "v1", "v1+sc", "v2", "v2+sc", "v1+nf", "v2+sc+nf", "v1+anchor", "v1+anchor-only",
-    "v1+embnorm", "v1+rescale", "v1+len", "rdm", "ar",
-)  # fmt: skip
+    *[r for r in RECIPES if r not in RECIPE_FAMILY],
+    *[r for r in RECIPES if r in RECIPE_FAMILY],
+)
 MAIN = ("dpm10", "first", "bleu")  # decode, pick, metric of the headline BLEU
 #: The headline decode of each recipe (its family's default: 10-step DPM-Solver++ for the
 #: Gaussian recipes, greedy search for the AR baseline, 10-step RDM decoding for RDM) and the
 #: decode whose 5 candidates give MBR-5 and the candidate set's diversity.
 HEADLINE = {"ar": ("greedy", "beam5"), "rdm": ("rdm10", "rdm10")}
 DEFAULT_HEADLINE = ("dpm10", "dpm10")
-GAUSSIAN = (
-    "v1",
-    "v1+sc",
-    "v2",
-    "v2+sc",
-    "v1+nf",
-    "v2+sc+nf",
-    "v1+anchor",
-    "v1+anchor-only",
-    "v1+embnorm",
-    "v1+rescale",
-    "v1+len",
-)
+GAUSSIAN = tuple(r for r in RECIPES if r not in RECIPE_FAMILY)  # v1 first
 
 
 def headline(recipe: str) -> tuple[str, str]:
