@@ -177,6 +177,8 @@ def test_a_run_refits_resumes_exactly_across_a_refit_and_decodes_with_it(tmp_pat
     first = load_state_file(split / "state_000004.pt")["sampler"]["adaptive_schedule"]
     refits = a["sampler"]["adaptive_schedule"]["refits"]
     assert refits > first["refits"] >= 1  # refitted before the split and after the resume
+    log = (straight / "log.txt").read_text()
+    assert log.count("refitted the noise schedule (--adaptive_schedule") == refits
     initial = GaussianDiffusion.from_schedule(noise_schedule="sqrt", diffusion_steps=8).betas
     trained = a["model"]["noise_betas"].numpy()
     assert not np.allclose(trained, initial)

@@ -66,10 +66,11 @@ class Objective(ABC):
         once per training micro-batch, outside autocast. Default: nothing."""
         return None
 
-    def after_update(self, step: int, model: torch.nn.Module) -> None:
+    def after_update(self, step: int, model: torch.nn.Module) -> str | None:
         """Called on every rank after each optimizer update (``step`` = updates done), before
         the checkpoint of that step: adapt what changes with training (the Gaussian family's
-        ``--adaptive_schedule`` refit; ``model`` is the unwrapped network). Default: nothing."""
+        ``--adaptive_schedule`` refit; ``model`` is the unwrapped network). Returns a line for
+        the training log when something changed. Default: nothing."""
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -82,13 +82,21 @@ class GaussianObjective(TimestepObjective):
         if self.adaptive is not None:  # all ranks fold in the same (gathered) losses
             self.adaptive.update(*gather_losses(batch.draws, batch.terms["mse"].detach().float()))
 
-    def after_update(self, step: int, model: torch.nn.Module) -> None:
+    def after_update(self, step: int, model: torch.nn.Module) -> str | None:
         if self.adaptive is None:
-            return
+            return None
         betas = self.adaptive.refit(step, self.diffusion.betas)
-        if betas is not None:
-            self.diffusion.set_betas(betas)
-            model.noise_betas.copy_(torch.from_numpy(self.diffusion.betas))
+        if betas is None:
+            return None
+        half = self.diffusion.num_timesteps // 2
+        before = float(self.diffusion.alphas_cumprod[half])
+        self.diffusion.set_betas(betas)
+        model.noise_betas.copy_(torch.from_numpy(self.diffusion.betas))
+        after = float(self.diffusion.alphas_cumprod[half])
+        return (
+            f"refitted the noise schedule (--adaptive_schedule, refit {self.adaptive.refits}): "
+            f"alpha_bar at t = {half} {before:.4g} -> {after:.4g}"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

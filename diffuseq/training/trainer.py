@@ -223,7 +223,9 @@ class Trainer:
         index = self.step
         self.forward_backward(batch)
         self.optimize()
-        self.objective.after_update(self.step, self.model)
+        note = self.objective.after_update(self.step, self.model)
+        if note is not None and self.is_main:
+            self.log.info("step %d: %s", self.step, note)
         self.log_step(index)
 
     def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> None:
