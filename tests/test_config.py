@@ -160,15 +160,26 @@ REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("task", ["qqp", "qg", "dialogue", "ts"])
 def test_shipped_recipe_presets_extend_the_paper_presets(task):
-    """configs/<task>-nf.yaml and <task>-v2-sc.yaml are the paper preset plus only their recipe's
-    flags (and notes); the paper preset itself stays the original's (no extension switched on)."""
+    """configs/<task>-nf.yaml, -v2-sc.yaml, -len.yaml and -adapt.yaml are the paper preset plus
+    only their recipe's flags (and notes); the paper preset itself stays the original's (no extension switched on)."""
     paper = RunConfig.load_yaml(REPO_CONFIGS / f"{task}.yaml")
     assert paper.diffusion.noise_floor == 0.0 and not paper.model.self_cond
     nf = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-nf.yaml")
     assert nf.diffusion.noise_floor == 0.3 and nf.train.notes == f"{task}-nf"
     v2sc = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-v2-sc.yaml")
     assert v2sc.model.self_cond and v2sc.diffusion.denoise and v2sc.diffusion.noise_floor == 0.0
-    for recipe in (nf, v2sc):
+    length = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-len.yaml").validate()
+    assert length.model.length_predict and length.train.notes == f"{task}-len"
+    adapt = RunConfig.load_yaml(REPO_CONFIGS / f"{task}-adapt.yaml").validate()
+    assert adapt.diffusion.adaptive_schedule == 500 and not adapt.model.length_predict
+    for recipe in (length, adapt):
+        changed = {
+            section: {k for k, v in vars(getattr(paper, section)).items()
+                      if v != vars(getattr(recipe, section))[k]}
+            for section in ("model", "diffusion")
+        }  # fmt: skip
+        assert set().union(*changed.values()) <= {"length_predict", "adaptive_schedule"}
+    for recipe in (nf, v2sc, length, adapt):
         for section in ("data", "train"):
             a, b = vars(getattr(paper, section)), vars(getattr(recipe, section))
             assert {k for k in a if a[k] != b[k]} <= {"notes"}, (section, a, b)
