@@ -80,6 +80,7 @@ RECIPES = {
     "v1+len": ["--length_predict", "true"],
     # SeqDiffuSeq's adaptive noise schedule (sequence-level), refitted every 500 updates
     "v1+adapt": ["--adaptive_schedule", "500"],
+    "v1+len+adapt": ["--length_predict", "true", "--adaptive_schedule", "500"],
     # the autoregressive baseline of the same size (BART layers, the split whose parameter
     # count is closest to the diffusion model's: 1+1 here) and RDM (the discrete family)
     "ar": ["--family", "ar"],
@@ -88,7 +89,10 @@ RECIPES = {
 #: The model family of a recipe (decodes differ per family).
 RECIPE_FAMILY = {"ar": "ar", "rdm": "discrete"}
 #: Decode options of a recipe's diffusion decodes (``DecodeConfig`` fields; none by default).
-RECIPE_DECODE: dict[str, dict[str, int]] = {"v1+len": {"length_beam": 3}}
+RECIPE_DECODE: dict[str, dict[str, int]] = {
+    "v1+len": {"length_beam": 3},
+    "v1+len+adapt": {"length_beam": 3},
+}
 #: The run config every unit shares (flag names, as ``RECIPES``); training runs on the CPU
 #: without a progress bar or a model folder.
 MODEL = {
