@@ -138,7 +138,9 @@ class AdaptiveSchedule:
             self.counts[t] += 1
 
     def refit(self, step: int, betas: np.ndarray) -> np.ndarray | None:
-        """New betas ``[T]`` after update ``step`` (1-based count) when one is due, every ``t``
+        """New betas ``[T]`` for the updates after the first ``step`` ones (called before
+        update ``step + 1``, so a checkpoint never holds a schedule its weights were not
+        trained with) when one is due, every ``t``
         has been seen and the curve is not degenerate, else ``None``. On a refit the EMA is
         moved to the new axis: ℓ_t ← ℓ*_t, what the loss at ``t`` should read now."""
         if step % self.interval != 0 or not (self.counts > 0).all():

@@ -66,9 +66,11 @@ class Objective(ABC):
         once per training micro-batch, outside autocast. Default: nothing."""
         return None
 
-    def after_update(self, step: int, model: torch.nn.Module) -> str | None:
-        """Called on every rank after each optimizer update (``step`` = updates done), before
-        the checkpoint of that step: adapt what changes with training (the Gaussian family's
+    def before_update(self, step: int, model: torch.nn.Module) -> str | None:
+        """Called on every rank before each optimizer update (``step`` = updates done so far):
+        adapt what changes with training for the coming updates, so that a checkpoint always
+        carries what its weights were trained with (a change made after the last update would
+        reach the saved model but not its training) (the Gaussian family's
         ``--adaptive_schedule`` refit; ``model`` is the unwrapped network). Returns a line for
         the training log when something changed. Default: nothing."""
         return None

@@ -58,7 +58,7 @@ class GaussianObjective(TimestepObjective):
             dict of ``[B]`` terms with ``"loss"`` (default :func:`training_losses`).
         adaptive: ``--adaptive_schedule``'s state (``None``: off): fed the ``mse`` term of
             every micro-batch, it refits ``diffusion``'s betas (and the model's
-            ``noise_betas``) in :meth:`after_update`.
+            ``noise_betas``) in :meth:`before_update`.
     """
 
     def __init__(
@@ -82,7 +82,7 @@ class GaussianObjective(TimestepObjective):
         if self.adaptive is not None:  # all ranks fold in the same (gathered) losses
             self.adaptive.update(*gather_losses(batch.draws, batch.terms["mse"].detach().float()))
 
-    def after_update(self, step: int, model: torch.nn.Module) -> str | None:
+    def before_update(self, step: int, model: torch.nn.Module) -> str | None:
         if self.adaptive is None:
             return None
         betas = self.adaptive.refit(step, self.diffusion.betas)

@@ -72,7 +72,7 @@ class Trainer:
             process group has more than one rank).
         objective: the family's :class:`~diffuseq.families.base.Objective` (loss terms of a
             batch, importance weights, its adaptive state; ``observe`` every micro-batch,
-            ``after_update`` every update).
+            ``before_update`` before every update).
         train_batches: endless iterator of ``{"input_ids", "input_mask"}`` batches with
             ``state_dict``/``load_state_dict`` (:class:`diffuseq.data.dataset.InfiniteBatches`).
         valid_batches: the same for validation (rank 0), or ``None`` to skip validation.
@@ -221,11 +221,11 @@ class Trainer:
     def run_step(self, batch: Mapping[str, torch.Tensor]) -> None:
         """One optimizer update on one batch (docs/original.md §6.3)."""
         index = self.step
-        self.forward_backward(batch)
-        self.optimize()
-        note = self.objective.after_update(self.step, self.model)
+        note = self.objective.before_update(self.step, self.model)
         if note is not None and self.is_main:
             self.log.info("step %d: %s", self.step, note)
+        self.forward_backward(batch)
+        self.optimize()
         self.log_step(index)
 
     def forward_backward(self, batch: Mapping[str, torch.Tensor]) -> None:
