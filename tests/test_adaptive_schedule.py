@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from diffuseq.cli.train import main, prepare
 from diffuseq.config import RunConfig
 from diffuseq.decoding import api
 from diffuseq.diffusion.adaptive_schedule import (
@@ -25,12 +23,16 @@ from diffuseq.diffusion.schedules import get_named_beta_schedule
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.families import get_family
 from diffuseq.families.gaussian import FAMILY
-from diffuseq.runtime import dist
 from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.checkpoint_format import infer_architecture
 from diffuseq.store.hf_folder import MODEL_FILE, load_safetensors
 from tests.conftest import tiny_denoiser
-from tests.train_helpers import assert_same, make_tiny_data, tiny_argv, tiny_config
+from tests.train_helpers import (
+    make_tiny_data,
+    tiny_argv,
+    tiny_config,
+    train_straight_and_split,
+)
 
 V = 20
 
@@ -163,17 +165,7 @@ def test_off_is_the_original_and_the_other_families_refuse_it(tmp_path):
 def test_a_run_refits_resumes_exactly_across_a_refit_and_decodes_with_it(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     argv = tiny_argv(data, ema_rate="0.9", adaptive_schedule="2")
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(argv + ["--checkpoint_path", str(straight)]) == 0
-    trainer = prepare(argv + ["--checkpoint_path", str(split)])
-    assert trainer.fit(until=4) == 4
-    trainer.close()
-    dist.cleanup()
-    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
-    assert main(argv + ["--checkpoint_path", str(split), "--resume_checkpoint", "auto"]) == 0
-    a, b = load_state_file(straight / "state_000008.pt"), load_state_file(split / "state_000008.pt")
-    for key in ("model", "ema", "optimizer", "sampler"):
-        assert_same(a[key], b[key], key)
+    straight, split, a = train_straight_and_split(argv, tmp_path)
     first = load_state_file(split / "state_000004.pt")["sampler"]["adaptive_schedule"]
     refits = a["sampler"]["adaptive_schedule"]["refits"]
     # the refit due at step 4 runs before update 5, in the resumed process; step 6's after it
@@ -211,16 +203,7 @@ def test_it_composes_with_length_prediction_and_difformer_options(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     flags = {"length_predict": "true", "embedding_norm": "true", "noise_rescale": "2"}
     argv = tiny_argv(data, ema_rate="0.9", adaptive_schedule="2", **flags)
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(argv + ["--checkpoint_path", str(straight)]) == 0
-    trainer = prepare(argv + ["--checkpoint_path", str(split)])
-    assert trainer.fit(until=4) == 4
-    trainer.close()
-    dist.cleanup()
-    assert main(argv + ["--checkpoint_path", str(split), "--resume_checkpoint", "auto"]) == 0
-    a, b = load_state_file(straight / "state_000008.pt"), load_state_file(split / "state_000008.pt")
-    for key in ("model", "ema", "optimizer", "sampler"):
-        assert_same(a[key], b[key], key)
+    straight, split, a = train_straight_and_split(argv, tmp_path)
     trained = a["model"]["noise_betas"].numpy()
     rescaled = GaussianDiffusion.from_schedule(
         noise_schedule="sqrt", diffusion_steps=8, noise_rescale=2.0

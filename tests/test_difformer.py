@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.cli.train import main, prepare
+from diffuseq.cli.train import main
 from diffuseq.config import RunConfig
 from diffuseq.decoding import api
 from diffuseq.diffusion.gaussian import GaussianDiffusion
@@ -19,7 +19,6 @@ from diffuseq.diffusion.losses import training_losses
 from diffuseq.diffusion.schedules import get_named_beta_schedule, rescale_noise
 from diffuseq.errors import CheckpointError, ConfigError
 from diffuseq.families.gaussian import FAMILY
-from diffuseq.runtime import dist
 from diffuseq.sampling.dpm_solver import dpm_scheduler
 from diffuseq.sampling.dpm_v2 import DiscreteVPSchedule
 from diffuseq.sampling.rounding import make_rounding_fn
@@ -27,7 +26,13 @@ from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.checkpoint_format import infer_architecture
 from diffuseq.store.hf_folder import MODEL_FILE, load_safetensors
 from tests.conftest import tiny_denoiser
-from tests.train_helpers import assert_same, make_tiny_data, read_metrics, tiny_argv
+from tests.train_helpers import (
+    assert_same,
+    make_tiny_data,
+    read_metrics,
+    tiny_argv,
+    train_straight_and_split,
+)
 
 B, L, H, V = 3, 8, 8, 20
 NORM_KEYS = ["embedding_norm.weight", "embedding_norm.bias"]
@@ -211,17 +216,7 @@ DIFFORMER = {"anchor_loss": "true", "embedding_norm": "true", "noise_rescale": "
 def test_a_run_with_all_three_resumes_exactly_and_decodes_with_them(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     argv = tiny_argv(data, ema_rate="0.9", self_cond="true", noise_floor="0.25", **DIFFORMER)
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(argv + ["--checkpoint_path", str(straight)]) == 0
-    trainer = prepare(argv + ["--checkpoint_path", str(split)])
-    assert trainer.fit(until=4) == 4
-    trainer.close()
-    dist.cleanup()
-    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
-    assert main(argv + ["--checkpoint_path", str(split), "--resume_checkpoint", "auto"]) == 0
-    a, b = load_state_file(straight / "state_000008.pt"), load_state_file(split / "state_000008.pt")
-    for key in ("model", "ema", "optimizer", "sampler"):
-        assert_same(a[key], b[key], key)
+    straight, split, a = train_straight_and_split(argv, tmp_path)
     assert all(k in a["model"] for k in NORM_KEYS)
     logged = [r for r in read_metrics(straight) if "loss" in r]
     assert logged and all(math.isfinite(r["anchor_loss"]) for r in logged)

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from diffuseq.cli.decode import main as decode_main
-from diffuseq.cli.train import main, prepare
 from diffuseq.config import DecodeConfig, RunConfig
 from diffuseq.decoding import api
 from diffuseq.diffusion.gaussian import GaussianDiffusion
@@ -31,13 +30,17 @@ from diffuseq.errors import ConfigError
 from diffuseq.families.ar import ARFamily
 from diffuseq.families.discrete import FAMILY as DISCRETE
 from diffuseq.families.gaussian import FAMILY
-from diffuseq.runtime import dist
 from diffuseq.sampling.run import RowBatch
-from diffuseq.store.checkpoint import load_state_file
 from diffuseq.store.checkpoint_format import infer_architecture
 from diffuseq.store.hf_folder import MODEL_FILE, load_safetensors
 from tests.conftest import tiny_denoiser
-from tests.train_helpers import assert_same, make_tiny_data, read_metrics, tiny_argv
+from tests.train_helpers import (
+    assert_same,
+    make_tiny_data,
+    read_metrics,
+    tiny_argv,
+    train_straight_and_split,
+)
 
 PAD, V, H = 0, 20, 8
 # [CLS]=1 x… [SEP]=2 [SEP] | [CLS] y… [SEP] PAD…  (len_x = 4 and 5; spans of 4 and 3)
@@ -189,17 +192,7 @@ V2 = {"learned_mean_embed": "true", "denoise": "true", "denoise_rate": "0.5"}
 def test_a_length_run_resumes_exactly_and_decodes_a_length_beam(tmp_path):
     data = make_tiny_data(tmp_path / "data")
     argv = tiny_argv(data, ema_rate="0.9", self_cond="true", **V2, **LENGTH)
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(argv + ["--checkpoint_path", str(straight)]) == 0
-    trainer = prepare(argv + ["--checkpoint_path", str(split)])
-    assert trainer.fit(until=4) == 4
-    trainer.close()
-    dist.cleanup()
-    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
-    assert main(argv + ["--checkpoint_path", str(split), "--resume_checkpoint", "auto"]) == 0
-    a, b = load_state_file(straight / "state_000008.pt"), load_state_file(split / "state_000008.pt")
-    for key in ("model", "ema", "optimizer", "sampler"):
-        assert_same(a[key], b[key], key)
+    straight, split, a = train_straight_and_split(argv, tmp_path)
     assert "length_head.proj.weight" in a["model"] and "mean_embed" in a["model"]
     logged = [r for r in read_metrics(straight) if "loss" in r]
     assert logged and all(math.isfinite(r["length_loss"]) for r in logged)

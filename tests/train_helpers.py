@@ -174,3 +174,29 @@ def stalled_process(cmd: list[str], *, cwd: Path, log: Path) -> Iterator[subproc
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+def train_straight_and_split(argv: list[str], root: Path, *, until: int = 4):
+    """Train ``argv`` (8 steps) straight into ``root/straight`` and, into ``root/split``, to
+    ``until`` steps, then resumed in a fresh trainer with another process RNG state; assert the
+    final training states (model, EMA, optimizer, sampler) are identical.
+
+    Returns:
+        ``(straight, split, state)``: the two run folders and the straight run's final state.
+    """
+    from diffuseq.cli.train import main, prepare
+    from diffuseq.runtime import dist
+    from diffuseq.store.checkpoint import load_state_file
+
+    straight, split = root / "straight", root / "split"
+    assert main(argv + ["--checkpoint_path", str(straight)]) == 0
+    trainer = prepare(argv + ["--checkpoint_path", str(split)])
+    assert trainer.fit(until=until) == until
+    trainer.close()
+    dist.cleanup()
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
+    assert main(argv + ["--checkpoint_path", str(split), "--resume_checkpoint", "auto"]) == 0
+    a, b = load_state_file(straight / "state_000008.pt"), load_state_file(split / "state_000008.pt")
+    for key in ("model", "ema", "optimizer", "sampler"):
+        assert_same(a[key], b[key], key)
+    return straight, split, a
